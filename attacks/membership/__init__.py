@@ -1,0 +1,1 @@
+"""Membership-inference attacks on the server view (one file per method; none yet)."""

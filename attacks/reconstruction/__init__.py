@@ -1,0 +1,1 @@
+"""Reconstruction attacks on the server view (one file per method; none yet)."""

@@ -1,0 +1,162 @@
+"""Benchmark: CollaFuse training vs a plain diffusers DDPM loop, side by side.
+
+Both train on the same clients' member images (the default mnist5k split) for the
+same number of rounds and images per round, so the total number of denoiser
+evaluations is equal: the plain loop takes one step on the pooled batch of
+``clients x batch`` images; CollaFuse at cut ratio c takes, per round, one local
+step per client on its images with t < t_c and one server step on what crossed
+the cut, *including* recording the server's view to disk. Both use the same
+optimiser (Adam, foreach), gradient clipping and EMA, so the difference is the
+split itself: N+1 smaller forward/backward calls instead of one.
+
+Each variant runs in its own process (for a clean peak-RSS figure); the variants
+alternate; each reports its mean time per round (CollaFuse's including the
+final write of the recorded view), and the median over repeats is shown.
+
+    .venv/bin/python benchmarks/bench_collafuse.py              # defaults below
+    .venv/bin/python benchmarks/bench_collafuse.py --batch 32,64,128 --rounds 40 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run_plain(args) -> dict:
+    import torch
+    from diffusers.training_utils import EMAModel
+
+    from collafuse_privacy.config import load_config
+    from collafuse_privacy.data import load_dataset, make_splits
+    from collafuse_privacy.diffusion import make_scheduler
+    from collafuse_privacy.models import build_unet
+
+    cfg = load_config(None, _overrides(args))
+    ds = load_dataset(cfg.data)
+    splits = make_splits(ds, cfg.data, cfg.seed)
+    pool = torch.tensor(sum(splits.members, []))
+    images = ds.images[pool]
+    sched = make_scheduler(cfg.diffusion)
+    torch.manual_seed(cfg.seed)
+    model = build_unet(cfg.model.preset, cfg.data.image_size, images.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, foreach=True)
+    ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, power=0.75, foreach=True)
+    g = torch.Generator().manual_seed(0)
+    B = cfg.train.batch_size * cfg.data.clients
+    times = []
+    for r in range(args.warmup + args.rounds):
+        t0 = time.perf_counter()
+        x0 = images[torch.randint(0, len(images), (B,), generator=g)]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, cfg.diffusion.timesteps, (B,), generator=g)
+        x_t = sched.add_noise(x0, noise, t)
+        loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        opt.step()
+        ema.step(model.parameters())
+        if r >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return {"per_round": sum(times) / len(times), "images_per_round": B}
+
+
+def run_collafuse(args) -> dict:
+    import torch
+
+    from collafuse_privacy.config import load_config
+    from collafuse_privacy.training import Trainer
+
+    over = _overrides(args) + [f"protocol.cut_ratio={args.cut}", "train.checkpoint_every=1000000", "record.enabled=true"]
+    cfg = load_config(None, over)
+    with tempfile.TemporaryDirectory() as d:
+        tr = Trainer(cfg, d + "/run", torch.device("cpu"), quiet=True)
+        times, n_img = [], []
+        for r in range(args.warmup + args.rounds):
+            t0 = time.perf_counter()
+            row = tr.train_round()
+            if r >= args.warmup:
+                times.append(time.perf_counter() - t0)
+                n_img.append(sum(row["client_n"]) + row["server_n"])
+        t0 = time.perf_counter()
+        tr.recorder.flush()  # the view's disk writes count too
+        flush = time.perf_counter() - t0
+        recorded = tr.recorder.count
+    return {
+        "per_round": (sum(times) + flush) / len(times),
+        "images_per_round": statistics.mean(n_img),
+        "recorded": recorded,
+        "flush_s": flush,
+    }
+
+
+def _overrides(args) -> list[str]:
+    return [
+        "device=cpu",
+        f"data.clients={args.clients}",
+        f"train.batch_size={args.one_batch}",
+        f"model.preset={args.preset}",
+        f"data.image_size={args.image_size}",
+    ]
+
+
+def child(args) -> None:
+    out = run_plain(args) if args.variant == "plain" else run_collafuse(args)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=int, default=3)
+    p.add_argument("--batch", default="32,64,128", help="images per client per round (comma list)")
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--cut", type=float, default=0.5)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--image-size", type=int, default=16)
+    p.add_argument("--variant", choices=["plain", "collafuse"], help=argparse.SUPPRESS)
+    p.add_argument("--one-batch", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:
+        child(args)
+        return
+    import torch
+
+    print(
+        f"CollaFuse (c = {args.cut}, view recording on) vs plain DDPM, {args.clients} clients, "
+        f"preset {args.preset}, {args.image_size}x{args.image_size}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, mean of {args.rounds} rounds, median of {args.repeats} repeats"
+    )
+    header = f"{'batch/client':>12} {'imgs/round':>10} {'plain s/round':>14} {'collafuse s/round':>18} {'ratio':>6} {'plain peak MB':>14} {'collafuse peak MB':>18}"
+    print(header)
+    for b in [int(x) for x in args.batch.split(",")]:
+        res = {"plain": [], "collafuse": []}
+        for _ in range(args.repeats):
+            for variant in ("plain", "collafuse"):
+                cmd = [sys.executable, __file__, "--variant", variant, "--one-batch", str(b)]
+                for k in ("clients", "rounds", "warmup", "cut", "preset"):
+                    cmd += [f"--{k}", str(getattr(args, k))]
+                cmd += ["--image-size", str(args.image_size)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                res[variant].append(json.loads(out.strip().splitlines()[-1]))
+        pl = statistics.median(r["per_round"] for r in res["plain"])
+        cf = statistics.median(r["per_round"] for r in res["collafuse"])
+        print(
+            f"{b:>12} {args.clients * b:>10} {pl:>14.4f} {cf:>18.4f} {cf / pl:>6.2f} "
+            f"{max(r['peak_rss_mb'] for r in res['plain']):>14.0f} {max(r['peak_rss_mb'] for r in res['collafuse']):>18.0f}",
+            flush=True,
+        )
+    print("target: ratio <= 1.10 at equal denoiser evaluations")
+
+
+if __name__ == "__main__":
+    main()

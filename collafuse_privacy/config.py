@@ -1,0 +1,345 @@
+"""Typed, frozen run configuration.
+
+A config is a tree of frozen dataclasses. It is loaded from YAML with
+``yaml.safe_load``, overridden with dotted ``key=value`` pairs (values parsed as
+YAML scalars, so ``protocol.cut_ratio=0.3`` is a float), and validated on load:
+unknown keys, wrong types and out-of-range values raise :class:`UserError`
+naming the key. The resolved config is saved into every run directory.
+
+The keys listed in DESIGN.md §6 are a public contract (outside tools set them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist5k"  # mnist5k | digits | cifar10 | image-folder
+    root: Optional[str] = None  # cifar10 / image-folder only
+    image_size: int = 16
+    channels: Optional[int] = None  # image-folder only (1 or 3); others are fixed
+    attributes: Optional[str] = None  # image-folder: CSV with a file column and a label column
+    label_column: Optional[str] = None  # image-folder: which CSV column is the label
+    max_images: Optional[int] = None  # cap on images loaded (first N after a seeded shuffle)
+    clients: int = 3
+    partition: str = "iid"  # iid | by-class | dirichlet
+    dirichlet_alpha: float = 0.5
+    holdout_fraction: float = 0.2
+    public_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = 200
+    schedule: str = "linear"  # linear | cosine
+    # Linear betas are given for T = 1000 and scaled by 1000 / T (Nichol & Dhariwal 2021),
+    # so abar[T-1] stays close to 0 for small T.
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "tiny"  # micro | tiny | small | base
+    client_preset: Optional[str] = None  # None: same as preset
+    server_conditioning: str = "none"  # none | client | labels
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    kind: str = "cut-image"  # shared-noise | cut-image
+    cut_ratio: float = 0.5  # clients' share c of the denoising steps; t_c = round(c * T)
+    fixed_noise: bool = False  # cut-image: one release per image (eps1 seeded by image id)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 900  # rounds; each round every client draws one batch
+    batch_size: int = 64  # images per client per round
+    lr: float = 2e-3
+    lr_warmup: int = 50
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    enabled: bool = True
+    max_items: int = 200_000  # messages (images) kept in server_view/ at most
+    shard_size: int = 8192
+    dtype: str = "float16"  # float16 | float32
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n: int = 64  # samples per client
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class ClientDPConfig:
+    enabled: bool = False
+    noise_multiplier: Optional[float] = None
+    target_epsilon: Optional[float] = None
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "prv"
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+
+    # ---- derived quantities -------------------------------------------------
+    @property
+    def t_c(self) -> int:
+        """First server timestep: clients own ``t < t_c``, the server ``t >= t_c``."""
+        return cut_timestep(self.protocol.cut_ratio, self.diffusion.timesteps)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self, n: int = 10) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def cut_timestep(cut_ratio: float, timesteps: int) -> int:
+    """``t_c = round(c * T)``; Python's round-half-even is avoided for stability."""
+    return int(min(timesteps, max(0, int(cut_ratio * timesteps + 0.5))))
+
+
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "data.name": ("mnist5k", "digits", "cifar10", "image-folder"),
+    "data.partition": ("iid", "by-class", "dirichlet"),
+    "diffusion.schedule": ("linear", "cosine"),
+    "model.preset": ("micro", "tiny", "small", "base"),
+    "model.client_preset": (None, "micro", "tiny", "small", "base"),
+    "model.server_conditioning": ("none", "client", "labels"),
+    "protocol.kind": ("shared-noise", "cut-image"),
+    "record.dtype": ("float16", "float32"),
+    "defense.client_dp.accountant": ("prv", "rdp"),
+}
+
+# (key, low, high, low inclusive, high inclusive)
+RANGES = [
+    ("protocol.cut_ratio", 0.0, 1.0, True, True),
+    ("data.holdout_fraction", 0.0, 1.0, True, False),
+    ("data.public_fraction", 0.0, 1.0, True, False),
+    ("data.dirichlet_alpha", 0.0, None, False, False),
+    ("data.image_size", 4, 1024, True, True),
+    ("data.clients", 1, None, True, False),
+    ("diffusion.timesteps", 2, 100_000, True, True),
+    ("diffusion.beta_start", 0.0, 1.0, False, False),
+    ("diffusion.beta_end", 0.0, 1.0, False, False),
+    ("train.steps", 0, None, True, False),
+    ("train.batch_size", 1, None, True, False),
+    ("train.lr", 0.0, None, False, False),
+    ("train.lr_warmup", 0, None, True, False),
+    ("train.grad_clip", 0.0, None, False, False),
+    ("train.checkpoint_every", 1, None, True, False),
+    ("train.keep_checkpoints", 1, None, True, False),
+    ("record.max_items", 0, None, True, False),
+    ("record.shard_size", 1, None, True, False),
+    ("sample.n", 1, None, True, False),
+    ("sample.batch_size", 1, None, True, False),
+    ("data.max_images", 1, None, True, False),
+    ("data.channels", 1, 3, True, True),
+    ("defense.client_dp.max_grad_norm", 0.0, None, False, False),
+    ("defense.client_dp.delta", 0.0, 1.0, False, False),
+]
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise UserError(f"config key '{key}' has an unsupported type {_type_name(tp)}")
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        where = f"section '{prefix.rstrip('.')}'" if prefix else "the config file"
+        raise UserError(f"{where} must be a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise UserError(f"unknown config key '{key}' (known in this section: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name], key + ".")
+        else:
+            kwargs[f.name] = _coerce(raw[f.name], tp, key)
+    return cls(**kwargs)
+
+
+def _get(cfg: Config, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> Config:
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            shown = ", ".join("null" if a is None else str(a) for a in allowed)
+            raise UserError(f"config key '{key}' must be one of {shown}, got {value!r}")
+    for key, lo, hi, lo_inc, hi_inc in RANGES:
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        bad = (lo is not None and (value < lo if lo_inc else value <= lo)) or (
+            hi is not None and (value > hi if hi_inc else value >= hi)
+        )
+        if bad:
+            lo_s = ("[" if lo_inc else "(") + str(lo)
+            hi_s = (str(hi) if hi is not None else "inf") + ("]" if hi_inc else ")")
+            raise UserError(f"config key '{key}' must lie in {lo_s}, {hi_s}, got {value!r}")
+    if cfg.diffusion.beta_end <= cfg.diffusion.beta_start:
+        raise UserError("config key 'diffusion.beta_end' must be larger than 'diffusion.beta_start'")
+    if cfg.data.holdout_fraction + cfg.data.public_fraction >= 1.0:
+        raise UserError("config keys 'data.holdout_fraction' + 'data.public_fraction' must stay below 1")
+    if cfg.data.name in ("cifar10", "image-folder") and not cfg.data.root:
+        raise UserError(f"config key 'data.root' is required for data.name={cfg.data.name}")
+    if cfg.protocol.fixed_noise and cfg.protocol.kind != "cut-image":
+        raise UserError("config key 'protocol.fixed_noise' applies to protocol.kind=cut-image only")
+    dp = cfg.defense.client_dp
+    if dp.enabled:
+        raise UserError(
+            "config key 'defense.client_dp.enabled': DP-SGD clients are not implemented in this version yet"
+        )
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise UserError(f"--set expects key=value, got '{item}'")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        node = raw
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise UserError(f"--set {key}: '{part}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def default_config_text() -> str:
+    return resources.files("collafuse_privacy.configs").joinpath("default.yaml").read_text()
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"config file {path} is not valid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not a text file") from None
+    return {} if raw is None else raw
+
+
+def from_dict(raw: Any) -> Config:
+    return validate(_build(Config, raw, ""))
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load ``path`` (default: the embedded ``configs/default.yaml``), apply
+    ``--set`` overrides and validate. Raises :class:`UserError` naming the key."""
+    if path is None:
+        raw = yaml.safe_load(default_config_text()) or {}
+    else:
+        raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys")
+    return from_dict(apply_overrides(raw, list(overrides or [])))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

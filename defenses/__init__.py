@@ -1,0 +1,1 @@
+"""Defences: DP-SGD clients, release accounting, fixed noise (DESIGN.md §4)."""
