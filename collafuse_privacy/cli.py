@@ -117,6 +117,26 @@ def sample(run_dir, n, seed, device):
 
 
 @main.command()
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="A trained run directory.")
+@click.option("--n", type=click.IntRange(min=2), default=None, help="Samples per client (default: the config's sample.n).")
+@click.option("--extractor", type=click.Choice(["auto", "inception", "classifier"]), default="auto", show_default=True,
+              help="Features for FID/KID: Inception if its weights are cached, else an offline classifier.")
+@click.option("--no-ends", is_flag=True, help="Skip training the c = 0 and c = 1 sibling runs.")
+@DEVICE
+@user_errors
+def evaluate(run_dir, n, extractor, no_ends, device):
+    """Quality per client (FID/KID) for c in {0, run, 1}, disclosure figures, client burden."""
+    from .eval.evaluate import evaluate_run, format_tables
+    from .rundir import read_run_config
+
+    cfg = read_run_config(run_dir)
+    result = evaluate_run(run_dir, n=n, extractor=extractor, ends=not no_ends, device=device or cfg.device,
+                          log=lambda m: click.echo(m, err=True))  # fmt: skip
+    click.echo(format_tables(result))
+    click.echo(f"-> {Path(run_dir) / 'metrics' / 'quality.json'}, {Path(run_dir) / 'metrics' / 'burden.json'}", err=True)
+
+
+@main.command()
 @click.option("--config", "config", type=click.Path(), default=None, help="YAML config (default: embedded configs/default.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key by dotted path.")
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="Run directory; rerunning resumes.")

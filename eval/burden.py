@@ -1,0 +1,138 @@
+"""Client burden (DESIGN.md §5): what a client pays to collaborate, against local-only.
+
+* Sampling: FLOPs (``torch.utils.flop_counter``) and wall time of the client's
+  steps ``t = t_c-1 .. 0`` per image, as a ratio to sampling all ``T`` steps locally.
+  Both are measured by running the real sampling loops, not by formula; with equal
+  architectures the FLOP ratio is ``t_c / T``.
+* Training: FLOPs and wall time per training image of the client's share (images with
+  ``t < t_c`` train its model; the fraction comes from the run's own log), as a ratio
+  to local-only training (every image trains the client model).
+* Bytes per image: what a client sends per training image (the protocol's message,
+  float32 as sent in-process) and receives per sample (the hand-over image).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from collafuse_privacy.config import Config, from_dict
+from collafuse_privacy.diffusion import p_losses
+from collafuse_privacy.sampling import client_denoise, server_denoise
+
+
+@dataclass(frozen=True)
+class Burden:
+    t_c: int
+    timesteps: int
+    sampling_client_flops_per_image: int
+    sampling_server_flops_per_image: int
+    sampling_local_only_flops_per_image: int
+    sampling_flop_ratio: float  # client / local-only
+    sampling_client_seconds_per_image: float
+    sampling_local_only_seconds_per_image: float
+    sampling_time_ratio: float
+    training_client_share: float  # fraction of training images the client model trains on
+    training_flops_per_image: int  # client, averaged over all its images
+    training_local_only_flops_per_image: int
+    training_flop_ratio: float
+    training_seconds_per_image: float
+    training_local_only_seconds_per_image: float
+    training_time_ratio: float
+    bytes_sent_per_training_image: float
+    bytes_received_per_sample: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _with_cut(cfg: Config, c: float) -> Config:
+    d = cfg.to_dict()
+    d["protocol"]["cut_ratio"] = c
+    return from_dict(d)
+
+
+def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, batch: int = 16, reps: int = 2) -> Burden:
+    """Measure the client's burden for ``cfg`` with its ``server`` and ``client`` models (CPU)."""
+    T, t_c = cfg.diffusion.timesteps, cfg.t_c
+    C, S = client.config.in_channels, cfg.data.image_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, C, S, S, generator=g)
+    local_cfg = _with_cut(cfg, 1.0)
+    labels = None
+    if cfg.model.server_conditioning != "none":
+        labels = torch.zeros(1, dtype=torch.long)
+    f_server = _flops(lambda: server_denoise(server, cfg, x, labels, g)) if t_c < T else 0
+    f_client = _flops(lambda: client_denoise(client, cfg, x, g))
+    f_local = _flops(lambda: client_denoise(client, local_cfg, x, g))
+
+    xb = torch.randn(batch, C, S, S, generator=g)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps / batch
+
+    s_client = timed(lambda: client_denoise(client, cfg, xb, g))
+    s_local = timed(lambda: client_denoise(client, local_cfg, xb, g))
+
+    # Training: one forward + backward per image the client trains on.
+    share = t_c / T
+    if run_dir is not None and (Path(run_dir) / "metrics" / "train.jsonl").is_file():
+        rows = [json.loads(l) for l in (Path(run_dir) / "metrics" / "train.jsonl").read_text().splitlines() if l]
+        local_n = sum(sum(r["client_n"]) for r in rows)
+        sent_n = sum(sum(r["sent"]) for r in rows)
+        if local_n + sent_n:
+            share = local_n / (local_n + sent_n)
+
+    def train_step(xx):
+        client.zero_grad(set_to_none=True)
+        p_losses(client, xx, torch.zeros(len(xx), dtype=torch.long), torch.randn(xx.shape, generator=g)).mean().backward()
+
+    f_train = _flops(lambda: train_step(x))
+    n_local = max(1, round(batch * share))
+    s_train_full = timed(lambda: train_step(xb))
+    xl = xb[:n_local]
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        train_step(xl)
+    s_train_client = (time.perf_counter() - t0) / reps / batch  # the client's share, per training image
+    client.zero_grad(set_to_none=True)
+
+    d = C * S * S
+    per_msg = {"cut-image": 4 * d, "shared-noise": 8 * d + 8}[cfg.protocol.kind]
+    if cfg.model.server_conditioning == "labels":
+        per_msg += 8
+    return Burden(
+        t_c=t_c,
+        timesteps=T,
+        sampling_client_flops_per_image=f_client,
+        sampling_server_flops_per_image=f_server,
+        sampling_local_only_flops_per_image=f_local,
+        sampling_flop_ratio=f_client / f_local if f_local else float("nan"),
+        sampling_client_seconds_per_image=s_client,
+        sampling_local_only_seconds_per_image=s_local,
+        sampling_time_ratio=s_client / s_local if s_local else float("nan"),
+        training_client_share=share,
+        training_flops_per_image=int(round(share * f_train)),
+        training_local_only_flops_per_image=f_train,
+        training_flop_ratio=share,
+        training_seconds_per_image=s_train_client,
+        training_local_only_seconds_per_image=s_train_full,
+        training_time_ratio=s_train_client / s_train_full if s_train_full else float("nan"),
+        bytes_sent_per_training_image=(1 - share) * per_msg,
+        bytes_received_per_sample=4 * d if t_c < T else 0,
+    )
