@@ -341,5 +341,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     return from_dict(apply_overrides(raw, list(overrides or [])))
 
 
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with dotted ``key=value`` overrides applied (validated)."""
+    return from_dict(apply_overrides(cfg.to_dict(), overrides))
+
+
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

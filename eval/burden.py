@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from collafuse_privacy.config import Config, from_dict
+from collafuse_privacy.config import Config, with_overrides
 from collafuse_privacy.diffusion import p_losses
 from collafuse_privacy.sampling import client_denoise, server_denoise
 
@@ -57,19 +57,13 @@ def _flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
-def _with_cut(cfg: Config, c: float) -> Config:
-    d = cfg.to_dict()
-    d["protocol"]["cut_ratio"] = c
-    return from_dict(d)
-
-
-def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, batch: int = 16, reps: int = 2) -> Burden:
+def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, batch: int = 32, reps: int = 2) -> Burden:
     """Measure the client's burden for ``cfg`` with its ``server`` and ``client`` models (CPU)."""
     T, t_c = cfg.diffusion.timesteps, cfg.t_c
     C, S = client.config.in_channels, cfg.data.image_size
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, C, S, S, generator=g)
-    local_cfg = _with_cut(cfg, 1.0)
+    local_cfg = with_overrides(cfg, ["protocol.cut_ratio=1.0"])
     labels = None
     if cfg.model.server_conditioning != "none":
         labels = torch.zeros(1, dtype=torch.long)
@@ -79,7 +73,8 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
 
     xb = torch.randn(batch, C, S, S, generator=g)
 
-    def timed(fn) -> float:
+    def timed(fn, reps: int = reps) -> float:
+        """Seconds per image of ``batch`` (the measured call may hold fewer images)."""
         fn()  # warm-up
         t0 = time.perf_counter()
         for _ in range(reps):
@@ -103,13 +98,11 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
         p_losses(client, xx, torch.zeros(len(xx), dtype=torch.long), torch.randn(xx.shape, generator=g)).mean().backward()
 
     f_train = _flops(lambda: train_step(x))
-    n_local = max(1, round(batch * share))
-    s_train_full = timed(lambda: train_step(xb))
-    xl = xb[:n_local]
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        train_step(xl)
-    s_train_client = (time.perf_counter() - t0) / reps / batch  # the client's share, per training image
+    # A round of `batch` images costs the client one step on its share of them;
+    # per training image, against a local-only step on all of them.
+    xl = xb[: max(1, round(batch * share))]
+    s_train_full = timed(lambda: train_step(xb), reps=4 * reps)
+    s_train_client = timed(lambda: train_step(xl), reps=4 * reps)
     client.zero_grad(set_to_none=True)
 
     d = C * S * S

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from collafuse_privacy.config import Config, from_dict
+from collafuse_privacy.config import Config, with_overrides
 from collafuse_privacy.data import Splits, load_dataset
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.io import atomic_write_json, load_tensors
@@ -30,12 +30,6 @@ from collafuse_privacy.view import ServerView
 from .burden import measure_burden
 from .features import get_extractor
 from .quality import compute_fid, compute_kid, disclosure_figures
-
-
-def _with_cut(cfg: Config, c: float) -> Config:
-    d = cfg.to_dict()
-    d["protocol"]["cut_ratio"] = c
-    return from_dict(d)
 
 
 def _samples(run_dir: Path, n: int, device: str) -> torch.Tensor:
@@ -94,7 +88,7 @@ def evaluate_run(
                 continue
             sib = run_dir.parent / f"{run_dir.name}-{tag}"
             log(f"training the c = {c:g} end of the sweep in {sib} (same data, seed and steps; resumable)")
-            Trainer(_with_cut(cfg, c), sib, torch.device(dev)).train()
+            Trainer(with_overrides(cfg, [f"protocol.cut_ratio={c}"]), sib, torch.device(dev)).train()
             runs[c] = sib
     quality = {"extractor": ext.name, "extractor_note": note, "n_samples_per_client": n, "runs": []}
     for c in sorted(runs):

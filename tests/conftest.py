@@ -30,3 +30,23 @@ def tiny_config(*overrides):
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache, and any download attempt fails the test."""
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    import torchvision.models._api as tv_api
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setattr(fe, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", no_download)
+    return hub

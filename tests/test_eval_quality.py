@@ -59,24 +59,6 @@ def sets():
     return fake, real, LinearFeatures(16)
 
 
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache, and any download attempt fails the test."""
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("a download was attempted")
-
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    monkeypatch.setattr(fe, "load_state_dict_from_url", no_download)
-    return hub
-
-
 def _np_features(ext, x):
     with torch.no_grad():
         return ext(x).numpy().astype(np.float64)

@@ -27,24 +27,6 @@ def images():
     return torch.rand(6, 3, 32, 32, generator=g) - 0.5  # inside [-1, 1] with room for noise
 
 
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache, and any download attempt fails the test."""
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("a download was attempted")
-
-    import torchvision.models._api as tv_api
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    monkeypatch.setattr(tv_api, "load_state_dict_from_url", no_download)
-    return hub
-
-
 def test_identical_images(images):
     assert torch.equal(mse(images, images), torch.zeros(6))
     assert torch.isinf(psnr(images, images)).all() and (psnr(images, images) > 0).all()

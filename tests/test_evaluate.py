@@ -30,9 +30,8 @@ def test_client_sampling_flop_share_is_t_c_over_T(tmp_path, cut):
     assert 0 < b.training_client_share < 1 and b.bytes_sent_per_training_image > 0
 
 
-def test_evaluate_cli_reports_all_three_cut_ratios(tmp_path, monkeypatch):
-    monkeypatch.setenv("COLLAFUSE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no Inception weights: the offline path
+def test_evaluate_cli_reports_all_three_cut_ratios(tmp_path, monkeypatch, empty_hub):
+    monkeypatch.setenv("COLLAFUSE_CACHE", str(tmp_path / "cache"))  # no Inception weights: the offline path
     run = tmp_path / "run"
     sets = []
     for o in TINY + ["protocol.cut_ratio=0.5", "sample.n=8"]:
