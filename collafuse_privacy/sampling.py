@@ -11,6 +11,7 @@ output is the final image.
 
 from __future__ import annotations
 
+import json
 import io
 from pathlib import Path
 from typing import Optional
@@ -95,8 +96,6 @@ def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, 
 
 def load_models(run_dir: Path, cfg: Config, device, ema: bool = True):
     """Server and client models from the run's latest checkpoint (EMA weights by default)."""
-    import json
-
     latest = run_dir / "checkpoints" / "latest.json"
     if not latest.is_file():
         raise UserError(f"{run_dir} has no checkpoint yet; run train first")

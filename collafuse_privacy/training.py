@@ -15,6 +15,7 @@ an uninterrupted one on the CPU.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -263,8 +264,6 @@ class Trainer:
     def _splits(self, splits: Splits) -> Splits:
         path = self.run_dir / "splits.json"
         if path.is_file():
-            import json
-
             try:
                 saved = Splits.from_dict(json.loads(path.read_text()))
             except (ValueError, KeyError, TypeError):
@@ -332,8 +331,6 @@ class Trainer:
             shutil.rmtree(p)
 
     def _load_latest(self) -> None:
-        import json
-
         latest = self.ckpt_dir / "latest.json"
         for p in self.ckpt_dir.glob(".step-*.tmp") if self.ckpt_dir.is_dir() else []:
             shutil.rmtree(p)  # a checkpoint cut off by an interruption

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from collafuse_privacy.config import Config, with_overrides
+from collafuse_privacy.config import with_overrides
 from collafuse_privacy.data import Splits, load_dataset
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.io import atomic_write_json, load_tensors
