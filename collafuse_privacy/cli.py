@@ -137,6 +137,36 @@ def evaluate(run_dir, n, extractor, no_ends, device):
 
 
 @main.command()
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="A trained run directory.")
+@click.option("--type", "kind", type=click.Choice(["reconstruction", "membership"]), required=True,
+              help="Attack family; attacks see only the server's view (server_view/, its model, the public split).")
+@click.option("--method", "methods", multiple=True, metavar="NAME", help="Method(s) to run (default: all that apply).")
+@click.option("--target", default="server", show_default=True, metavar="server|client:K",
+              help="membership: attack the server model, or client K's model as if it were released.")
+@DEVICE
+@user_errors
+def attack(run_dir, kind, methods, target, device):
+    """Attacks of an honest-but-curious server, scored against ground truth in eval/."""
+    from .rundir import read_run_config
+
+    cfg = read_run_config(run_dir)
+    dev = device or cfg.device
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if kind == "reconstruction":
+        if target != "server":
+            raise UserError("--target applies to membership attacks only")
+        from .eval.reconstruction import format_reconstruction, run_reconstruction
+
+        result = run_reconstruction(run_dir, methods=list(methods) or None, device=dev, log=log)
+        click.echo(format_reconstruction(result))
+    else:
+        from .eval.membership import format_membership, run_membership
+
+        result = run_membership(run_dir, methods=list(methods) or None, target=target, device=dev, log=log)
+        click.echo(format_membership(result))
+
+
+@main.command()
 @click.option("--config", "config", type=click.Path(), default=None, help="YAML config (default: embedded configs/default.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key by dotted path.")
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="Run directory; rerunning resumes.")

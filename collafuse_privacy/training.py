@@ -289,8 +289,11 @@ class Trainer:
                 "diffusion": cfg.to_dict()["diffusion"],
                 "server_conditioning": cfg.model.server_conditioning,
                 "model_preset": cfg.model.preset,
+                "client_preset": cfg.model.client_preset,
                 "clients": cfg.data.clients,
-                "data": {"name": cfg.data.name, "image_size": cfg.data.image_size, "channels": self.data.shape[0]},
+                # how to load the public split (not the seed: the server cannot rebuild the
+                # clients' splits from this)
+                "data": {**cfg.to_dict()["data"], "channels": self.data.shape[0]},
                 # public auxiliary data (DESIGN.md §2): indices into the dataset
                 "public_indices": self.splits.public,
             },

@@ -143,8 +143,89 @@ class ServerView:
     server_state: Optional[dict[str, torch.Tensor]] = None
     run_dir: Optional[Path] = None
 
+    released_clients: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    # ---- what the server can build from its view ------------------------------
+    @property
+    def t_c(self) -> int:
+        return int(self.meta["t_c"])
+
+    @property
+    def timesteps(self) -> int:
+        return int(self.meta["timesteps"])
+
+    @property
+    def protocol(self) -> str:
+        return str(self.meta["protocol"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        d = self.meta["data"]
+        return (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
+
+    def scheduler(self):
+        """The full-chain ``DDPMScheduler`` of the run (the schedule is public to the server)."""
+        from .config import DiffusionConfig
+        from .diffusion import make_scheduler
+
+        return make_scheduler(DiffusionConfig(**self.meta["diffusion"]))
+
+    def abar(self) -> torch.Tensor:
+        """``abar[t]`` float64 ``[T]`` of the full chain."""
+        from .diffusion import alphas_cumprod
+
+        return alphas_cumprod(self.scheduler())
+
+    def abar_handover(self) -> float:
+        """``abar[t_c - 1]`` (1.0 when ``t_c = 0``: the server receives clean images)."""
+        return 1.0 if self.t_c == 0 else float(self.abar()[self.t_c - 1])
+
+    def public_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The public auxiliary split (DESIGN.md §2): ``(images [P, C, H, W] in [-1, 1], labels [P])``.
+
+        The loader reads the dataset files and keeps only ``public_indices``; nothing
+        about the clients' splits is known here (meta.json carries no seed).
+        """
+        from .config import DataConfig
+        from .data import load_dataset
+
+        fields = {k: v for k, v in self.meta["data"].items() if k in DataConfig.__dataclass_fields__}
+        ds = load_dataset(DataConfig(**fields))
+        idx = torch.tensor(self.meta.get("public_indices", []), dtype=torch.long)
+        return ds.images[idx].clone(), ds.labels[idx].clone()
+
+    def _build(self, weights: dict[str, torch.Tensor], preset: str, device="cpu"):
+        from .models import build_unet
+
+        C, S, _ = self.image_shape
+        n_cls = int(weights["class_embedding.weight"].shape[0]) if "class_embedding.weight" in weights else None
+        model = build_unet(preset, S, C, n_cls)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError:
+            raise UserError(f"{self.run_dir}: checkpoint does not fit the run's model preset") from None
+        return model.to(device).eval()
+
+    def server_model(self, device="cpu"):
+        """The server's own denoiser (EMA weights, as used at inference), or None if untrained."""
+        if self.server_state is None:
+            return None
+        return self._build(self.server_state, self.meta["model_preset"], device)
+
+    def client_model(self, k: int, device="cpu"):
+        """Client ``k``'s model, only if it was released (``ServerView.load(..., release_clients=[k])``)."""
+        if k not in self.released_clients:
+            raise UserError(f"client {k}'s model is not part of the server's view (it was not released)")
+        preset = self.meta.get("client_preset") or self.meta["model_preset"]
+        return self._build(self.released_clients[k], preset, device)
+
     @classmethod
-    def load(cls, run_dir: str | Path) -> "ServerView":
+    def load(cls, run_dir: str | Path, release_clients: tuple[int, ...] = ()) -> "ServerView":
+        """Load the server's view of ``run_dir``.
+
+        ``release_clients``: clients whose trained model (EMA weights) was released to the
+        server, the threat model of client-model attacks; by default none is.
+        """
         run_dir = Path(run_dir)
         meta_path = run_dir / "server_view" / "meta.json"
         if not meta_path.is_file():
@@ -154,13 +235,24 @@ class ServerView:
         msgs = {k: (v.float() if v.is_floating_point() else v) for k, v in msgs.items()}
         ho_path = run_dir / "server_view" / "handover" / "sample.safetensors"
         handover = load_tensors(ho_path) if ho_path.is_file() else None
-        server_state = None
+        server_state, released = None, {}
         latest = run_dir / "checkpoints" / "latest.json"
         if latest.is_file():
-            step_dir = run_dir / "checkpoints" / json.loads(latest.read_text())["dir"]
-            if (step_dir / "server.safetensors").is_file():
-                server_state = load_tensors(step_dir / "server.safetensors")
-        return cls(meta=meta, messages=msgs, handover=handover, server_state=server_state, run_dir=run_dir)
+            try:
+                step_dir = run_dir / "checkpoints" / json.loads(latest.read_text())["dir"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{latest} is corrupt") from None
+            if meta.get("t_c", 0) < meta.get("timesteps", 0) and (step_dir / "server_ema.safetensors").is_file():
+                server_state = load_tensors(step_dir / "server_ema.safetensors")
+            for k in release_clients:
+                f = step_dir / f"client-{k}_ema.safetensors"
+                if not f.is_file():
+                    raise UserError(f"{run_dir} has no model of client {k}")
+                released[int(k)] = load_tensors(f)
+        elif release_clients:
+            raise UserError(f"{run_dir} has no checkpoint yet; train first")
+        return cls(meta=meta, messages=msgs, handover=handover, server_state=server_state, run_dir=run_dir,
+                   released_clients=released)  # fmt: skip
 
     def __len__(self) -> int:
         return int(self.messages["x"].shape[0]) if self.messages else 0

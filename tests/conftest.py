@@ -1,11 +1,14 @@
 """Shared fixtures: tiny CollaFuse runs on scikit-learn digits (8x8) with micro UNets."""
 
+import os
+
 import pytest
 import torch
 
 from collafuse_privacy.config import load_config
 
-torch.set_num_threads(2)
+# Two threads on this 2-core machine; OMP_NUM_THREADS wins when set (parallel test jobs).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 TINY = [
     "data.name=digits",
@@ -50,3 +53,22 @@ def empty_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(fe, "load_state_dict_from_url", no_download)
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", no_download)
     return hub
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """``tiny_run(*overrides)`` -> directory of a trained tiny run (trained once per session
+    for each distinct set of overrides; treat it as read-only, copy it to modify)."""
+    from collafuse_privacy.training import train
+
+    cache: dict[tuple, object] = {}
+
+    def make(*overrides):
+        key = tuple(overrides)
+        if key not in cache:
+            run_dir = tmp_path_factory.mktemp("run")
+            train(tiny_config("record.dtype=float32", *overrides), run_dir, device="cpu", quiet=True)
+            cache[key] = run_dir
+        return cache[key]
+
+    return make
