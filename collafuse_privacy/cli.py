@@ -167,6 +167,16 @@ def attack(run_dir, kind, methods, target, device):
 
 
 @main.command()
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="A trained run directory.")
+@user_errors
+def privacy(run_dir):
+    """Formal privacy of a run: GDP mu and epsilon of the server's view, client DP-SGD epsilon."""
+    from .defenses.privacy import format_privacy, privacy_report
+
+    click.echo(format_privacy(privacy_report(run_dir)))
+
+
+@main.command()
 @click.option("--config", "config", type=click.Path(), default=None, help="YAML config (default: embedded configs/default.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key by dotted path.")
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="Run directory; rerunning resumes.")

@@ -1,0 +1,82 @@
+"""Bootstrap confidence intervals shared by every score in ``eval/``.
+
+``bootstrap(stat, *arrays)`` resamples the rows of all arrays jointly (the same
+indices for each), optionally within strata (e.g. members and non-members kept
+at their sizes, so every resample has both classes), and returns the statistic
+on the full data with a percentile interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic and its bootstrap percentile interval (``level``, e.g. 0.95)."""
+
+    value: float
+    lo: float
+    hi: float
+    level: float = 0.95
+    n_boot: int = 0
+
+    def to_dict(self) -> dict:
+        return {"value": _num(self.value), "lo": _num(self.lo), "hi": _num(self.hi), "level": self.level,
+                "n_boot": self.n_boot}  # fmt: skip
+
+    def __str__(self) -> str:
+        return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
+
+
+def _num(x: float):
+    """JSON-safe number: NaN -> None, +-inf -> "inf"/"-inf" (strict JSON has neither)."""
+    x = float(x)
+    if math.isnan(x):
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def bootstrap(
+    stat: Callable[..., float],
+    *arrays,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    strata: Optional[np.ndarray] = None,
+) -> Interval:
+    """``stat(*arrays)`` with a percentile bootstrap interval over rows.
+
+    ``arrays``: same length ``n`` along axis 0, resampled with the same indices.
+    ``strata``: optional ``[n]`` labels; rows are resampled within each stratum.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError("bootstrap: arrays differ in length")
+    value = float(stat(*arrays))
+    if n < 2 or n_boot <= 0:
+        return Interval(value, float("nan"), float("nan"), level, 0)
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if strata is None else [np.flatnonzero(np.asarray(strata) == s) for s in np.unique(strata)]
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        stats[b] = stat(*[a[idx] for a in arrays])
+    stats = stats[np.isfinite(stats)]
+    if len(stats) == 0:
+        return Interval(value, float("nan"), float("nan"), level, n_boot)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return Interval(value, float(lo), float(hi), level, n_boot)
+
+
+def mean_ci(values, **kwargs) -> Interval:
+    """Mean of ``values`` with a bootstrap interval."""
+    return bootstrap(lambda v: float(np.mean(v)), np.asarray(values, dtype=np.float64), **kwargs)
