@@ -68,7 +68,7 @@ def _train(cfg, out, quiet):
     trainer = Trainer(cfg, run_dir, resolve_device(cfg.device), quiet=quiet)
     what = f"resuming at round {trainer.step}" if trainer.resumed else "new run"
     click.echo(
-        f"run directory: {run_dir} ({what}; t_c = {cfg.t_c} of T = {cfg.diffusion.timesteps}, device {trainer.device})",
+        f"run directory: {run_dir} ({what}; t_c = {trainer.cfg.t_c} of T = {cfg.diffusion.timesteps}, device {trainer.device})",
         err=True,
     )
     summary = trainer.train()
@@ -176,22 +176,70 @@ def privacy(run_dir):
     click.echo(format_privacy(privacy_report(run_dir)))
 
 
-@main.command()
-@click.option("--config", "config", type=click.Path(), default=None, help="YAML config (default: embedded configs/default.yaml).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key by dotted path.")
-@click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="Run directory; rerunning resumes.")
-@DEVICE
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@user_errors
-def demo(config, overrides, out, device, quiet):
-    """The main job: train on the embedded default data, then sample every client."""
-    from .sampling import sample_run
+def _embedded(name: str) -> Path:
+    from importlib import resources
 
-    cfg = _load_cfg(config, overrides, device)
-    run_dir = _train(cfg, out, quiet)
-    info = sample_run(run_dir, device=cfg.device)
-    click.echo(f"samples of {info['clients']} clients: {run_dir / 'samples' / 'grid.png'} (one band of rows per client)", err=True)
-    click.echo(str(run_dir))
+    return Path(str(resources.files("collafuse_privacy.configs").joinpath(name)))
+
+
+def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool):
+    from .sweep import load_sweep, run_sweep
+
+    sw = load_sweep(sweep_file, out, device=device)
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    index = run_sweep(sw, jobs=jobs, log=log, quiet=quiet)
+    if report:
+        from .eval.report import write_report
+
+        res = write_report([out], log=log)
+        return index, res
+    return index, None
+
+
+@main.command()
+@click.option("--config", "sweep_file", type=click.Path(), required=True, help="Sweep YAML: base (or config) + grid (+ include, stages).")
+@click.option("--out", type=click.Path(), required=True, help="Sweep directory; each cell is a run in OUT/cells/<hash>. Rerunning resumes.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Cells run in parallel processes.")
+@DEVICE
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def sweep(sweep_file, out, jobs, device, quiet):
+    """Run a grid of runs (train, sample, evaluate, attacks, privacy), skipping finished cells."""
+    index, _ = _sweep_and_report(sweep_file, Path(out), jobs, device, quiet, report=False)
+    failed = [c for c in index["cells"] if c.get("status") != "done"]
+    click.echo(str(Path(out) / "sweep.json"))
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), default=None, help="Where report.md/.html and figures/ go (default: the first DIR).")
+@click.option("--no-screenshot", is_flag=True, help="Do not render the report's first screen with headless Chromium.")
+@user_errors
+def report(dirs, out, no_screenshot):
+    """Report from run and sweep directories: trade-off plot, tables, ROC, reconstructions, samples."""
+    from .eval.report import write_report
+
+    res = write_report(list(dirs), out=out, screenshot=not no_screenshot, log=lambda m: click.echo(m, err=True))
+    click.echo(res["report_html"])
+
+
+@main.command()
+@click.option("--config", "sweep_file", type=click.Path(), default=None, help="Sweep YAML (default: embedded configs/sweep-default.yaml).")
+@click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="Sweep directory; rerunning resumes.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Cells run in parallel processes.")
+@DEVICE
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def demo(sweep_file, out, jobs, device, quiet):
+    """The main job: the default sweep on the embedded data, end to end, then the report."""
+    import time
+
+    t0 = time.perf_counter()
+    index, res = _sweep_and_report(sweep_file or _embedded("sweep-default.yaml"), Path(out), jobs, device, quiet, report=True)
+    click.echo(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {res['report_html']}", err=True)
+    click.echo(res["report_html"])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,6 +33,9 @@ class DataConfig:
     channels: Optional[int] = None  # image-folder only (1 or 3); others are fixed
     attributes: Optional[str] = None  # image-folder: CSV with a file column and a label column
     label_column: Optional[str] = None  # image-folder: which CSV column is the label
+    # image-folder: label = first group whose attributes an image has (CSV values 1 / -1 or 1 / 0),
+    # e.g. "hair=Black_Hair,Blond_Hair; eyes=Narrow_Eyes"; images in no group are left out
+    attribute_groups: Optional[str] = None
     max_images: Optional[int] = None  # cap on images loaded (first N after a seeded shuffle)
     clients: int = 3
     partition: str = "iid"  # iid | by-class | dirichlet
@@ -63,6 +66,12 @@ class ProtocolConfig:
     kind: str = "cut-image"  # shared-noise | cut-image
     cut_ratio: float = 0.5  # clients' share c of the denoising steps; t_c = round(c * T)
     fixed_noise: bool = False  # cut-image: one release per image (eps1 seeded by image id)
+    # Privacy-budgeted cut (cut-image): when set, the smallest cut ratio whose server view is
+    # (target_epsilon, delta)-DP (GDP release accounting, DESIGN.md §4) REPLACES cut_ratio;
+    # the resolved config.yaml records the chosen cut_ratio.
+    target_epsilon: Optional[float] = None
+    # delta of the server-view epsilon (target and report); None: defense.client_dp.delta
+    target_delta: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,9 @@ class ClientDPConfig:
     target_epsilon: Optional[float] = None
     max_grad_norm: float = 1.0
     delta: float = 1e-5
-    accountant: str = "prv"
+    accountant: str = "prv"  # prv | rdp (Opacus)
+    grad_sample_mode: str = "hooks"  # hooks (with contiguous conv inputs) | functorch
+    log_every: int = 10  # epsilon in metrics/train.jsonl every N rounds (and the last); 1 = every round
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,7 @@ CHOICES = {
     "protocol.kind": ("shared-noise", "cut-image"),
     "record.dtype": ("float16", "float32"),
     "defense.client_dp.accountant": ("prv", "rdp"),
+    "defense.client_dp.grad_sample_mode": ("hooks", "functorch"),
 }
 
 # (key, low, high, low inclusive, high inclusive)
@@ -176,6 +188,11 @@ RANGES = [
     ("data.channels", 1, 3, True, True),
     ("defense.client_dp.max_grad_norm", 0.0, None, False, False),
     ("defense.client_dp.delta", 0.0, 1.0, False, False),
+    ("defense.client_dp.noise_multiplier", 0.0, None, True, False),
+    ("defense.client_dp.target_epsilon", 0.0, None, False, False),
+    ("defense.client_dp.log_every", 1, None, True, False),
+    ("protocol.target_epsilon", 0.0, None, True, False),
+    ("protocol.target_delta", 0.0, 1.0, False, False),
 ]
 
 
@@ -271,8 +288,20 @@ def validate(cfg: Config) -> Config:
         raise UserError("config key 'protocol.fixed_noise' applies to protocol.kind=cut-image only")
     dp = cfg.defense.client_dp
     if dp.enabled:
+        if dp.noise_multiplier is not None and dp.target_epsilon is not None:
+            raise UserError(
+                "config keys 'defense.client_dp.noise_multiplier' and 'defense.client_dp.target_epsilon' "
+                "exclude each other: set one (the other is derived)"
+            )
+        if dp.noise_multiplier is None and dp.target_epsilon is None:
+            raise UserError(
+                "config key 'defense.client_dp.enabled' needs 'defense.client_dp.noise_multiplier' "
+                "or 'defense.client_dp.target_epsilon'"
+            )
+    if cfg.protocol.target_epsilon is not None and cfg.protocol.kind != "cut-image":
         raise UserError(
-            "config key 'defense.client_dp.enabled': DP-SGD clients are not implemented in this version yet"
+            "config key 'protocol.target_epsilon' applies to protocol.kind=cut-image only "
+            "(shared-noise sends eps beside x_t: epsilon is infinite for every cut below 1)"
         )
     return cfg
 

@@ -127,7 +127,15 @@ def _image_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     if not files:
         raise UserError(f"data.root={cfg.root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     labels: Optional[list[int]] = None
-    if cfg.attributes:
+    if cfg.attribute_groups:
+        if not cfg.attributes:
+            raise UserError("config key 'data.attribute_groups' needs 'data.attributes' (the attribute CSV)")
+        group_of = _attribute_groups(Path(cfg.attributes), cfg.attribute_groups)
+        files = [f for f in files if f.name in group_of]  # images in no group are left out
+        if not files:
+            raise UserError(f"no image under data.root={cfg.root} falls into any of data.attribute_groups")
+        labels = [group_of[f.name] for f in files]
+    elif cfg.attributes:
         labels_by_name = _read_attributes(Path(cfg.attributes), cfg.label_column)
         missing = [f.name for f in files if f.name not in labels_by_name]
         if missing:
@@ -174,6 +182,38 @@ def _read_attributes(path: Path, column: Optional[str]) -> dict[str, str]:
     if col is None or col not in cols:
         raise UserError(f"data.label_column={column!r} is not a column of {path} (columns: {', '.join(cols)})")
     return {Path(r[file_col]).name: r[col] for r in rows}
+
+
+def _attribute_groups(path: Path, spec: str) -> dict[str, int]:
+    """``{file name: group index}`` from an attribute CSV (CelebA style: 1 = has it, -1 or 0 = not).
+
+    ``spec``: ``"name=Attr1,Attr2; name2=Attr3"`` (names optional). An image gets the first
+    group in which it has any attribute, as in the CollaFuse authors' CelebA clients.
+    """
+    if not path.is_file():
+        raise UserError(f"data.attributes file not found: {path}")
+    groups = []
+    for part in [p for p in spec.split(";") if p.strip()]:
+        attrs = part.split("=", 1)[-1]
+        groups.append([a.strip() for a in attrs.split(",") if a.strip()])
+    if not groups or not all(groups):
+        raise UserError(f"data.attribute_groups={spec!r}: expected 'name=Attr1,Attr2; name2=Attr3'")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise UserError(f"data.attributes file {path} has no rows")
+    cols = list(rows[0].keys())
+    for g in groups:
+        for a in g:
+            if a not in cols:
+                raise UserError(f"data.attribute_groups names '{a}', which is not a column of {path}")
+    out = {}
+    for r in rows:
+        for gi, g in enumerate(groups):
+            if any(str(r[a]).strip() == "1" for a in g):
+                out[Path(r[cols[0]]).name] = gi
+                break
+    return out
 
 
 LOADERS = {"mnist5k": _mnist5k, "digits": _digits, "cifar10": _cifar10, "image-folder": _image_folder}

@@ -11,13 +11,24 @@ DDPM loop over the same images.
 Everything random draws from a ``torch.Generator`` (one per party, one per
 client batcher) whose state is checkpointed; a resumed run is bit-identical to
 an uninterrupted one on the CPU.
+
+Defences (DESIGN.md §4, ``defenses/``): with ``defense.client_dp.enabled`` each
+client's :class:`Party` is made private with Opacus DP-SGD (per-sample clipping
+instead of ``train.grad_clip``, seeded Gaussian noise, an accountant whose
+history is checkpointed) and draws its batch by Poisson sampling at rate
+``train.batch_size / members``; the message it sends is built from that batch as
+usual. ``protocol.target_epsilon`` picks the cut ratio from the GDP release
+accounting before the run starts. Every run ends by writing
+``metrics/privacy.json`` (:mod:`collafuse_privacy.defenses.privacy`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +58,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def generator(*seed_parts: int) -> torch.Generator:
-    """A CPU generator seeded from several integers (stable across runs)."""
+def generator(*seed_parts: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator (CPU unless ``device``) seeded from several integers (stable across runs)."""
     s = 0
     for p in seed_parts:
         s = (s * 1_000_003 + int(p)) % (2**63 - 1)
-    return torch.Generator().manual_seed(s)
+    return torch.Generator(device=device).manual_seed(s)
 
 
 class Party:
@@ -66,9 +77,33 @@ class Party:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
         self.ema = EMAModel(self.model.parameters(), decay=EMA_DECAY, use_ema_warmup=True, power=0.75, foreach=True)
         self.grad_clip = cfg.train.grad_clip
+        self.dp = None  # a defenses.dp_sgd.DPSGD once make_private() was called
+
+    def make_private(self, **dp_kwargs) -> None:
+        """Wrap (model, optimiser) with Opacus DP-SGD (``defenses.dp_sgd.DPSGD`` arguments).
+
+        ``self.model`` stays the plain UNet (its ``state_dict`` keys, EMA and checkpoints are
+        unchanged); per-sample clipping replaces ``train.grad_clip``; the EMA copy is a
+        post-processing of the private weights.
+        """
+        from .defenses.dp_sgd import DPSGD
+
+        self.dp = DPSGD(self.model, self.opt, **dp_kwargs)
 
     def train_step(self, x_t, t, noise, class_labels=None) -> Optional[float]:
-        """One optimiser step on ``|eps_theta(x_t, t) - noise|^2``; None for an empty batch."""
+        """One optimiser step on ``|eps_theta(x_t, t) - noise|^2``; None for an empty batch.
+
+        With DP an empty batch still takes a step (noise only), as the accounting assumes.
+        """
+        if self.dp is not None:
+            self.model.train()
+            loss_fn = None
+            if x_t.shape[0] > 0:
+                loss_fn = lambda m: p_losses(m, x_t, t, noise, class_labels).mean()  # noqa: E731
+            loss = self.dp.step(loss_fn)
+            self.sched.step()
+            self.ema.step(self.model.parameters())
+            return loss
         if x_t.shape[0] == 0:
             return None
         self.model.train()
@@ -89,7 +124,10 @@ class Party:
 
     def state_dict(self) -> dict:
         ema = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
-        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "ema": ema}
+        out = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "ema": ema}
+        if self.dp is not None:
+            out["dp"] = self.dp.state_dict()
+        return out
 
     def load(self, weights: dict, ema_weights: dict, state: dict) -> None:
         self.model.load_state_dict(weights)
@@ -99,6 +137,10 @@ class Party:
         ema = dict(state["ema"])
         ema["shadow_params"] = [ema_weights[n].to(self.device) for n in names]
         self.ema.load_state_dict(ema)
+        if (self.dp is not None) != ("dp" in state):
+            raise ValueError("the checkpoint and this config disagree about DP-SGD")
+        if self.dp is not None:
+            self.dp.load_state_dict(state["dp"])
 
 
 class Batcher:
@@ -138,7 +180,8 @@ class Client:
     ids: torch.Tensor  # [n] dataset indices (ground truth; never sent)
     party: Party
     gen: torch.Generator  # t and eps draws
-    batcher: Batcher
+    batcher: Batcher  # or defenses.dp_sgd.PoissonSampler for DP clients
+    sends: Optional[torch.Tensor] = None  # [n] int64: times each member image crossed the cut
 
 
 class Server:
@@ -228,6 +271,9 @@ class Trainer:
         splits = make_splits(self.data, cfg.data, cfg.seed)
         self.scheduler = make_scheduler(cfg.diffusion)
         self.abar = alphas_cumprod(self.scheduler)
+        self.cut_choice = None
+        if cfg.protocol.target_epsilon is not None:
+            cfg = self.cfg = self._resolve_cut(cfg, splits)
         self.t_c, self.T = cfg.t_c, cfg.diffusion.timesteps
         torch.manual_seed(cfg.seed)  # model initialisation
         C, S = self.data.shape[0], cfg.data.image_size
@@ -238,29 +284,157 @@ class Trainer:
         self.splits = self._splits(splits)
         self.server = Server(Party(server_model, cfg, device), cfg, self.scheduler, generator(cfg.seed, 1))
         self.clients = []
+        # DP-SGD only where a client trains: with t_c = 0 its model never takes a step
+        self.dp_on = cfg.defense.client_dp.enabled and self.t_c > 0
         for k, model in enumerate(client_models):
             ids = torch.tensor(self.splits.members[k], dtype=torch.long)
+            party = Party(model, cfg, device)
+            batcher = Batcher(len(ids), generator(cfg.seed, 3, k))
+            if self.dp_on:
+                batcher = self._make_private(k, party, len(ids))
             self.clients.append(
                 Client(
                     k=k,
                     images=self.data.images[ids].to(device),
                     labels=self.data.labels[ids].to(device),
                     ids=ids,
-                    party=Party(model, cfg, device),
+                    party=party,
                     gen=generator(cfg.seed, 2, k),
-                    batcher=Batcher(len(ids), generator(cfg.seed, 3, k)),
+                    batcher=batcher,
+                    sends=torch.zeros(len(ids), dtype=torch.long),
                 )
             )
         rec = cfg.record
         self.recorder = ViewRecorder(self.run_dir, rec.max_items if rec.enabled else 0, rec.shard_size, rec.dtype)
         self.transport = Transport(self.server.receive, self.recorder.receive)
         self.step = 0
+        self._eps_cache: dict = {}
+        self.counts_complete = True
         if self.resumed:
             self._load_latest()
             write_config(cfg, self.run_dir)  # train.steps may have grown
+        if self.dp_on:
+            self._check_dp_budget()
         self._write_meta()
+        if self.cut_choice is not None and not quiet:
+            print(self.cut_choice["message"], file=sys.stderr)
 
     # ---- setup --------------------------------------------------------------
+    def _resolve_cut(self, cfg: Config, splits: Splits) -> Config:
+        """``protocol.target_epsilon``: the smallest cut whose server view meets it (DESIGN.md §4).
+
+        Releases per image are fixed before training (1 with fixed noise, else the most
+        times an image can be drawn in ``train.steps`` rounds). The chosen ratio replaces
+        ``protocol.cut_ratio`` in the resolved config. A resumed run keeps its cut if that
+        still meets the target (more rounds mean more releases with fresh noise) and is
+        refused otherwise.
+        """
+        from .defenses.accounting import smallest_cut, view_privacy
+
+        from .rundir import read_run_config
+
+        p = cfg.protocol
+        delta = p.target_delta if p.target_delta is not None else cfg.defense.client_dp.delta
+        shape = tuple(self.data.shape)
+        releases = self._planned_releases(cfg, splits)
+        t_c, mu, eps = smallest_cut(self.abar.numpy(), shape, releases, p.target_epsilon, delta)
+        T = cfg.diffusion.timesteps
+        ratio = t_c / T
+        old_path = self.run_dir / "config.yaml"
+        if old_path.is_file():
+            old = read_run_config(self.run_dir)
+            if old.protocol.target_epsilon == p.target_epsilon and old.protocol.cut_ratio != ratio:
+                old_t_c = old.t_c
+                mu_o, eps_o = view_privacy(p.kind, old_t_c, T, float(abar_at(self.scheduler, old_t_c - 1)), shape,
+                                           releases, delta)  # fmt: skip
+                if eps_o > p.target_epsilon:
+                    raise UserError(
+                        f"protocol.target_epsilon={p.target_epsilon:g}: {cfg.train.steps} rounds allow up to {releases} "
+                        f"releases per image, and the run's cut c={old.protocol.cut_ratio:g} then gives epsilon={eps_o:.3g}; "
+                        f"it would need c={ratio:g}: choose another --out"
+                    )
+                t_c, mu, eps, ratio = old_t_c, mu_o, eps_o, old.protocol.cut_ratio
+        cfg = dataclasses.replace(cfg, protocol=dataclasses.replace(p, cut_ratio=ratio))
+        self.cut_choice = {
+            "target_epsilon": p.target_epsilon,
+            "delta": delta,
+            "releases_per_image": releases,
+            "cut_ratio": ratio,
+            "t_c": t_c,
+            "mu": mu,
+            "epsilon": eps,
+            "message": (
+                f"protocol.target_epsilon={p.target_epsilon:g} (delta={delta:g}, {releases} release(s) per image): "
+                f"cut_ratio={ratio:g} (t_c={t_c} of T={T}) is the smallest cut meeting it, epsilon={eps:.4g}, mu={mu:.4g}"
+                + ("; c=1: nothing crosses the cut" if t_c == T else "")
+            ),
+        }
+        return cfg
+
+    def _planned_releases(self, cfg: Config, splits: Splits) -> int:
+        """Releases per image known before training (see defenses.accounting.planned_releases)."""
+        from .defenses.accounting import epochs_bound, planned_releases, poisson_draws_bound
+
+        n = min(len(m) for m in splits.members)
+        B, R = cfg.train.batch_size, cfg.train.steps
+        if cfg.defense.client_dp.enabled:
+            draws = poisson_draws_bound(R, min(1.0, B / n), n)
+        else:
+            draws = epochs_bound(R, B, n)
+        return planned_releases(cfg.protocol.fixed_noise, draws)
+
+    def _make_private(self, k: int, party: Party, n: int):
+        """Opacus DP-SGD for client ``k`` (``n`` members); returns its Poisson sampler."""
+        from .defenses.accounting import dp_sgd_noise_multiplier
+        from .defenses.dp_sgd import PoissonSampler
+
+        dp, cfg = self.cfg.defense.client_dp, self.cfg
+        q = min(1.0, cfg.train.batch_size / n)
+        sigma = dp.noise_multiplier
+        if sigma is None:
+            sigma = dp_sgd_noise_multiplier(dp.target_epsilon, dp.delta, q, cfg.train.steps, dp.accountant)
+        party.make_private(
+            noise_multiplier=sigma,
+            max_grad_norm=dp.max_grad_norm,
+            # the client trains on the drawn images with t < t_c: on average q * n * t_c / T
+            expected_batch_size=max(q * n * self.t_c / self.T, 1e-6),
+            sample_rate=q,
+            accountant=dp.accountant,
+            grad_sample_mode=dp.grad_sample_mode,
+            generator=generator(cfg.seed, 4, k, device=self.device),
+        )
+        return PoissonSampler(n, q, generator(cfg.seed, 3, k))
+
+    def _check_dp_budget(self) -> None:
+        """Refuse to train past ``defense.client_dp.target_epsilon``."""
+        from .defenses.accounting import dp_sgd_epsilon
+
+        dp = self.cfg.defense.client_dp
+        if dp.target_epsilon is None:
+            return
+        remaining = max(0, self.cfg.train.steps - self.step)
+        for c in self.clients:
+            d = c.party.dp
+            eps = dp_sgd_epsilon(d.accountant.history + [(d.noise_multiplier, d.sample_rate, remaining)], dp.delta,
+                                 dp.accountant)  # fmt: skip
+            if eps > dp.target_epsilon * (1 + 1e-9):
+                raise UserError(
+                    f"defense.client_dp.target_epsilon={dp.target_epsilon:g}: training client {c.k} to "
+                    f"{self.cfg.train.steps} rounds at the run's noise multiplier {d.noise_multiplier:.4g} would spend "
+                    f"epsilon={eps:.4g}; refusing (keep train.steps at most what the run started with, "
+                    "or start a new run)"
+                )
+
+    def client_dp_epsilons(self) -> list[float]:
+        """Epsilon spent so far by each DP client (memoised on the accountant history)."""
+        dp = self.cfg.defense.client_dp
+        out = []
+        for c in self.clients:
+            key = (tuple(c.party.dp.accountant.history), dp.delta, dp.accountant)
+            if key not in self._eps_cache:
+                self._eps_cache[key] = c.party.dp.epsilon(dp.delta)
+            out.append(self._eps_cache[key])
+        return out
     def _splits(self, splits: Splits) -> Splits:
         path = self.run_dir / "splits.json"
         if path.is_file():
@@ -321,6 +495,7 @@ class Trainer:
             "server_gen": self.server.gen.get_state(),
             "client_gens": [c.gen.get_state() for c in self.clients],
             "batchers": [c.batcher.state_dict() for c in self.clients],
+            "release_counts": [c.sends.clone() for c in self.clients],
             "recorder": self.recorder.state_dict(),
             "transport": {"messages": self.transport.messages, "bytes": self.transport.bytes},
         }
@@ -359,6 +534,12 @@ class Trainer:
             for c, g, b in zip(self.clients, state["client_gens"], state["batchers"]):
                 c.gen.set_state(g)
                 c.batcher.load_state_dict(b)
+            counts = state.get("release_counts")
+            self.counts_complete = counts is not None  # checkpoints from before counting
+            for c, n in zip(self.clients, counts or []):
+                if n.shape != c.sends.shape:
+                    raise ValueError("release counts do not fit")
+                c.sends = n.clone()
             self.transport.messages = int(state["transport"]["messages"])
             self.transport.bytes = int(state["transport"]["bytes"])
             self.step = int(state["step"])
@@ -398,9 +579,15 @@ class Trainer:
             msg = client_message(cfg, self.scheduler, c.k, x0[remote], t[remote], eps[remote], ids[remote.cpu()], labels)
             self.transport.send(msg)
             self.recorder.attach_truth(ids[remote.cpu()])
+            sent = pos[remote.cpu()]
+            c.sends.index_add_(0, sent, torch.ones_like(sent))
         row["server_loss"], row["server_n"] = self.server.train_step()
         self.recorder.end_round()
         self.step += 1
+        if self.dp_on:
+            every = self.cfg.defense.client_dp.log_every
+            if self.step % every == 0 or self.step == self.cfg.train.steps:
+                row["client_dp_epsilon"] = self.client_dp_epsilons()
         return row
 
     def train(self, on_round: Optional[Callable[[int], None]] = None) -> dict:
@@ -433,6 +620,7 @@ class Trainer:
         bar.close()
         if self.step == total and not (self.ckpt_dir / "latest.json").is_file():
             self.save_checkpoint()
+        self.write_privacy()
         return {
             "run_dir": str(self.run_dir),
             "steps": self.step,
@@ -443,6 +631,25 @@ class Trainer:
             "client_params": num_params(self.clients[0].party.model),
             "recorded": self.recorder.count,
         }
+
+
+    def privacy_inputs(self) -> dict:
+        """What defenses.privacy.compute_privacy needs, from the live run."""
+        return {
+            "release_counts": [c.sends for c in self.clients] if self.counts_complete else None,
+            "dp_states": [c.party.dp.state_dict() for c in self.clients] if self.dp_on else None,
+            "n_members": [len(c.ids) for c in self.clients],
+            "steps": self.step,
+        }
+
+    def write_privacy(self) -> dict:
+        """``metrics/privacy.json``: formal epsilon of the server's view and of DP clients."""
+        from .defenses.privacy import compute_privacy, write_privacy
+
+        report = compute_privacy(self.cfg, tuple(self.data.shape), cut_choice=self.cut_choice,
+                                 **self.privacy_inputs())  # fmt: skip
+        write_privacy(self.run_dir, report)
+        return report
 
 
 def train(cfg: Config, run_dir: str | Path, device: str = "auto", quiet: bool = False, on_round=None) -> dict:

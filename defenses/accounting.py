@@ -100,3 +100,118 @@ def view_mu(meta: dict, releases: int | None = None, sensitivity_l2: float | Non
     d = meta["data"]
     shape = (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
     return release_mu(float(meta["abar_handover"]), shape, releases or 1, sensitivity_l2)
+
+
+# ---- releases per image -------------------------------------------------------
+
+
+def epochs_bound(rounds: int, batch: int, n_members: int) -> int:
+    """Times any one image can be drawn by a client that walks seeded epochs of its
+    ``n_members`` images, ``batch`` per round: ``ceil(rounds * batch / n_members)``."""
+    if rounds <= 0 or n_members <= 0:
+        return 0
+    return int(math.ceil(rounds * batch / n_members - 1e-12))
+
+
+def poisson_draws_bound(rounds: int, sample_rate: float, n_members: int, tail: float = 1e-6) -> int:
+    """Draws of the most-drawn image under Poisson sampling (rate ``q`` per round), a bound
+    that holds for all ``n_members`` images at once with probability ``>= 1 - tail``
+    (union bound over the images of the Binomial(rounds, q) upper tail)."""
+    from scipy.stats import binom
+
+    if rounds <= 0 or n_members <= 0 or sample_rate <= 0:
+        return 0
+    return int(binom.isf(tail / n_members, rounds, min(1.0, sample_rate))) + 1
+
+
+def planned_releases(fixed_noise: bool, draws_bound: int) -> int:
+    """Releases per image known before training: 1 with ``fixed_noise`` (every re-send is
+    the same ``h``), else the number of times an image can be drawn (a send happens only
+    for the drawn images with ``t >= t_c``, so this over-counts: conservative)."""
+    if draws_bound <= 0:
+        return 0
+    return 1 if fixed_noise else int(draws_bound)
+
+
+# ---- the server's view of one run ---------------------------------------------
+
+
+def view_privacy(
+    protocol: str,
+    t_c: int,
+    timesteps: int,
+    abar_handover: float,
+    image_shape,
+    releases: int,
+    delta: float,
+) -> tuple[float, float]:
+    """``(mu, epsilon)`` of the server's view of one image (DESIGN.md §4).
+
+    ``protocol``: ``shared-noise`` (inf) or ``cut-image``; ``abar_handover``:
+    ``abar[t_c - 1]``; ``image_shape``: (C, H, W); ``releases``: independent
+    hand-over images of that image the server holds (1 with ``fixed_noise``).
+    ``t_c = T`` (nothing sent) gives (0, 0); ``t_c = 0`` (clean images) (inf, inf).
+    """
+    if t_c >= timesteps or releases <= 0:
+        return 0.0, 0.0
+    if protocol == "shared-noise" or t_c <= 0:
+        return INF, INF
+    mu = release_mu(abar_handover, image_shape, releases)
+    return mu, gdp_epsilon(mu, delta)
+
+
+def smallest_cut(
+    abar_table, image_shape, releases: int, target_epsilon: float, delta: float
+) -> tuple[int, float, float]:
+    """The smallest ``t_c`` in ``0..T`` whose ``cut-image`` view meets ``(target_epsilon, delta)``.
+
+    ``abar_table``: ``alphas_cumprod`` of the full schedule ([T], decreasing), so the view
+    of ``t_c`` releases at ``abar_table[t_c - 1]``. Returns ``(t_c, mu, epsilon)``;
+    ``t_c = T`` (send nothing, epsilon 0) always qualifies.
+    """
+    if not target_epsilon >= 0.0:
+        raise ValueError(f"target_epsilon must be >= 0, got {target_epsilon}")
+    abar = np.asarray(abar_table, dtype=np.float64)
+    T = len(abar)
+    for t_c in range(1, T + 1):  # t_c = 0 sends clean images: never private
+        if t_c == T:
+            return T, 0.0, 0.0
+        mu = release_mu(float(abar[t_c - 1]), image_shape, releases)
+        # delta(eps) is decreasing in eps: eps(mu) <= target  <=>  delta(target) <= delta
+        if gdp_delta(target_epsilon, mu) <= delta:
+            return t_c, mu, gdp_epsilon(mu, delta)
+    return T, 0.0, 0.0
+
+
+# ---- DP-SGD (Opacus' accountants) -----------------------------------------------
+
+
+def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
+    """One Gaussian mechanism with noise ``sigma`` times the sensitivity is ``1/sigma``-GDP;
+    its exact ``epsilon(delta)``."""
+    return gdp_epsilon(INF if noise_multiplier == 0 else 1.0 / noise_multiplier, delta)
+
+
+def dp_sgd_epsilon(history, delta: float, accountant: str = "prv") -> float:
+    """Epsilon of DP-SGD from an Opacus accountant history
+    ``[(noise_multiplier, sample_rate, steps), ...]`` (Opacus ``prv`` or ``rdp``)."""
+    from opacus.accountants import create_accountant
+
+    history = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
+    if not history:
+        return 0.0
+    if any(s == 0.0 for s, _, _ in history):
+        return INF
+    acc = create_accountant(mechanism=accountant)
+    acc.history = history
+    return float(acc.get_epsilon(delta=delta))
+
+
+def dp_sgd_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                            accountant: str = "prv") -> float:  # fmt: skip
+    """Smallest noise multiplier (Opacus' bisection, tolerance 0.01 in epsilon) whose
+    ``steps`` steps at ``sample_rate`` spend at most ``target_epsilon``."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                      steps=max(1, int(steps)), accountant=accountant))  # fmt: skip

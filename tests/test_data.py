@@ -90,3 +90,25 @@ def test_cifar10_and_image_folder_loaders(tmp_path):
     csv.write_text("file,smiling\n" + "".join(f"{c}{i}.png,{i % 2}\n" for c in ["cat", "dog"] for i in range(3)))
     ds = load_dataset(DataConfig(name="image-folder", root=str(folder), image_size=8, attributes=str(csv), channels=1))
     assert ds.images.shape == (6, 1, 8, 8) and sorted(ds.labels.tolist()) == [0, 0, 0, 0, 1, 1]
+
+
+def test_image_folder_attribute_groups(tmp_path):
+    """CelebA-style clients: label = first attribute group an image belongs to; others left out."""
+    from PIL import Image
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    rows = ["image_id,Black_Hair,Blond_Hair,Eyeglasses"]
+    spec = [(1, -1, -1), (-1, 1, 1), (-1, -1, 1), (-1, -1, -1)]
+    for i, (a, b, c) in enumerate(spec):
+        Image.fromarray(np.full((10, 12), 40 * i, dtype=np.uint8)).save(folder / f"{i:06d}.jpg")
+        rows.append(f"{i:06d}.jpg,{a},{b},{c}")
+    csv = tmp_path / "list_attr_celeba.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    cfg = DataConfig(name="image-folder", root=str(folder), image_size=8, attributes=str(csv), channels=3,
+                     attribute_groups="hair colour=Black_Hair,Blond_Hair; accessories=Eyeglasses")
+    ds = load_dataset(cfg)
+    assert ds.labels.tolist() == [0, 0, 1]  # image 3 has none of the attributes
+    with pytest.raises(UserError, match="Bald"):
+        load_dataset(DataConfig(name="image-folder", root=str(folder), image_size=8, attributes=str(csv),
+                                attribute_groups="hair=Bald"))

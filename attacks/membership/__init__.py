@@ -1,1 +1,10 @@
-"""Membership-inference attacks on the server view (one file per method; none yet)."""
+"""Membership-inference attacks on the server view (DESIGN.md §3), one file per method.
+
+Registry (:mod:`.base`): ``view-lrt``, ``loss``, ``secmi``, ``pia``. Each is
+``fit(view) -> self``; ``score(view, candidates [M, C, H, W] in [-1, 1], client) -> [M]``,
+higher = more likely member; :class:`NotApplicable` when it cannot run on a view.
+"""
+
+from .base import (REGISTRY, MembershipAttack, NotApplicable, attack_names, get_attack, make_attack,  # noqa: F401
+                   parse_target, register)  # fmt: skip
+from . import view_lrt, loss, secmi, pia  # noqa: F401,E402  (registration order = default order)

@@ -1,0 +1,99 @@
+"""Membership-inference interface and registry (DESIGN.md §3, STYLE.md "What we take" 1-2).
+
+Every method is a class registered by name::
+
+    attack = make_attack("view-lrt", target="server", device="cpu")
+    attack.fit(view)                              # -> attack; may raise NotApplicable
+    s = attack.score(view, candidates, client=k)  # Tensor[M], higher = more likely member
+
+``candidates``: ``[M, C, H, W]`` float images with pixels in [-1, 1]; ``client``:
+the client whose membership is asked (the server knows which client sent each
+message, so attacks may restrict themselves to that client's releases), or None.
+Attacks see only the :class:`~collafuse_privacy.view.ServerView`; ground truth and
+metrics live in ``eval/``.
+
+``target``: ``"server"`` (the server's own view and model) or ``"client:K"``
+(client K's model is released; the view must be loaded with
+``ServerView.load(run_dir, release_clients=[K])``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Optional
+
+import torch
+
+from collafuse_privacy.errors import UserError
+
+_TARGET_RE = re.compile(r"^client:(\d+)$")
+
+
+class NotApplicable(Exception):
+    """The attack cannot run on this view (e.g. nothing was sent, no server model at c = 1).
+
+    The message is the reason; ``eval/`` records it instead of a number.
+    """
+
+
+def parse_target(target: str) -> tuple[str, Optional[int]]:
+    """``"server"`` -> ``("server", None)``; ``"client:K"`` -> ``("client", K)``; else UserError."""
+    if target == "server":
+        return "server", None
+    m = _TARGET_RE.match(str(target))
+    if not m:
+        raise UserError(f"--target must be 'server' or 'client:K' with K a client number, got {target!r}")
+    return "client", int(m.group(1))
+
+
+class MembershipAttack:
+    """Base class: ``fit(view) -> self``; ``score(view, candidates, client) -> Tensor[M]``."""
+
+    name: str = ""
+
+    def __init__(self, target: str = "server", device: str | torch.device = "cpu"):
+        self.target = target
+        self.target_kind, self.target_client = parse_target(target)
+        self.device = torch.device(device)
+
+    def fit(self, view) -> "MembershipAttack":
+        return self
+
+    def score(self, view, candidates: torch.Tensor, client: Optional[int] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """The attack's settings, recorded beside its numbers."""
+        return {}
+
+
+REGISTRY: dict[str, type[MembershipAttack]] = {}
+
+
+def register(name: str) -> Callable[[type[MembershipAttack]], type[MembershipAttack]]:
+    """Class decorator: register a membership attack under ``name`` (duplicates rejected)."""
+
+    def deco(cls: type[MembershipAttack]) -> type[MembershipAttack]:
+        if name in REGISTRY:
+            raise ValueError(f"membership attack {name!r} is already registered ({REGISTRY[name].__name__})")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def attack_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_attack(name: str) -> type[MembershipAttack]:
+    """The class registered as ``name``; UserError listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown membership attack {name!r} (known: {', '.join(REGISTRY)})") from None
+
+
+def make_attack(name: str, target: str = "server", device: str | torch.device = "cpu", **options) -> MembershipAttack:
+    return get_attack(name)(target=target, device=device, **options)

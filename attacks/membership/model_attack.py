@@ -1,0 +1,121 @@
+"""Shared machinery of the model-based membership attacks (``loss``, ``secmi``, ``pia``).
+
+A target model owns a contiguous range of the chain, which the attacks see in
+the model's own coordinates: local steps ``s = 0..n-1`` at global timestep
+``t = t_off + s``, a noise table ``abar_s[s]`` and "clean data" ``data(x)`` for a
+candidate ``x`` (pixels in [-1, 1]):
+
+==========================  ============  =====================================  ======================
+target                      ``t_off``     ``abar_s[s]``                          clean data
+==========================  ============  =====================================  ======================
+server, shared-noise        ``t_c``       ``abar[t_c + s]``                      ``x``
+server, cut-image           ``t_c``       ``abar[t_c + s] / abar[t_c - 1]``      ``h = x_{t_c-1}`` of ``x``
+client K (released model)   0             ``abar[s]``, ``s < t_c``               ``x``
+==========================  ============  =====================================  ======================
+
+In cut-image the server trains an ordinary DDPM whose data are the hand-over
+images ``h`` on the tail schedule (``collafuse_privacy.training.Server.model_inputs``):
+``x_t = sqrt(abar_s[s]) h + sqrt(1 - abar_s[s]) eps2``, target ``eps2``, model told
+``t = t_c + s``. Given ``x`` this ``x_t`` has exactly the marginal
+``q(x_t | x) = N(sqrt(abar[t]) x, (1 - abar[t]) I)``. ``h`` is drawn from ``x`` with
+fixed seeded noise (``loss``) or replaced by its noise-free mean
+``sqrt(abar[t_c-1]) x`` (``secmi``, ``pia``: their deterministic start).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .base import MembershipAttack, NotApplicable
+
+
+def local_steps(n: int, fractions) -> list[int]:
+    """Distinct local steps ``round(f * (n - 1))`` for ``f`` in ``fractions`` (sorted)."""
+    return sorted({min(n - 1, max(0, int(round(f * (n - 1))))) for f in fractions})
+
+
+class ModelAttack(MembershipAttack):
+    """Loads the target model in ``fit`` and gives subclasses ``eps(x_s, s)`` in local steps."""
+
+    def __init__(self, target="server", device="cpu", batch_size: int = 512, seed: int = 0):
+        super().__init__(target, device)
+        self.batch_size, self.seed = batch_size, seed
+        self.model = None
+
+    def fit(self, view) -> "ModelAttack":
+        ab = view.abar()  # float64 [T]
+        T, t_c = view.timesteps, view.t_c
+        self.hand_a = 0.0  # abar[t_c - 1] when the clean data are hand-over images
+        if self.target_kind == "server":
+            if t_c >= T:
+                raise NotApplicable("c = 1 (t_c = T): the server owns no timesteps and has no model")
+            model = view.server_model(self.device)
+            if model is None:
+                raise NotApplicable("the server view holds no trained server model (no checkpoint)")
+            self.t_off, self.conditioning = t_c, view.meta.get("server_conditioning", "none")
+            if view.protocol == "cut-image" and t_c > 0:
+                self.hand_a = float(ab[t_c - 1])
+                self.abar_s = ab[t_c:] / self.hand_a
+            else:
+                self.abar_s = ab[t_c:]
+            self.n_clients = int(view.meta.get("clients", 1))
+        else:
+            if t_c == 0:
+                raise NotApplicable(f"c = 0 (t_c = 0): client {self.target_client} owns no timesteps; its model was never trained")
+            model = view.client_model(self.target_client, self.device)  # UserError if not released
+            self.t_off, self.conditioning, self.abar_s = 0, "none", ab[:t_c]
+        self.model = model.eval()
+        self.n_steps = len(self.abar_s)
+        self.num_class_embeds = getattr(model.config, "num_class_embeds", None)
+        return self
+
+    # ---- helpers for subclasses ------------------------------------------------
+    def describe(self) -> dict:
+        return {"target": self.target, "global_t_range": [self.t_off, self.t_off + getattr(self, "n_steps", 0) - 1]}
+
+    def ab(self, s: int) -> float:
+        return float(self.abar_s[s])
+
+    def clean_data(self, x: torch.Tensor) -> torch.Tensor:
+        """Noise-free clean data of the model's DDPM for candidates ``x``."""
+        return x * math.sqrt(self.hand_a) if self.hand_a else x
+
+    def noise(self, shape, *key: int) -> torch.Tensor:
+        """Fixed noise ``[1, C, H, W]`` shared by all candidates, seeded by ``(seed, *key)``."""
+        from collafuse_privacy.training import generator
+
+        return torch.randn((1, *shape), generator=generator(self.seed, 0x3A1A, *key))
+
+    def label_options(self, n: int, client: Optional[int]) -> list[Optional[torch.Tensor]]:
+        """Class labels to try: the asked client's id (client-conditioned server), every
+        client / class when unknown (the attacker keeps the best match), else None."""
+        if self.conditioning == "client":
+            ks = [int(client)] if client is not None else range(self.n_clients)
+        elif self.conditioning == "labels" and self.num_class_embeds:
+            ks = range(int(self.num_class_embeds))
+        else:
+            return [None]
+        return [torch.full((n,), k, dtype=torch.long, device=self.device) for k in ks]
+
+    @torch.no_grad()
+    def eps(self, x_s: torch.Tensor, s: int, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        t = torch.full((x_s.shape[0],), self.t_off + int(s), dtype=torch.long, device=self.device)
+        return self.model(x_s, t, class_labels=labels).sample.float()
+
+    def error(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Per-candidate attack error ``[B]`` (lower = more likely member) for a batch on the device."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, view, candidates: torch.Tensor, client: Optional[int] = None) -> torch.Tensor:
+        if self.model is None:
+            raise RuntimeError("call fit(view) first")
+        out = []
+        for i in range(0, candidates.shape[0], self.batch_size):
+            x = candidates[i : i + self.batch_size].float().to(self.device)
+            errs = [self.error(x, lab) for lab in self.label_options(x.shape[0], client)]
+            out.append(-torch.stack(errs).amin(0).cpu())
+        return torch.cat(out) if out else torch.zeros(0)

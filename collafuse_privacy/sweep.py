@@ -1,0 +1,299 @@
+"""``collafuse-privacy sweep``: a grid of ordinary runs, resumable, failure-tolerant.
+
+A sweep file (YAML, ``yaml.safe_load``)::
+
+    name: default                  # optional, shown in the report
+    config: default.yaml           # a config file (relative to the sweep file), and/or
+    base:                          # a config mapping (refines 'config' when both are given)
+      train: {steps: 300}
+    grid:                          # dotted key -> list of values (cartesian product)
+      protocol.cut_ratio: [0.2, 0.5, 0.8]
+      seed: [0, 1]
+    include:                       # optional extra cells (overrides on top of base)
+      - {protocol.cut_ratio: 0.5, defense.client_dp.enabled: true}
+    stages:                        # optional; what each cell runs (default: all, in this order)
+      train: {}
+      sample: {}
+      evaluate: {n: 128, extractor: auto}
+      privacy: {}
+      reconstruction: {methods: [rescale, learned, average]}
+      membership: {methods: null, targets: [server, client:0]}
+
+Each cell is an ordinary run directory ``OUT/cells/<hash>`` keyed by a hash of
+its resolved config (``device`` excluded), so rerunning skips finished stages of
+finished cells and resumes unfinished ones (training resumes from its last
+checkpoint). A cell that fails is recorded with its error (``cell.json`` and
+``error.log``) and the others go on. ``jobs > 1`` runs cells in parallel
+processes, each with ``cores // jobs`` torch threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from .config import Config, apply_overrides, from_dict, read_yaml
+from .errors import UserError
+from .io import atomic_write_json
+
+STAGES = ("train", "sample", "evaluate", "privacy", "reconstruction", "membership")
+STAGE_OPTIONS = {
+    "train": set(),
+    "sample": {"n"},
+    "evaluate": {"n", "extractor"},
+    "privacy": set(),
+    "reconstruction": {"methods"},
+    "membership": {"methods", "targets"},
+}
+TOP_KEYS = {"name", "base", "config", "grid", "include", "stages"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the sweep: its overrides, resolved config and directory."""
+
+    id: str
+    overrides: dict  # dotted key -> value, what distinguishes this cell
+    config: dict  # resolved config (plain data)
+    dir: str
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.overrides.items()) or "base"
+
+
+@dataclass
+class Sweep:
+    name: str
+    out: Path
+    cells: list[Cell]
+    stages: dict[str, dict] = field(default_factory=dict)
+
+
+def _as_override(key: str, value) -> str:
+    return f"{key}={json.dumps(value)}"  # JSON is YAML: types survive the round trip
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def cell_id(cfg: Config) -> str:
+    d = cfg.to_dict()
+    d.pop("device", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None) -> Sweep:
+    """Parse and validate a sweep file; every cell's config is checked before anything runs."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"sweep file {path} must hold a mapping with 'base' (or 'config') and 'grid'")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise UserError(f"unknown key '{unknown[0]}' in sweep file {path} (known: {', '.join(sorted(TOP_KEYS))})")
+    base = {}
+    if "config" in raw:
+        cpath = Path(str(raw["config"]))
+        if not cpath.is_absolute():
+            cpath = path.parent / cpath
+        base = read_yaml(cpath)
+        if not isinstance(base, dict):
+            raise UserError(f"config file {cpath} must hold a mapping of keys")
+    extra = raw.get("base") or {}
+    if not isinstance(extra, dict):
+        raise UserError(f"sweep file {path}: 'base' must be a config mapping")
+    base = _merge(base, extra)  # 'base' refines 'config' when both are given
+    if device is not None:
+        base = apply_overrides(base, [f"device={device}"])
+
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise UserError(f"sweep file {path}: 'grid' must map dotted config keys to lists of values")
+    for k, v in grid.items():
+        if not isinstance(v, list) or not v:
+            raise UserError(f"sweep file {path}: grid key '{k}' must have a non-empty list of values")
+    include = raw.get("include") or []
+    if not isinstance(include, list) or not all(isinstance(i, dict) for i in include):
+        raise UserError(f"sweep file {path}: 'include' must be a list of mappings (dotted key -> value)")
+
+    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    combos += [dict(i) for i in include]
+    out = Path(out)
+    cells, seen = [], set()
+    for combo in combos:
+        try:
+            cfg = from_dict(apply_overrides(base, [_as_override(k, v) for k, v in combo.items()]))
+        except UserError as exc:
+            label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "base"
+            raise UserError(f"sweep file {path}, cell [{label}]: {exc}") from None
+        cid = cell_id(cfg)
+        if cid in seen:
+            continue
+        seen.add(cid)
+        cells.append(Cell(cid, combo, cfg.to_dict(), str(out / "cells" / cid)))
+
+    stages_raw = raw.get("stages")
+    if stages_raw is None:
+        stages = {s: {} for s in STAGES}
+    else:
+        if not isinstance(stages_raw, dict):
+            raise UserError(f"sweep file {path}: 'stages' must map stage names to option mappings")
+        stages = {}
+        for s, opts in stages_raw.items():
+            if s not in STAGE_OPTIONS:
+                raise UserError(f"sweep file {path}: unknown stage '{s}' (known: {', '.join(STAGES)})")
+            opts = opts or {}
+            if not isinstance(opts, dict) or set(opts) - STAGE_OPTIONS[s]:
+                bad = sorted(set(opts) - STAGE_OPTIONS[s]) if isinstance(opts, dict) else [opts]
+                raise UserError(f"sweep file {path}: stage '{s}' has unknown option {bad[0]!r} "
+                                f"(known: {', '.join(sorted(STAGE_OPTIONS[s])) or 'none'})")  # fmt: skip
+            stages[s] = opts
+        if "train" not in stages:
+            stages = {"train": {}, **stages}
+        stages = {s: stages[s] for s in STAGES if s in stages}  # fixed order
+    return Sweep(str(raw.get("name") or path.stem), out, cells, stages)
+
+
+# ---- running one cell ---------------------------------------------------------------
+
+
+def _read_cell(run_dir: Path) -> dict:
+    f = run_dir / "cell.json"
+    if f.is_file():
+        try:
+            return json.loads(f.read_text())
+        except ValueError:
+            pass  # a corrupt marker only costs a re-check of the stages
+    return {}
+
+
+def _stage(stage: str, opts: dict, run_dir: Path, cfg: Config, log: Callable[[str], None], quiet: bool) -> None:
+    if stage == "train":
+        from .training import train
+
+        train(cfg, run_dir, device=cfg.device, quiet=quiet)
+    elif stage == "sample":
+        from .sampling import sample_run
+
+        sample_run(run_dir, n=opts.get("n"), device=cfg.device)
+    elif stage == "evaluate":
+        from .eval.evaluate import evaluate_run
+
+        evaluate_run(run_dir, n=opts.get("n"), extractor=opts.get("extractor", "auto"), ends=False,
+                     device=cfg.device, log=log)  # fmt: skip
+    elif stage == "privacy":
+        from .defenses.privacy import privacy_report
+
+        privacy_report(run_dir)
+    elif stage == "reconstruction":
+        from .eval.reconstruction import run_reconstruction
+
+        run_reconstruction(run_dir, methods=opts.get("methods"), device=cfg.device, log=log)
+    elif stage == "membership":
+        from .eval.membership import run_membership
+
+        for target in opts.get("targets") or ["server"]:
+            run_membership(run_dir, methods=opts.get("methods"), target=target, device=cfg.device, log=log)
+
+
+def run_cell(cell: Cell, stages: dict, threads: Optional[int] = None, quiet: bool = True,
+             log: Callable[[str], None] = print) -> dict:  # fmt: skip
+    """Run (or resume) every stage of one cell; never raises for a failing stage.
+
+    Returns the cell's status record (also in ``<cell>/cell.json``).
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    run_dir = Path(cell.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = _read_cell(run_dir)
+    done = list(status.get("stages_done", []))
+    record = {"id": cell.id, "overrides": cell.overrides, "label": cell.label, "stages_done": done,
+              "status": "running", "seconds": dict(status.get("seconds", {}))}  # fmt: skip
+    cfg = from_dict(cell.config)
+    for stage, opts in stages.items():
+        if stage in done:
+            continue
+        log(f"[{cell.label}] {stage}")
+        t0 = time.perf_counter()
+        try:
+            _stage(stage, opts, run_dir, cfg, lambda m: log(f"[{cell.label}] {m}"), quiet)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a failed cell must not stop the sweep
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            record.update(status="failed", failed_stage=stage, error=f"{type(exc).__name__}: {msg}"[:500])
+            (run_dir / "error.log").write_text(traceback.format_exc())
+            atomic_write_json(run_dir / "cell.json", record)
+            log(f"[{cell.label}] FAILED in {stage}: {record['error']}")
+            return record
+        done.append(stage)
+        record["seconds"][stage] = round(time.perf_counter() - t0, 2)
+        record["stages_done"] = done
+        atomic_write_json(run_dir / "cell.json", record)
+    record["status"] = "done"
+    record.pop("error", None)
+    atomic_write_json(run_dir / "cell.json", record)
+    return record
+
+
+def _run_cell_job(args) -> dict:
+    cell, stages, threads = args
+    return run_cell(cell, stages, threads=threads, quiet=True, log=lambda m: print(m, flush=True))
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, quiet: bool = False) -> dict:
+    """Run every cell (resuming), write ``OUT/sweep.json``; returns it."""
+    out = sweep.out
+    out.mkdir(parents=True, exist_ok=True)
+    index = {"name": sweep.name, "stages": sweep.stages,
+             "cells": [{"id": c.id, "dir": os.path.relpath(c.dir, out), "overrides": c.overrides, "label": c.label}
+                       for c in sweep.cells]}  # fmt: skip
+    atomic_write_json(out / "sweep.json", index)
+    todo = [c for c in sweep.cells if _read_cell(Path(c.dir)).get("status") != "done"
+            or set(_read_cell(Path(c.dir)).get("stages_done", [])) < set(sweep.stages)]  # fmt: skip
+    log(f"sweep '{sweep.name}': {len(sweep.cells)} cells, {len(sweep.cells) - len(todo)} already done -> {out}")
+    results = {}
+    if jobs <= 1 or len(todo) <= 1:
+        for i, cell in enumerate(todo):
+            log(f"cell {i + 1}/{len(todo)}: {cell.label}")
+            results[cell.id] = run_cell(cell, sweep.stages, quiet=quiet, log=log)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            for cell, rec in zip(todo, pool.map(_run_cell_job, [(c, sweep.stages, threads) for c in todo])):
+                results[cell.id] = rec
+    for c in sweep.cells:
+        rec = _read_cell(Path(c.dir))
+        for entry in index["cells"]:
+            if entry["id"] == c.id:
+                entry.update(status=rec.get("status", "pending"), error=rec.get("error"),
+                             seconds=rec.get("seconds", {}))  # fmt: skip
+    atomic_write_json(out / "sweep.json", index)
+    failed = [e for e in index["cells"] if e["status"] != "done"]
+    log(f"sweep '{sweep.name}': {len(index['cells']) - len(failed)} cells done, {len(failed)} failed"
+        + "".join(f"\n  failed: {e['label']}: {e.get('error')}" for e in failed))  # fmt: skip
+    return index
+
+
+def dump_sweep_file(sweep_raw: dict) -> str:
+    return yaml.safe_dump(sweep_raw, sort_keys=False)

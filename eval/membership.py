@@ -1,0 +1,346 @@
+"""``collafuse-privacy attack --type membership``: run membership attacks, score them.
+
+The attacks (``collafuse_privacy.attacks.membership``) see only the server view;
+here, and only here, the ground truth is read: ``splits.json`` (which images are
+a client's members and held-out images) and ``ground_truth/train`` (the image id
+of each recorded release, to count releases per image for the GDP bound).
+
+Candidates: for each client a balanced, seeded sample of ``n_k = min(cap,
+|members_k|, |held-out_k|)`` members and as many of its held-out images (same
+distribution, never trained on). Each candidate is scored with its own client id
+(the server knows who sent what). Headline numbers pool all clients; per-client
+AUCs are recorded too.
+
+Formal bound beside the empirical ROC (cut-image, DESIGN.md §4): the GDP
+trade-off ``TPR = Phi(Phi^-1(FPR) + mu)`` with
+
+* ``mu_worst``: sensitivity ``2 sqrt(d)``, releases = 1 with ``fixed_noise``, else
+  the largest number of recorded releases of any one image;
+* ``mu_actual``: sensitivity = the actual distance from a member to its nearest
+  non-member (nearest image among the public split and all clients' held-out
+  images); the **max over the sampled members** is drawn (the most exposed
+  member), the median is recorded too. This is a heuristic, not a guarantee.
+
+Writes ``metrics/membership.json`` (a dict keyed by target, each run updating
+only its key), ``metrics/membership_scores[-client{K}].npz`` (raw scores per
+method, labels, client ids, image ids) and ``figures/membership_roc[-client{K}].png``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from collafuse_privacy.attacks.membership import NotApplicable, attack_names, get_attack, make_attack, parse_target
+from collafuse_privacy.data import Splits, load_dataset
+from collafuse_privacy.defenses.accounting import gdp_tpr, view_mu
+from collafuse_privacy.errors import UserError
+from collafuse_privacy.io import atomic_write_bytes, atomic_write_json, load_tensors
+from collafuse_privacy.rundir import read_run_config
+from collafuse_privacy.view import ServerView, list_shards
+
+from .roc import membership_metrics, roc_curve, tpr_band
+from .stats import bootstrap, _num
+from .roc import auc as roc_auc
+
+DEFAULT_CAP = 200  # members and as many held-out images per client
+
+
+# ---------------------------------------------------------------------------
+# ground truth (evaluation only)
+# ---------------------------------------------------------------------------
+
+
+def load_ground_truth(run_dir: str | Path):
+    """``(cfg, splits, dataset)`` of a run; UserError when ``splits.json`` is missing/corrupt."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    try:
+        splits = Splits.from_dict(json.loads((run_dir / "splits.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{run_dir}/splits.json is missing or corrupt") from None
+    return cfg, splits, load_dataset(cfg.data)
+
+
+def recorded_image_ids(run_dir: str | Path) -> np.ndarray:
+    """Image id of every recorded release (``ground_truth/train``), in view order."""
+    shards = list_shards(Path(run_dir) / "ground_truth" / "train")
+    if not shards:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([load_tensors(f)["image_id"].numpy() for f in shards])
+
+
+def sample_candidates(splits: Splits, images: torch.Tensor, clients: Sequence[int], cap: int = DEFAULT_CAP,
+                      seed: int = 0) -> dict:  # fmt: skip
+    """Balanced seeded sample per client: ``images`` [M, C, H, W], ``labels`` [M] (1 = member),
+    ``client`` [M], ``image_id`` [M], and ``per_client`` counts."""
+    ids, labels, owner, counts = [], [], [], {}
+    for k in clients:
+        rng = np.random.default_rng([seed, 0xC0DE, k])
+        mem, hold = np.asarray(splits.members[k]), np.asarray(splits.holdout[k])
+        n = min(cap, len(mem), len(hold))
+        counts[int(k)] = n
+        ids += [np.sort(rng.choice(mem, n, replace=False)), np.sort(rng.choice(hold, n, replace=False))]
+        labels += [np.ones(n, np.int64), np.zeros(n, np.int64)]
+        owner += [np.full(2 * n, k, np.int64)]
+    ids_a = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    return {
+        "images": images[torch.from_numpy(ids_a)],
+        "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        "client": np.concatenate(owner) if owner else np.zeros(0, np.int64),
+        "image_id": ids_a,
+        "per_client": counts,
+    }
+
+
+def nearest_nonmember_distance(members: torch.Tensor, pool: torch.Tensor) -> np.ndarray:
+    """L2 distance from each member image to its nearest image in ``pool`` (both [*, C, H, W])."""
+    from collafuse_privacy.attacks.membership.view_lrt import min_distance
+
+    return min_distance(members.flatten(1).double(), pool.flatten(1).double()).numpy()
+
+
+def gdp_section(meta: dict, fixed_noise: bool, ids_recorded: np.ndarray, member_dist: np.ndarray) -> dict:
+    """GDP mu (worst case and actual distances) and the bound's TPR at 1% / 0.1% FPR."""
+    if fixed_noise:
+        releases, how = 1, "fixed_noise: every re-send is the same h"
+    elif len(ids_recorded):
+        releases, how = int(np.bincount(ids_recorded).max()), "max recorded releases of any one image"
+    else:
+        releases, how = 0, "no recorded releases"
+    out = {"releases_per_image": releases, "releases_counted": how, "sensitivity_worst": None,
+           "distance_median": None, "distance_max": None}  # fmt: skip
+    if releases == 0:
+        mus = {"worst": 0.0, "actual": 0.0, "actual_median": 0.0}
+    else:
+        d = meta["data"]
+        shape = (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
+        out["sensitivity_worst"] = 2.0 * math.sqrt(float(np.prod(shape)))
+        dmax = float(np.max(member_dist)) if len(member_dist) else None
+        dmed = float(np.median(member_dist)) if len(member_dist) else None
+        out["distance_median"], out["distance_max"] = dmed, dmax
+        mus = {"worst": view_mu(meta, releases),
+               "actual": view_mu(meta, releases, dmax) if dmax is not None else float("nan"),
+               "actual_median": view_mu(meta, releases, dmed) if dmed is not None else float("nan")}  # fmt: skip
+    for k, mu in mus.items():
+        out[f"mu_{k}"] = _num(mu)
+    for k in ("worst", "actual"):
+        for name, f in (("1pct", 0.01), ("0.1pct", 0.001)):
+            suffix = "" if k == "worst" else "_actual"
+            out[f"tpr_bound_at_{name}_fpr{suffix}"] = _num(float(gdp_tpr(f, mus[k])))
+    out["mu_actual_uses"] = "max over sampled members of the distance to the nearest public/held-out image"
+    return out
+
+
+def _mu(x) -> float:
+    return float("inf") if x == "inf" else (float("nan") if x is None else float(x))
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
+
+
+def _suffix(target: str) -> str:
+    kind, k = parse_target(target)
+    return "" if kind == "server" else f"-client{k}"
+
+
+def run_membership(
+    run_dir: str | Path,
+    methods: Optional[Sequence[str]] = None,
+    target: str = "server",
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+    cap: int = DEFAULT_CAP,
+    n_boot: int = 1000,
+    seed: int = 0,
+    options: Optional[dict[str, dict]] = None,
+) -> dict:
+    """Run membership attacks on ``run_dir`` against ``target`` and score them.
+
+    ``methods``: registered names (default: all); ``target``: ``"server"`` or ``"client:K"``
+    (client K's model released); ``cap``: members (and as many held-out images) per
+    client; ``options``: per-method constructor keywords. Returns the target's entry
+    of ``metrics/membership.json`` (plus ``"target"``).
+    """
+    run_dir = Path(run_dir)
+    kind, tk = parse_target(target)  # UserError on a malformed target
+    names = list(methods) if methods else attack_names()
+    for n in names:
+        get_attack(n)  # UserError listing the known names
+    if cap < 1:
+        raise UserError(f"cap must be at least 1, got {cap}")
+    cfg, splits, ds = load_ground_truth(run_dir)
+    if kind == "client" and not 0 <= tk < splits.num_clients:
+        raise UserError(f"--target client:{tk}: the run has clients 0..{splits.num_clients - 1}")
+    dev = str(device)
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "client" and cfg.t_c == 0:
+        view = ServerView.load(run_dir)  # no client model was ever trained: attacks say NotApplicable
+    else:
+        view = ServerView.load(run_dir, release_clients=(tk,) if kind == "client" else ())
+    clients = [tk] if kind == "client" else list(range(splits.num_clients))
+    cand = sample_candidates(splits, ds.images, clients, cap=cap, seed=seed)
+    labels, owner = cand["labels"], cand["client"]
+    log(f"membership [{target}]: {int(labels.sum())} members + {int((1 - labels).sum())} held-out candidates "
+        f"over {len(clients)} client(s); protocol {view.protocol}, c = {cfg.protocol.cut_ratio:g}, t_c = {view.t_c}")  # fmt: skip
+
+    options = options or {}
+    methods_out, scores, curves = {}, {}, {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            attack = make_attack(name, target=target, device=dev, **options.get(name, {}))
+            attack.fit(view)
+            s = np.empty(len(labels), dtype=np.float64)
+            for k in clients:
+                sel = owner == k
+                s[sel] = attack.score(view, cand["images"][torch.from_numpy(sel)], client=k).double().numpy()
+        except NotApplicable as exc:
+            methods_out[name] = {"applicable": False, "reason": str(exc), "seconds": time.perf_counter() - t0}
+            log(f"  {name}: not applicable ({exc})")
+            continue
+        seconds = time.perf_counter() - t0
+        s = np.where(np.isnan(s), -np.inf, s)
+        scores[name] = s
+        m = membership_metrics(s, labels, n_boot=n_boot, seed=seed)
+        entry = {"applicable": True, **{k: v.to_dict() for k, v in m.items()}, "seconds": seconds,
+                 "settings": attack.describe()}  # fmt: skip
+        if len(clients) > 1:
+            entry["per_client_auc"] = {
+                str(k): bootstrap(roc_auc, s[owner == k], labels[owner == k], n_boot=min(n_boot, 200), seed=seed,
+                                  strata=labels[owner == k]).to_dict()
+                for k in clients
+            }  # fmt: skip
+        methods_out[name] = entry
+        fpr, tpr, _ = roc_curve(s, labels)
+        curves[name] = (fpr, tpr, m["auc"].value)
+        log(f"  {name}: AUC {m['auc']}, TPR@1%FPR {m['tpr_at_1pct_fpr']} ({seconds:.1f} s)")
+
+    n_non = int((1 - labels).sum())
+    result = {
+        "target": target,
+        "protocol": view.protocol,
+        "cut_ratio": cfg.protocol.cut_ratio,
+        "t_c": view.t_c,
+        "timesteps": view.timesteps,
+        "fixed_noise": bool(cfg.protocol.fixed_noise),
+        "n_members": int(labels.sum()),
+        "n_nonmembers": n_non,
+        "caps": {"members_per_client": cap, "nonmembers_per_client": cap, "per_client": {str(k): v for k, v in cand["per_client"].items()}, "seed": seed},
+        "min_resolvable_fpr": (1.0 / n_non) if n_non else None,
+        "tpr_interpolation": "linear between ROC vertices (top of vertical segments); below 1/n_nonmembers set by the FPR=0 vertex",
+        "n_boot": n_boot,
+        "methods": methods_out,
+    }
+
+    # the formal bound (server target only: it covers the releases, not a client's model)
+    if kind == "server":
+        members = cand["images"][torch.from_numpy(labels == 1)]
+        pool_ids = sorted(set(splits.public) | {i for h in splits.holdout for i in h})
+        dist = nearest_nonmember_distance(members, ds.images[torch.tensor(pool_ids, dtype=torch.long)]) if pool_ids else np.zeros(0)
+        gdp = gdp_section(view.meta, bool(cfg.protocol.fixed_noise), recorded_image_ids(run_dir), dist)
+        grid = np.logspace(math.log10(max(1.0 / max(n_non, 1), 1e-4)), 0, 40)
+        for name, s in scores.items():
+            _, lo, _ = tpr_band(s, labels, grid, n_boot=min(n_boot, 300), seed=seed)
+            bound = gdp_tpr(grid, _mu(gdp["mu_worst"]))
+            methods_out[name]["exceeds_worst_case_gdp_bound"] = bool(np.any(lo > bound + 1e-12))
+        result["gdp"] = gdp
+    else:
+        result["gdp"] = None
+        result["gdp_note"] = "the GDP accounting covers the releases the server received, not a released client model"
+
+    suffix = _suffix(target)
+    scores_path = run_dir / "metrics" / f"membership_scores{suffix}.npz"
+    buf = io.BytesIO()
+    np.savez(buf, labels=labels, client=owner, image_id=cand["image_id"], methods=np.array(list(scores), dtype=str),
+             **{f"score_{k}": v for k, v in scores.items()})  # fmt: skip
+    atomic_write_bytes(scores_path, buf.getvalue())
+    result["scores"] = str(scores_path.relative_to(run_dir))
+    fig_path = run_dir / "figures" / f"membership_roc{suffix}.png"
+    _plot(fig_path, curves, result, n_non)
+    result["figure"] = str(fig_path.relative_to(run_dir))
+
+    json_path = run_dir / "metrics" / "membership.json"
+    try:
+        allres = json.loads(json_path.read_text()) if json_path.is_file() else {}
+        if not isinstance(allres, dict):
+            allres = {}
+    except ValueError:
+        allres = {}
+    allres[target] = {k: v for k, v in result.items() if k != "target"}
+    atomic_write_json(json_path, allres)
+    return result
+
+
+def _plot(path: Path, curves: dict, result: dict, n_non: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo = 1.0 / max(2 * n_non, 2)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    grid = np.logspace(math.log10(lo), 0, 200)
+    ax.plot(grid, grid, ":", color="grey", lw=1, label="chance")
+    for name, (fpr, tpr, a) in curves.items():
+        keep = fpr > 0
+        ax.step(fpr[keep], tpr[keep], where="post", lw=1.5, label=f"{name} (AUC {a:.3f})")
+    gdp = result.get("gdp")
+    if gdp:
+        for key, style, lab in (("mu_worst", "--", "GDP bound, worst case"), ("mu_actual", "-.", "GDP, actual max distance")):
+            mu = _mu(gdp.get(key))
+            if math.isfinite(mu):
+                ax.plot(grid, gdp_tpr(grid, mu), style, color="black", lw=1, label=f"{lab} (mu={mu:.3g})")
+            elif mu == float("inf"):
+                ax.plot(grid, np.ones_like(grid), style, color="black", lw=1, label=f"{lab} (mu=inf)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, 1)
+    ax.set_ylim(lo, 1.05)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"membership [{result['target']}]: {result['protocol']}, c={result['cut_ratio']:g}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _fmt(d: Optional[dict]) -> str:
+    if not d:
+        return "-"
+    v, lo, hi = d.get("value"), d.get("lo"), d.get("hi")
+    f = lambda x: "nan" if x is None else (x if isinstance(x, str) else f"{x:.3f}")  # noqa: E731
+    return f"{f(v)} [{f(lo)}, {f(hi)}]"
+
+
+def format_membership(result: dict) -> str:
+    """A plain-text table of one target's results."""
+    lines = [f"membership inference [{result['target']}]: {result['protocol']}, c = {result['cut_ratio']:g} "
+             f"(t_c = {result['t_c']}), {result['n_members']} members vs {result['n_nonmembers']} held-out"]  # fmt: skip
+    head = f"{'method':<10} {'AUC':<24} {'bal. acc.':<24} {'TPR@1%FPR':<24} {'TPR@0.1%FPR':<24} {'s':>6}"
+    lines += [head, "-" * len(head)]
+    for name, m in result["methods"].items():
+        if not m["applicable"]:
+            lines.append(f"{name:<10} not applicable: {m['reason']}")
+            continue
+        lines.append(f"{name:<10} {_fmt(m['auc']):<24} {_fmt(m['balanced_accuracy']):<24} "
+                     f"{_fmt(m['tpr_at_1pct_fpr']):<24} {_fmt(m['tpr_at_0.1pct_fpr']):<24} {m['seconds']:>6.1f}")  # fmt: skip
+    gdp = result.get("gdp")
+    if gdp:
+        lines.append(f"GDP bound: mu worst {gdp['mu_worst']} (releases/image {gdp['releases_per_image']}), "
+                     f"actual (max distance) {gdp['mu_actual']}; TPR@1%FPR <= {gdp['tpr_bound_at_1pct_fpr']}")  # fmt: skip
+    lines.append(f"-> {result['scores']}, {result['figure']}")
+    return "\n".join(lines)

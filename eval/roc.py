@@ -1,0 +1,121 @@
+"""Privacy metrics of membership scores (higher score = "member"), as in
+ml_privacy_meter's audit and Carlini et al. 2022 ("Membership Inference Attacks
+From First Principles": report TPR at low FPR on a log-log ROC).
+
+* :func:`roc_curve`: every distinct threshold (ties grouped, no points dropped),
+  from ``(0, 0)`` to ``(1, 1)``; identical to ``sklearn.metrics.roc_curve(...,
+  drop_intermediate=False)``.
+* :func:`auc`: trapezoidal area under that curve (= the Mann-Whitney probability
+  that a member outscores a non-member, ties counting 1/2).
+* :func:`tpr_at_fpr`: TPR at a given FPR on the ROC with **linear interpolation
+  between consecutive vertices**. At a vertical segment (several members between
+  two non-members) the top of the segment is used. Interpolation is the TPR of a
+  test that randomises between the two neighbouring thresholds, so it is
+  achievable. Below ``FPR = 1 / n_nonmembers`` this is determined by the
+  ``FPR = 0`` vertex (how many members outscore every non-member): such FPRs are
+  not resolved by the sample, which :func:`membership_metrics` records.
+* :func:`balanced_accuracy`: ``max over thresholds of (TPR + 1 - FPR) / 2``.
+
+Intervals: stratified bootstrap (members and non-members resampled within their
+class, :func:`collafuse_privacy.eval.stats.bootstrap`), percentile 95%.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .stats import Interval, bootstrap
+
+
+def _check(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.shape}) and labels ({y.shape}) differ in length")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    return s, y
+
+
+def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` over all distinct thresholds, descending; ``thresholds[0] = inf``.
+
+    ``labels``: 1/True = member. Needs both classes present (else NaN rates).
+    """
+    s, y = _check(scores, labels)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.flatnonzero(s[1:] != s[:-1])  # last index of each tie group
+    last = np.append(last, len(s) - 1)
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    P, N = int(tps[-1]) if len(tps) else 0, int(fps[-1]) if len(fps) else 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = np.concatenate(([0.0], tps / P))
+        fpr = np.concatenate(([0.0], fps / N))
+    return fpr, tpr, np.concatenate(([np.inf], s[last]))
+
+
+def auc(scores, labels) -> float:
+    fpr, tpr, _ = roc_curve(scores, labels)
+    return float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+
+
+def interp_tpr(fpr: np.ndarray, tpr: np.ndarray, at) -> np.ndarray:
+    """TPR on the ROC ``(fpr, tpr)`` (ascending) at FPRs ``at``: top of vertical segments,
+    linear between consecutive distinct FPRs."""
+    at = np.atleast_1d(np.asarray(at, dtype=np.float64))
+    ufpr, first = np.unique(fpr, return_index=True)
+    # top and bottom of each vertical segment
+    top = np.maximum.reduceat(tpr, first)
+    bottom = np.minimum.reduceat(tpr, first)
+    i = np.clip(np.searchsorted(ufpr, at, side="right") - 1, 0, len(ufpr) - 1)
+    nxt = np.minimum(i + 1, len(ufpr) - 1)
+    span = ufpr[nxt] - ufpr[i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(span > 0, (at - ufpr[i]) / span, 0.0)
+    return np.clip(top[i] + np.clip(w, 0, 1) * (bottom[nxt] - top[i]), 0.0, 1.0)
+
+
+def tpr_at_fpr(scores, labels, fpr_target: float) -> float:
+    fpr, tpr, _ = roc_curve(scores, labels)
+    return float(interp_tpr(fpr, tpr, fpr_target)[0])
+
+
+def balanced_accuracy(scores, labels) -> float:
+    fpr, tpr, _ = roc_curve(scores, labels)
+    return float(np.max((tpr + 1.0 - fpr) / 2.0))
+
+
+def membership_metrics(scores, labels, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Interval]:
+    """AUC, balanced accuracy, TPR at 1% and 0.1% FPR, each an :class:`Interval`."""
+    s, y = _check(scores, labels)
+    y = y.astype(np.int64)
+    kw = dict(n_boot=n_boot, seed=seed, level=level, strata=y)
+    return {
+        "auc": bootstrap(auc, s, y, **kw),
+        "balanced_accuracy": bootstrap(balanced_accuracy, s, y, **kw),
+        "tpr_at_1pct_fpr": bootstrap(lambda a, b: tpr_at_fpr(a, b, 0.01), s, y, **kw),
+        "tpr_at_0.1pct_fpr": bootstrap(lambda a, b: tpr_at_fpr(a, b, 0.001), s, y, **kw),
+    }
+
+
+def tpr_band(scores, labels, fpr_grid, n_boot: int = 500, seed: int = 0, level: float = 0.95):
+    """Empirical TPR at each FPR of ``fpr_grid`` with a stratified bootstrap band.
+
+    Returns ``(value, lo, hi)`` arrays of the grid's length.
+    """
+    s, y = _check(scores, labels)
+    grid = np.asarray(fpr_grid, dtype=np.float64)
+    fpr, tpr, _ = roc_curve(s, y)
+    value = interp_tpr(fpr, tpr, grid)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y), np.flatnonzero(~y)]
+    boots = np.empty((n_boot, len(grid)))
+    for b in range(n_boot):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        f, t, _ = roc_curve(s[idx], y[idx])
+        boots[b] = interp_tpr(f, t, grid)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(boots, [alpha, 1.0 - alpha], axis=0)
+    return value, lo, hi
