@@ -187,6 +187,10 @@ def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool):
 
     sw = load_sweep(sweep_file, out, device=device)
     log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if jobs is None:  # demo: one cell per core, one thread each (faster than two threads per cell here)
+        import os
+
+        jobs = max(1, min(os.cpu_count() or 1, len(sw.cells)))
     index = run_sweep(sw, jobs=jobs, log=log, quiet=quiet)
     if report:
         from .eval.report import write_report
@@ -228,7 +232,7 @@ def report(dirs, out, no_screenshot):
 @main.command()
 @click.option("--config", "sweep_file", type=click.Path(), default=None, help="Sweep YAML (default: embedded configs/sweep-default.yaml).")
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="Sweep directory; rerunning resumes.")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Cells run in parallel processes.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Cells run in parallel processes (default: one per CPU core).")
 @DEVICE
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors

@@ -68,7 +68,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.overrides.items()) or "base"
+        return short_label(self.overrides)
 
 
 @dataclass
@@ -77,6 +77,25 @@ class Sweep:
     out: Path
     cells: list[Cell]
     stages: dict[str, dict] = field(default_factory=dict)
+
+
+SHORT = {"protocol.cut_ratio": "c", "defense.client_dp.noise_multiplier": "sigma", "protocol.kind": "",
+         "defense.client_dp.target_epsilon": "target eps", "protocol.target_epsilon": "view target eps"}
+FLAGS = {"defense.client_dp.enabled": "DP-SGD", "protocol.fixed_noise": "fixed noise"}
+
+
+def short_label(overrides: dict) -> str:
+    """``{'protocol.cut_ratio': 0.5, 'defense.client_dp.enabled': True}`` -> ``c=0.5 DP-SGD``."""
+    parts = []
+    for k, v in overrides.items():
+        if k in FLAGS:
+            if v:
+                parts.append(FLAGS[k])
+        elif k in SHORT:
+            parts.append(f"{SHORT[k]}={v:g}" if SHORT[k] and isinstance(v, float) else (f"{SHORT[k]}={v}" if SHORT[k] else str(v)))
+        else:
+            parts.append(f"{k.split('.')[-1]}={v}")
+    return " ".join(parts) or "base"
 
 
 def _as_override(key: str, value) -> str:
@@ -258,6 +277,27 @@ def _run_cell_job(args) -> dict:
     return run_cell(cell, stages, threads=threads, quiet=True, log=lambda m: print(m, flush=True))
 
 
+def _prepare_extractors(cells: list[Cell], opts: dict, log: Callable[[str], None]) -> None:
+    """Train (or find cached) the offline FID classifier once per data/split, before
+    parallel cells would each train the same one."""
+    from .data import load_dataset, make_splits
+    from .eval.features import get_extractor
+
+    seen = set()
+    for cell in cells:
+        cfg = from_dict(cell.config)
+        key = (json.dumps(cell.config["data"], sort_keys=True), cfg.seed)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            ds = load_dataset(cfg.data)
+            _, note = get_extractor(opts.get("extractor", "auto"), dataset=ds, splits=make_splits(ds, cfg.data, cfg.seed))
+            log(note)
+        except UserError:
+            pass  # the cell's own evaluate stage reports it
+
+
 def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, quiet: bool = False) -> dict:
     """Run every cell (resuming), write ``OUT/sweep.json``; returns it."""
     out = sweep.out
@@ -277,6 +317,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, q
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
+
+        if "evaluate" in sweep.stages:
+            _prepare_extractors(todo, sweep.stages["evaluate"], log)
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:

@@ -109,8 +109,12 @@ class CellResult:
         return best
 
     def best_reconstruction(self, key: str = "ssim") -> Optional[tuple[str, dict]]:
+        """The best reconstruction of *training* images (``inference`` targets the client's
+        generated outputs, a different question, and is left out)."""
         best = None
         for name, m in self.reconstruction.items():
+            if m.get("source", "messages") != "messages":
+                continue
             iv = m.get(key)
             if iv is None or math.isnan(iv["value"]):
                 continue
@@ -197,7 +201,7 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
                 continue
             r.reconstruction[name] = {"ssim": _iv(mm.get("ssim")), "psnr": _iv(mm.get("psnr")),
                                       "mse": _iv(mm.get("mse")), "ident": _iv(mm.get("identification")),
-                                      "chance": mm.get("chance")}  # fmt: skip
+                                      "chance": mm.get("chance"), "source": mm.get("source", "messages")}  # fmt: skip
         if rec.get("figure"):
             r.figures["reconstruction"] = run_dir / rec["figure"]
 
@@ -289,7 +293,7 @@ def disclosure_axes(cells: list[CellResult]) -> list[tuple[str, str, Callable[[C
         return c.view_epsilon if c.view_epsilon is not None and not math.isnan(c.view_epsilon) else None
 
     return [("mia", "membership TPR @ 1% FPR (strongest attack on the server's view)", mia),
-            ("ssim", "reconstruction SSIM (best method)", ssim),
+            ("ssim", "reconstruction SSIM of training images (best method)", ssim),
             ("eps", "formal epsilon of the server's view (GDP, log scale)", eps)]  # fmt: skip
 
 
