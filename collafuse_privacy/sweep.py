@@ -309,6 +309,8 @@ def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, q
     todo = [c for c in sweep.cells if _read_cell(Path(c.dir)).get("status") != "done"
             or set(_read_cell(Path(c.dir)).get("stages_done", [])) < set(sweep.stages)]  # fmt: skip
     log(f"sweep '{sweep.name}': {len(sweep.cells)} cells, {len(sweep.cells) - len(todo)} already done -> {out}")
+    # DP-SGD cells cost about twice as much: start them first so they do not finish last alone
+    todo.sort(key=lambda c: not c.config["defense"]["client_dp"]["enabled"])
     results = {}
     if jobs <= 1 or len(todo) <= 1:
         for i, cell in enumerate(todo):

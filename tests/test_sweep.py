@@ -23,9 +23,9 @@ STAGES = {"train": {}, "sample": {}, "privacy": {}, "reconstruction": {"methods"
           "membership": {"methods": ["view-lrt"]}}
 
 
-def sweep_file(tmp_path: Path, steps: int = 30, include=None, stages=STAGES) -> Path:
+def sweep_file(tmp_path: Path, steps: int = 16, include=None, stages=STAGES) -> Path:
     base = {}
-    for item in TINY + [f"train.steps={steps}", "train.checkpoint_every=5", "record.dtype=float32"]:
+    for item in TINY + [f"train.steps={steps}", "train.checkpoint_every=4", "record.dtype=float32"]:
         key, _, value = item.partition("=")
         node = base
         *parents, last = key.split(".")
@@ -111,5 +111,5 @@ def test_sweep_file_errors(tmp_path):
 def test_cells_keyed_by_config_hash(tmp_path):
     s = load_sweep(sweep_file(tmp_path), tmp_path / "o")
     assert len({c.id for c in s.cells}) == 4
-    s2 = load_sweep(sweep_file(tmp_path, steps=31), tmp_path / "o")
+    s2 = load_sweep(sweep_file(tmp_path, steps=17), tmp_path / "o")
     assert not {c.id for c in s.cells} & {c.id for c in s2.cells}  # any config change -> new cells
