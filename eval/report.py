@@ -432,8 +432,23 @@ def _fmt_iv(iv, spec=".3f") -> str:
     return f"{_fmt(iv['value'], spec)} [{_fmt(iv['lo'], spec)}, {_fmt(iv['hi'], spec)}]"
 
 
-def tables(cells: list[CellResult]) -> dict[str, list[list[str]]]:
-    """Named tables (header row first) of the report."""
+class _Notes:
+    """Numbered footnotes for 'n/a' cells, so long reasons do not widen the tables."""
+
+    def __init__(self):
+        self.items: list[str] = []
+
+    def na(self, reason) -> str:
+        reason = str(reason or "no reason given")
+        if reason not in self.items:
+            self.items.append(reason)
+        return f"n/a [{self.items.index(reason) + 1}]"
+
+
+def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, list[list[str]]]:
+    """Named tables (header row first) of the report; ``notes`` (if given) receives the
+    footnotes of each table: ``{table name: [reason, ...]}``."""
+    mia_notes = _Notes()
     main = [["setting", "c", "t_c", "protocol", "defence", "FID pooled", "KID pooled", "formal eps (view)",
              "client FLOP share", "bytes sent / image", "status"]]  # fmt: skip
     for c in cells:
@@ -456,7 +471,7 @@ def tables(cells: list[CellResult]) -> dict[str, list[list[str]]]:
                     if mm is None:
                         row.append("not run")
                     elif not mm.get("applicable", True):
-                        row.append("n/a: " + str(mm.get("reason") or "")[:60])
+                        row.append(mia_notes.na(mm.get("reason")))
                     else:
                         row.append(_fmt_iv(mm.get(key)))
             gdp = c.membership_gdp.get(t, {})
@@ -469,7 +484,7 @@ def tables(cells: list[CellResult]) -> dict[str, list[list[str]]]:
         if c.reconstruction_sent is None:
             continue
         if not c.reconstruction_sent:
-            rec.append([c.label] + ["nothing sent"] * (3 * len(rec_methods)) + [c.reconstruction_reason or ""])
+            rec.append([c.label] + ["nothing sent"] * (3 * len(rec_methods)) + ["-"])
             continue
         row = [c.label]
         for key, spec in (("ssim", ".3f"), ("psnr", ".1f"), ("ident", ".3f")):
@@ -484,6 +499,8 @@ def tables(cells: list[CellResult]) -> dict[str, list[list[str]]]:
         paper.append([c.label, _fmt(c.paper_kid, ".4f"), _fmt(c.paper_mse, ".4f"),
                       f"{_fmt(bm[1]['value'], '.3f')} ({bm[0]})" if bm else "n/a",
                       f"{_fmt(br[1]['value'], '.3f')} ({br[0]})" if br else "n/a"])  # fmt: skip
+    if notes is not None:
+        notes["membership"] = mia_notes.items
     return {"settings": main, "membership": mia, "reconstruction": rec, "paper": paper}
 
 
@@ -504,7 +521,7 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin-top:1.6em;border-bot
 table{border-collapse:collapse;font-size:.82em;margin:.6em 0;display:block;overflow-x:auto}
 td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;white-space:nowrap}th{background:#f4f4f4}
 img{max-width:100%;border:1px solid #eee}.fig{margin:.5em 0}.grid{display:flex;flex-wrap:wrap;gap:12px}
-.grid figure{margin:0;max-width:420px}figcaption{font-size:.8em;color:#555}p.lead{color:#444;margin:.3em 0 .8em}"""
+.grid figure{margin:0;max-width:420px}figcaption{font-size:.8em;color:#555}p.lead{color:#444;margin:.3em 0 .8em}ul.notes{font-size:.8em;color:#555;list-style:none;padding-left:.5em}"""
 
 
 def _data_uri(path: Path) -> str:
@@ -530,7 +547,8 @@ def write_report(dirs, out: Optional[str | Path] = None, screenshot: bool = True
             dst = fig_dir / f"{i:02d}-{name.replace(':', '')}.png"
             atomic_write_bytes(dst, Path(p).read_bytes())
             copied.setdefault(kind, []).append((f"{c.label} ({name})" if kind == "roc" else c.label, dst))
-    tabs = tables(cells)
+    notes: dict = {}
+    tabs = tables(cells, notes)
     words = reading(cells)
     ext = next((c.extractor for c in cells if c.extractor), None)
     title = "CollaFuse privacy report: " + ", ".join(d.name for d in dirs)
@@ -545,6 +563,7 @@ def write_report(dirs, out: Optional[str | Path] = None, screenshot: bool = True
     md += [f"- {w}" for w in words]
     for head, key in sections[2:]:
         md += ["", f"## {head}", "", _md_table(tabs[key])]
+        md += [""] + [f"[{i + 1}] {n}  " for i, n in enumerate(notes.get(key, []))]
     for kind, head in (("roc", "ROC curves (log-log, with the GDP bound)"), ("reconstruction", "Reconstructions"),
                        ("samples", "Samples per client")):  # fmt: skip
         if copied.get(kind):
@@ -555,7 +574,9 @@ def write_report(dirs, out: Optional[str | Path] = None, screenshot: bool = True
             f"<div class='fig'><img alt='trade-off plot' src='{_data_uri(tradeoff)}'></div>",
             "<h2>Reading</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"]  # fmt: skip
     for head, key in sections[2:]:
-        body.append(f"<h2>{html.escape(head)}</h2>{_html_table(tabs[key])}")
+        foot = "".join(f"<li>[{i + 1}] {html.escape(n)}</li>" for i, n in enumerate(notes.get(key, [])))
+        body.append(f"<h2>{html.escape(head)}</h2>{_html_table(tabs[key])}"
+                    + (f"<ul class='notes'>{foot}</ul>" if foot else ""))  # fmt: skip
     for kind, head in (("roc", "ROC curves (log-log, with the GDP bound)"), ("reconstruction", "Reconstructions"),
                        ("samples", "Samples per client")):  # fmt: skip
         if copied.get(kind):
