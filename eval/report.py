@@ -99,28 +99,12 @@ class CellResult:
 
     def best_membership(self, target: str = "server", key: str = "tpr1") -> Optional[tuple[str, dict]]:
         """The strongest applicable attack on ``target`` by ``key`` (value, lo, hi)."""
-        best = None
-        for name, m in self.membership.get(target, {}).items():
-            iv = m.get(key)
-            if iv is None or math.isnan(iv["value"]):
-                continue
-            if best is None or iv["value"] > best[1]["value"]:
-                best = (name, iv)
-        return best
+        return _best(self.membership.get(target, {}), key)
 
     def best_reconstruction(self, key: str = "ssim") -> Optional[tuple[str, dict]]:
         """The best reconstruction of *training* images (``inference`` targets the client's
         generated outputs, a different question, and is left out)."""
-        best = None
-        for name, m in self.reconstruction.items():
-            if m.get("source", "messages") != "messages":
-                continue
-            iv = m.get(key)
-            if iv is None or math.isnan(iv["value"]):
-                continue
-            if best is None or iv["value"] > best[1]["value"]:
-                best = (name, iv)
-        return best
+        return _best({n: m for n, m in self.reconstruction.items() if m.get("source", "messages") == "messages"}, key)
 
     def nothing_sent(self) -> bool:
         return self.t_c is not None and self.reconstruction_sent is False
@@ -141,6 +125,12 @@ class CellResult:
             for key in ("ssim", "psnr", "ident"):
                 row[f"recon.{name}.{key}"] = m[key]["value"] if m.get(key) else None
         return row
+
+
+def _best(methods: dict, key: str) -> Optional[tuple[str, dict]]:
+    """``(name, interval)`` of the method with the largest ``key`` value, skipping missing ones."""
+    scored = [(n, m[key]) for n, m in methods.items() if m.get(key) is not None and not math.isnan(m[key]["value"])]
+    return max(scored, key=lambda nm: nm[1]["value"]) if scored else None
 
 
 def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", error: Optional[str] = None) -> CellResult:

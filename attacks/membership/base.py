@@ -20,11 +20,12 @@ metrics live in ``eval/``.
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from collafuse_privacy.errors import UserError
+from collafuse_privacy.registry import Registry
 
 _TARGET_RE = re.compile(r"^client:(\d+)$")
 
@@ -67,32 +68,11 @@ class MembershipAttack:
         return {}
 
 
-REGISTRY: dict[str, type[MembershipAttack]] = {}
-
-
-def register(name: str) -> Callable[[type[MembershipAttack]], type[MembershipAttack]]:
-    """Class decorator: register a membership attack under ``name`` (duplicates rejected)."""
-
-    def deco(cls: type[MembershipAttack]) -> type[MembershipAttack]:
-        if name in REGISTRY:
-            raise ValueError(f"membership attack {name!r} is already registered ({REGISTRY[name].__name__})")
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def attack_names() -> list[str]:
-    return list(REGISTRY)
-
-
-def get_attack(name: str) -> type[MembershipAttack]:
-    """The class registered as ``name``; UserError listing the known names otherwise."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown membership attack {name!r} (known: {', '.join(REGISTRY)})") from None
+_REGISTRY: Registry = Registry("membership attack", MembershipAttack)
+REGISTRY = _REGISTRY.classes  # name -> class, in registration order
+register = _REGISTRY.register  # class decorator; duplicate names are rejected
+attack_names = _REGISTRY.names
+get_attack = _REGISTRY.get  # UserError listing the known names for an unknown one
 
 
 def make_attack(name: str, target: str = "server", device: str | torch.device = "cpu", **options) -> MembershipAttack:

@@ -40,6 +40,8 @@ def local_steps(n: int, fractions) -> list[int]:
 class ModelAttack(MembershipAttack):
     """Loads the target model in ``fit`` and gives subclasses ``eps(x_s, s)`` in local steps."""
 
+    min_steps = 1  # timesteps the method needs in the target model's range
+
     def __init__(self, target="server", device="cpu", batch_size: int = 512, seed: int = 0):
         super().__init__(target, device)
         self.batch_size, self.seed = batch_size, seed
@@ -70,6 +72,9 @@ class ModelAttack(MembershipAttack):
         self.model = model.eval()
         self.n_steps = len(self.abar_s)
         self.num_class_embeds = getattr(model.config, "num_class_embeds", None)
+        if self.n_steps < self.min_steps:
+            raise NotApplicable(f"{self.name} needs at least {self.min_steps} timesteps in the target's range "
+                                f"(it has {self.n_steps})")  # fmt: skip
         return self
 
     # ---- helpers for subclasses ------------------------------------------------

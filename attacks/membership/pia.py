@@ -24,17 +24,11 @@ from .model_attack import ModelAttack, local_steps
 
 @register("pia")
 class PIA(ModelAttack):
+    min_steps = 2
+
     def __init__(self, target="server", device="cpu", fractions=(0.1, 0.25), p: float = 4.0, **kw):
         super().__init__(target, device, **kw)
         self.fractions, self.p = tuple(fractions), float(p)
-
-    def fit(self, view):
-        super().fit(view)
-        if self.n_steps < 2:
-            from .base import NotApplicable
-
-            raise NotApplicable(f"{self.name} needs at least two timesteps in the target's range (it has {self.n_steps})")
-        return self
 
     def describe(self) -> dict:
         steps = [s for s in local_steps(self.n_steps, self.fractions) if s > 0] if self.model is not None else []

@@ -32,6 +32,8 @@ def ddim_move(x_s: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) 
 
 @register("secmi")
 class SecMI(ModelAttack):
+    min_steps = 2
+
     def __init__(self, target="server", device="cpu", fraction: float = 0.1, k_fraction: float = 0.05,
                  n_inv: int = 1, **kw):  # fmt: skip
         super().__init__(target, device, **kw)
@@ -44,14 +46,6 @@ class SecMI(ModelAttack):
         k = min(k, n - 1 - s_att)
         path = sorted({int(round(s_att * i / self.n_inv)) for i in range(self.n_inv + 1)})
         return path, s_att, k
-
-    def fit(self, view):
-        super().fit(view)
-        if self.n_steps < 2:
-            from .base import NotApplicable
-
-            raise NotApplicable(f"{self.name} needs at least two timesteps in the target's range (it has {self.n_steps})")
-        return self
 
     def describe(self) -> dict:
         if self.model is None:

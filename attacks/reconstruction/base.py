@@ -25,6 +25,7 @@ from typing import ClassVar, Optional
 import torch
 
 from collafuse_privacy.errors import UserError
+from collafuse_privacy.registry import Registry
 
 
 class NotApplicable(Exception):
@@ -116,34 +117,11 @@ class ReconstructionAttack:
 # Registry
 # ---------------------------------------------------------------------------
 
-REGISTRY: dict[str, type[ReconstructionAttack]] = {}
-
-
-def register(name: str):
-    """Class decorator: register a :class:`ReconstructionAttack` under ``name`` (duplicates fail)."""
-
-    def deco(cls):
-        if name in REGISTRY:
-            raise ValueError(f"reconstruction method {name!r} is already registered ({REGISTRY[name].__qualname__})")
-        if not (isinstance(cls, type) and issubclass(cls, ReconstructionAttack)):
-            raise TypeError(f"{cls!r} is not a ReconstructionAttack")
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    """Registered method names, in registration order."""
-    return list(REGISTRY)
-
-
-def get_method(name: str) -> type[ReconstructionAttack]:
-    """The class registered as ``name``; :class:`UserError` listing the known names otherwise."""
-    if name not in REGISTRY:
-        raise UserError(f"unknown reconstruction method {name!r} (known: {', '.join(available())})")
-    return REGISTRY[name]
+_REGISTRY: Registry = Registry("reconstruction method", ReconstructionAttack)
+REGISTRY = _REGISTRY.classes  # name -> class, in registration order
+register = _REGISTRY.register  # class decorator; duplicate names are rejected
+available = _REGISTRY.names
+get_method = _REGISTRY.get  # UserError listing the known names for an unknown one
 
 
 def build(name: str, **options) -> ReconstructionAttack:
