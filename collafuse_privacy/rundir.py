@@ -17,6 +17,7 @@ from .io import atomic_write_json, atomic_write_text
 
 # Keys that may change between a run and its resumption: they do not change
 # what has been computed so far (train.steps only extends the run).
+SWEEP_MARKERS = {"cell.json", "error.log"}
 MUTABLE_KEYS = {"device", "train.steps", "sample.n", "sample.batch_size", "train.keep_checkpoints"}
 
 
@@ -77,7 +78,8 @@ def open_run(cfg: Config, run_dir: Path) -> bool:
                 "choose another --out"
             )
         return True  # the caller rewrites config.yaml once the checkpoint has loaded
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    # a sweep's own markers (sweep.py) may precede the run in its cell folder
+    if run_dir.is_dir() and any(p.name not in SWEEP_MARKERS for p in run_dir.iterdir()):
         raise UserError(f"--out {run_dir} is a non-empty folder that holds no run; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg_path, dump_yaml(cfg))

@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
 
 from .config import Config, apply_overrides, from_dict, read_yaml
 from .errors import UserError
-from .io import atomic_write_json
+from .io import atomic_write_json, atomic_write_text
 
 STAGES = ("train", "sample", "evaluate", "privacy", "reconstruction", "membership")
 STAGE_OPTIONS = {
@@ -190,7 +189,8 @@ def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None) 
 # ---- running one cell ---------------------------------------------------------------
 
 
-def _read_cell(run_dir: Path) -> dict:
+def read_cell(run_dir: Path) -> dict:
+    """A cell's ``cell.json`` (empty when missing or damaged: its stages are then re-checked)."""
     f = run_dir / "cell.json"
     if f.is_file():
         try:
@@ -198,6 +198,12 @@ def _read_cell(run_dir: Path) -> dict:
         except ValueError:
             pass  # a corrupt marker only costs a re-check of the stages
     return {}
+
+
+def _pending(status: dict, stages: dict) -> list[str]:
+    """Stages of ``stages`` a cell still has to run: not done yet, or done with other options."""
+    done, opts = set(status.get("stages_done", [])), status.get("stage_options", {})
+    return [s for s in stages if s not in done or opts.get(s, stages[s]) != stages[s]]
 
 
 def _stage(stage: str, opts: dict, run_dir: Path, cfg: Config, log: Callable[[str], None], quiet: bool) -> None:
@@ -241,10 +247,11 @@ def run_cell(cell: Cell, stages: dict, threads: Optional[int] = None, quiet: boo
         torch.set_num_threads(threads)
     run_dir = Path(cell.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    status = _read_cell(run_dir)
-    done = list(status.get("stages_done", []))
+    status = read_cell(run_dir)
+    done = [s for s in status.get("stages_done", []) if s in stages and s not in _pending(status, stages)]
     record = {"id": cell.id, "overrides": cell.overrides, "label": cell.label, "stages_done": done,
-              "status": "running", "seconds": dict(status.get("seconds", {}))}  # fmt: skip
+              "stage_options": {s: stages[s] for s in done}, "status": "running",
+              "seconds": dict(status.get("seconds", {}))}  # fmt: skip
     cfg = from_dict(cell.config)
     for stage, opts in stages.items():
         if stage in done:
@@ -258,11 +265,12 @@ def run_cell(cell: Cell, stages: dict, threads: Optional[int] = None, quiet: boo
         except BaseException as exc:  # noqa: BLE001 - a failed cell must not stop the sweep
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             record.update(status="failed", failed_stage=stage, error=f"{type(exc).__name__}: {msg}"[:500])
-            (run_dir / "error.log").write_text(traceback.format_exc())
+            atomic_write_text(run_dir / "error.log", traceback.format_exc())
             atomic_write_json(run_dir / "cell.json", record)
             log(f"[{cell.label}] FAILED in {stage}: {record['error']}")
             return record
         done.append(stage)
+        record["stage_options"][stage] = opts
         record["seconds"][stage] = round(time.perf_counter() - t0, 2)
         record["stages_done"] = done
         atomic_write_json(run_dir / "cell.json", record)
@@ -306,16 +314,14 @@ def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, q
              "cells": [{"id": c.id, "dir": os.path.relpath(c.dir, out), "overrides": c.overrides, "label": c.label}
                        for c in sweep.cells]}  # fmt: skip
     atomic_write_json(out / "sweep.json", index)
-    todo = [c for c in sweep.cells if _read_cell(Path(c.dir)).get("status") != "done"
-            or set(_read_cell(Path(c.dir)).get("stages_done", [])) < set(sweep.stages)]  # fmt: skip
+    todo = [c for c in sweep.cells if _pending(read_cell(Path(c.dir)), sweep.stages)]
     log(f"sweep '{sweep.name}': {len(sweep.cells)} cells, {len(sweep.cells) - len(todo)} already done -> {out}")
     # DP-SGD cells cost about twice as much: start them first so they do not finish last alone
     todo.sort(key=lambda c: not c.config["defense"]["client_dp"]["enabled"])
-    results = {}
     if jobs <= 1 or len(todo) <= 1:
         for i, cell in enumerate(todo):
             log(f"cell {i + 1}/{len(todo)}: {cell.label}")
-            results[cell.id] = run_cell(cell, sweep.stages, quiet=quiet, log=log)
+            run_cell(cell, sweep.stages, quiet=quiet, log=log)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -325,10 +331,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, q
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            for cell, rec in zip(todo, pool.map(_run_cell_job, [(c, sweep.stages, threads) for c in todo])):
-                results[cell.id] = rec
+            list(pool.map(_run_cell_job, [(c, sweep.stages, threads) for c in todo]))
     for c in sweep.cells:
-        rec = _read_cell(Path(c.dir))
+        rec = read_cell(Path(c.dir))
         for entry in index["cells"]:
             if entry["id"] == c.id:
                 entry.update(status=rec.get("status", "pending"), error=rec.get("error"),
@@ -338,7 +343,3 @@ def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, q
     log(f"sweep '{sweep.name}': {len(index['cells']) - len(failed)} cells done, {len(failed)} failed"
         + "".join(f"\n  failed: {e['label']}: {e.get('error')}" for e in failed))  # fmt: skip
     return index
-
-
-def dump_sweep_file(sweep_raw: dict) -> str:
-    return yaml.safe_dump(sweep_raw, sort_keys=False)

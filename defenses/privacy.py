@@ -113,6 +113,7 @@ def compute_privacy(
         "cut_ratio": p.cut_ratio,
         "t_c": t_c,
         "timesteps": T,
+        "step": steps,
         "view": view,
         "cut_choice": None if cut_choice is None else dict(cut_choice),
         "client_dp": _client_dp(cfg, dp_states, n_members, t_c),
@@ -173,23 +174,26 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> dict:
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     path = run_dir / "metrics" / "privacy.json"
-    if path.is_file() and not recompute:
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            pass  # damaged: recompute below
     latest = run_dir / "checkpoints" / "latest.json"
     meta = run_dir / "server_view" / "meta.json"
     if not latest.is_file() or not meta.is_file():
         raise UserError(f"{run_dir} has no finished checkpoint to compute privacy from; train it first")
     try:
         info = json.loads(latest.read_text())
+        step_dir, step = info["dir"], int(info["step"])
         d = json.loads(meta.read_text())["data"]
         splits = json.loads((run_dir / "splits.json").read_text())
         n_members = [len(c["members"]) for c in splits["clients"]]
     except (ValueError, KeyError, TypeError, OSError):
         raise UserError(f"{run_dir}: checkpoints/latest.json, server_view/meta.json or splits.json is corrupt") from None
-    state = load_state(run_dir / "checkpoints" / info["dir"] / "state.pt")
+    if path.is_file() and not recompute:
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("step") == step:  # it describes the latest checkpoint
+                return cached
+        except ValueError:
+            pass  # damaged: recompute below
+    state = load_state(run_dir / "checkpoints" / step_dir / "state.pt")
     shape = (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
     parties = state.get("parties", {})
     dp_states = [parties[f"client-{k}"]["dp"] for k in range(len(n_members)) if "dp" in parties.get(f"client-{k}", {})]
@@ -198,7 +202,7 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> dict:
         cut_choice = {"target_epsilon": cfg.protocol.target_epsilon, "cut_ratio": cfg.protocol.cut_ratio, "t_c": cfg.t_c,
                       "message": "recomputed from the resolved config"}  # fmt: skip
     report = compute_privacy(cfg, shape, release_counts=state.get("release_counts"),
-                             dp_states=dp_states or None, n_members=n_members, steps=int(state["step"]),
+                             dp_states=dp_states or None, n_members=n_members, steps=int(state.get("step", step)),
                              cut_choice=cut_choice)  # fmt: skip
     write_privacy(run_dir, report)
     return report

@@ -88,7 +88,7 @@ def evaluate_run(
                 continue
             sib = run_dir.parent / f"{run_dir.name}-{tag}"
             log(f"training the c = {c:g} end of the sweep in {sib} (same data, seed and steps; resumable)")
-            Trainer(with_overrides(cfg, [f"protocol.cut_ratio={c}"]), sib, torch.device(dev)).train()
+            Trainer(with_overrides(cfg, [f"protocol.cut_ratio={c}", "protocol.target_epsilon=null"]), sib, torch.device(dev)).train()
             runs[c] = sib
     quality = {"extractor": ext.name, "extractor_note": note, "n_samples_per_client": n, "runs": []}
     for c in sorted(runs):

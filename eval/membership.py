@@ -44,6 +44,7 @@ from collafuse_privacy.defenses.accounting import gdp_tpr, view_mu
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.io import atomic_write_bytes, atomic_write_json, load_tensors
 from collafuse_privacy.rundir import read_run_config
+from collafuse_privacy.training import resolve_device
 from collafuse_privacy.view import ServerView, list_shards
 
 from .roc import membership_metrics, roc_curve, tpr_band
@@ -107,12 +108,30 @@ def nearest_nonmember_distance(members: torch.Tensor, pool: torch.Tensor) -> np.
     return min_distance(members.flatten(1).double(), pool.flatten(1).double()).numpy()
 
 
-def gdp_section(meta: dict, fixed_noise: bool, ids_recorded: np.ndarray, member_dist: np.ndarray) -> dict:
-    """GDP mu (worst case and actual distances) and the bound's TPR at 1% / 0.1% FPR."""
+def trained_releases(run_dir: str | Path) -> Optional[int]:
+    """Releases per image counted during training (``metrics/privacy.json``), if recorded there."""
+    try:
+        r = json.loads((Path(run_dir) / "metrics" / "privacy.json").read_text())["view"]["releases_per_image"]
+        return int(r)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def gdp_section(meta: dict, fixed_noise: bool, ids_recorded: np.ndarray, member_dist: np.ndarray,
+                releases_trained: Optional[int] = None) -> dict:  # fmt: skip
+    """GDP mu (worst case and actual distances) and the bound's TPR at 1% / 0.1% FPR.
+
+    Releases per image: 1 with fixed noise; else the count made during training when known
+    (the recorded rows stop at ``record.max_items`` and would understate it), else the
+    recorded maximum, marked as a lower bound.
+    """
+    recorded = int(np.bincount(ids_recorded).max()) if len(ids_recorded) else 0
     if fixed_noise:
         releases, how = 1, "fixed_noise: every re-send is the same h"
-    elif len(ids_recorded):
-        releases, how = int(np.bincount(ids_recorded).max()), "max recorded releases of any one image"
+    elif releases_trained is not None:
+        releases, how = max(releases_trained, recorded), "max releases of any one image, counted in training"
+    elif recorded:
+        releases, how = recorded, "max recorded releases of any one image (a lower bound if recording was capped)"
     else:
         releases, how = 0, "no recorded releases"
     out = {"releases_per_image": releases, "releases_counted": how, "sensitivity_worst": None,
@@ -181,9 +200,7 @@ def run_membership(
     cfg, splits, ds = load_ground_truth(run_dir)
     if kind == "client" and not 0 <= tk < splits.num_clients:
         raise UserError(f"--target client:{tk}: the run has clients 0..{splits.num_clients - 1}")
-    dev = str(device)
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = str(resolve_device(device))  # UserError for cuda without a GPU
     if kind == "client" and cfg.t_c == 0:
         view = ServerView.load(run_dir)  # no client model was ever trained: attacks say NotApplicable
     else:
@@ -191,6 +208,9 @@ def run_membership(
     clients = [tk] if kind == "client" else list(range(splits.num_clients))
     cand = sample_candidates(splits, ds.images, clients, cap=cap, seed=seed)
     labels, owner = cand["labels"], cand["client"]
+    if labels.sum() == 0:
+        raise UserError(f"{run_dir}: no client has both members and held-out images to compare "
+                        "(data.holdout_fraction = 0?); membership cannot be scored")  # fmt: skip
     log(f"membership [{target}]: {int(labels.sum())} members + {int((1 - labels).sum())} held-out candidates "
         f"over {len(clients)} client(s); protocol {view.protocol}, c = {cfg.protocol.cut_ratio:g}, t_c = {view.t_c}")  # fmt: skip
 
@@ -210,16 +230,19 @@ def run_membership(
             log(f"  {name}: not applicable ({exc})")
             continue
         seconds = time.perf_counter() - t0
-        s = np.where(np.isnan(s), -np.inf, s)
+        n_nan = int(np.isnan(s).sum())
+        if n_nan:  # e.g. a diverged model: scored as "surely not a member", and said so
+            log(f"  {name}: {n_nan} of {len(s)} scores are NaN; they count as the lowest score")
+            s = np.where(np.isnan(s), -np.inf, s)
         scores[name] = s
         m = membership_metrics(s, labels, n_boot=n_boot, seed=seed)
         entry = {"applicable": True, **{k: v.to_dict() for k, v in m.items()}, "seconds": seconds,
-                 "settings": attack.describe()}  # fmt: skip
+                 "settings": attack.describe(), "nan_scores": n_nan}  # fmt: skip
         if len(clients) > 1:
             entry["per_client_auc"] = {
                 str(k): bootstrap(roc_auc, s[owner == k], labels[owner == k], n_boot=min(n_boot, 200), seed=seed,
                                   strata=labels[owner == k]).to_dict()
-                for k in clients
+                for k in clients if cand["per_client"][k] > 0
             }  # fmt: skip
         methods_out[name] = entry
         fpr, tpr, _ = roc_curve(s, labels)
@@ -248,7 +271,7 @@ def run_membership(
         members = cand["images"][torch.from_numpy(labels == 1)]
         pool_ids = sorted(set(splits.public) | {i for h in splits.holdout for i in h})
         dist = nearest_nonmember_distance(members, ds.images[torch.tensor(pool_ids, dtype=torch.long)]) if pool_ids else np.zeros(0)
-        gdp = gdp_section(view.meta, bool(cfg.protocol.fixed_noise), recorded_image_ids(run_dir), dist)
+        gdp = gdp_section(view.meta, bool(cfg.protocol.fixed_noise), recorded_image_ids(run_dir), dist, trained_releases(run_dir))
         grid = np.logspace(math.log10(max(1.0 / max(n_non, 1), 1e-4)), 0, 40)
         for name, s in scores.items():
             _, lo, _ = tpr_band(s, labels, grid, n_boot=min(n_boot, 300), seed=seed)

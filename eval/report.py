@@ -25,6 +25,7 @@ import numpy as np
 
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.io import atomic_write_bytes, atomic_write_text
+from collafuse_privacy.sweep import read_cell
 
 INF = float("inf")
 
@@ -140,7 +141,11 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
     run_dir = Path(run_dir)
     cfg = {}
     if (run_dir / "config.yaml").is_file():
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        try:
+            cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            float(cfg.get("protocol", {}).get("cut_ratio", 0.0))
+        except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+            raise UserError(f"{run_dir}/config.yaml is not a valid run config") from None
     proto = cfg.get("protocol", {})
     r = CellResult(label=label or run_dir.name, run_dir=run_dir, status=status, error=error,
                    cut_ratio=float(proto.get("cut_ratio", float("nan"))), protocol=str(proto.get("kind", "")),
@@ -154,7 +159,7 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
     if q:
         r.extractor = q.get("extractor")
         runs = q.get("runs", [])
-        own = [x for x in runs if abs(float(x.get("cut_ratio", -1)) - r.cut_ratio) < 1e-9] or runs[:1]
+        own = [x for x in runs if abs(float(x.get("cut_ratio", -1)) - r.cut_ratio) < 1e-9]
         if own:
             r.fid = num(own[0]["pooled"]["fid"])
             r.kid = num(own[0]["pooled"]["kid"])
@@ -227,7 +232,7 @@ def collect(dirs) -> list[CellResult]:
             index = _read(sweep)
             for c in index.get("cells", []):
                 cdir = d / c["dir"]
-                cell = _read(cdir / "cell.json") or {}
+                cell = read_cell(cdir)
                 out.append(read_run(cdir, label=c.get("label"), status=cell.get("status", "pending"), error=cell.get("error")))
         elif (d / "config.yaml").is_file():
             out.append(read_run(d))

@@ -69,12 +69,12 @@ def bootstrap(
     for b in range(n_boot):
         idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
         stats[b] = stat(*[a[idx] for a in arrays])
-    stats = stats[np.isfinite(stats)]
+    stats = stats[np.isfinite(stats)]  # resamples whose statistic is undefined are left out, and counted
     if len(stats) == 0:
-        return Interval(value, float("nan"), float("nan"), level, n_boot)
+        return Interval(value, float("nan"), float("nan"), level, 0)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
-    return Interval(value, float(lo), float(hi), level, n_boot)
+    return Interval(value, float(lo), float(hi), level, len(stats))
 
 
 def mean_ci(values, **kwargs) -> Interval:

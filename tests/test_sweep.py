@@ -89,6 +89,27 @@ def test_failed_cell_is_recorded_and_others_finish(tmp_path):
     before = {c["id"]: c["seconds"] for c in index["cells"] if c["status"] == "done"}
     index2 = run_sweep(load_sweep(path, out), log=lambda m: None, quiet=True)
     assert {c["id"]: c["seconds"] for c in index2["cells"] if c["status"] == "done"} == before
+    # once the data exist, the failed cell recovers in the same folder (its markers do not block it)
+    from PIL import Image
+    import numpy as np
+
+    (tmp_path / "no-such-folder").mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 20 * i, dtype=np.uint8)).save(tmp_path / "no-such-folder" / f"{i}.png")
+    index3 = run_sweep(load_sweep(path, out), log=lambda m: None, quiet=True)
+    assert [c["status"] for c in index3["cells"]] == ["done"] * 5
+
+
+def test_changed_stage_options_rerun_that_stage(tmp_path):
+    stages = {"train": {}, "reconstruction": {"methods": ["rescale"]}}
+    path = sweep_file(tmp_path, steps=4, stages=stages)
+    out = tmp_path / "out"
+    run_sweep(load_sweep(path, out), log=lambda m: None, quiet=True)
+    cell = next((out / "cells").iterdir())
+    assert set(json.loads((cell / "metrics" / "reconstruction.json").read_text())["methods"]) == {"rescale"}
+    path = sweep_file(tmp_path, steps=4, stages={"train": {}, "reconstruction": {"methods": ["rescale", "exact"]}})
+    run_sweep(load_sweep(path, out), log=lambda m: None, quiet=True)
+    assert set(json.loads((cell / "metrics" / "reconstruction.json").read_text())["methods"]) == {"rescale", "exact"}
 
 
 def test_sweep_file_errors(tmp_path):

@@ -76,4 +76,9 @@ get_attack = _REGISTRY.get  # UserError listing the known names for an unknown o
 
 
 def make_attack(name: str, target: str = "server", device: str | torch.device = "cpu", **options) -> MembershipAttack:
-    return get_attack(name)(target=target, device=device, **options)
+    """An instance of attack ``name`` (an unknown or bad option is a UserError)."""
+    cls = get_attack(name)
+    try:
+        return cls(target=target, device=device, **options)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"membership attack {name!r}: bad options {sorted(options)} ({e})") from None
