@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from collafuse_privacy.config import with_overrides
-from collafuse_privacy.data import Splits, load_dataset
+from collafuse_privacy.data import load_dataset
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.io import atomic_write_json, load_tensors
 from collafuse_privacy.rundir import read_run_config
@@ -28,6 +28,7 @@ from collafuse_privacy.training import Trainer, resolve_device
 from collafuse_privacy.view import ServerView
 
 from .burden import measure_burden
+from .ground_truth import load_splits
 from .features import get_extractor
 from .quality import compute_fid, compute_kid, disclosure_figures
 
@@ -72,10 +73,7 @@ def evaluate_run(
     n = n or cfg.sample.n
     dev = str(resolve_device(device))
     ds = load_dataset(cfg.data)
-    try:
-        splits = Splits.from_dict(json.loads((run_dir / "splits.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{run_dir}/splits.json is missing or corrupt") from None
+    splits = load_splits(run_dir)
     ext, note = get_extractor(extractor, dataset=ds, splits=splits, device=dev)
     log(note)
     holdout = [ds.images[torch.tensor(h, dtype=torch.long)] for h in splits.holdout]

@@ -39,14 +39,14 @@ import numpy as np
 import torch
 
 from collafuse_privacy.attacks.membership import NotApplicable, attack_names, get_attack, make_attack, parse_target
-from collafuse_privacy.data import Splits, load_dataset
+from collafuse_privacy.data import Splits
 from collafuse_privacy.defenses.accounting import gdp_tpr, view_mu
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.io import atomic_write_bytes, atomic_write_json, load_tensors
-from collafuse_privacy.rundir import read_run_config
+from collafuse_privacy.io import atomic_write_bytes, atomic_write_json
 from collafuse_privacy.training import resolve_device
-from collafuse_privacy.view import ServerView, list_shards
+from collafuse_privacy.view import ServerView
 
+from .ground_truth import load_ground_truth, message_image_ids
 from .roc import membership_metrics, roc_curve, tpr_band
 from .stats import bootstrap, _num
 from .roc import auc as roc_auc
@@ -59,23 +59,9 @@ DEFAULT_CAP = 200  # members and as many held-out images per client
 # ---------------------------------------------------------------------------
 
 
-def load_ground_truth(run_dir: str | Path):
-    """``(cfg, splits, dataset)`` of a run; UserError when ``splits.json`` is missing/corrupt."""
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    try:
-        splits = Splits.from_dict(json.loads((run_dir / "splits.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{run_dir}/splits.json is missing or corrupt") from None
-    return cfg, splits, load_dataset(cfg.data)
-
-
 def recorded_image_ids(run_dir: str | Path) -> np.ndarray:
     """Image id of every recorded release (``ground_truth/train``), in view order."""
-    shards = list_shards(Path(run_dir) / "ground_truth" / "train")
-    if not shards:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([load_tensors(f)["image_id"].numpy() for f in shards])
+    return message_image_ids(run_dir).numpy()
 
 
 def sample_candidates(splits: Splits, images: torch.Tensor, clients: Sequence[int], cap: int = DEFAULT_CAP,

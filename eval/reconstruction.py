@@ -47,13 +47,12 @@ import numpy as np
 import torch
 
 from collafuse_privacy.attacks.reconstruction import NotApplicable, available, build, get_method
-from collafuse_privacy.data import Splits, load_dataset
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.io import atomic_write_bytes, atomic_write_json, load_tensors
-from collafuse_privacy.rundir import read_run_config
 from collafuse_privacy.training import resolve_device
-from collafuse_privacy.view import ServerView, load_shards
+from collafuse_privacy.view import ServerView
 
+from .ground_truth import load_ground_truth, message_image_ids
 from .similarity import image_similarity
 from .stats import Interval, mean_ci
 
@@ -66,22 +65,6 @@ SHOW = 8  # columns of the figure
 # ---------------------------------------------------------------------------
 # Ground truth
 # ---------------------------------------------------------------------------
-
-
-def message_image_ids(run_dir: Path, n_rows: int) -> torch.Tensor:
-    """Image id of every recorded training message ``[N]`` (ground truth, same order as the view)."""
-    ids = load_shards(run_dir / "ground_truth" / "train").get("image_id")
-    if ids is None or len(ids) != n_rows:
-        have = 0 if ids is None else len(ids)
-        raise UserError(f"{run_dir}: ground truth holds {have} image ids for {n_rows} recorded messages")
-    return ids.long()
-
-
-def _splits(run_dir: Path) -> Splits:
-    try:
-        return Splits.from_dict(json.loads((run_dir / "splits.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{run_dir}/splits.json is missing or corrupt") from None
 
 
 def client_outputs(run_dir: Path, view: ServerView) -> tuple[Optional[torch.Tensor], str]:
@@ -255,8 +238,7 @@ def run_reconstruction(
         log(reason)
         return result
 
-    ds = load_dataset(read_run_config(run_dir).data)
-    splits = _splits(run_dir)
+    _, splits, ds = load_ground_truth(run_dir)
     rows = _subsample(len(view), cap, seed)
     result["n_scored"] = int(len(rows))
     ids = message_image_ids(run_dir, len(view)) if len(view) else torch.zeros(0, dtype=torch.long)

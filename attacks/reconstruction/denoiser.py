@@ -27,6 +27,8 @@ from typing import Callable, Optional
 
 import torch
 
+from collafuse_privacy.diffusion import q_sample
+
 from collafuse_privacy.models import build_unet
 
 _CACHE: dict[str, object] = {}
@@ -113,20 +115,28 @@ def fit_x0_denoiser(
     Each step: a batch of images, levels ``a = sample_abar(B, gen)`` ([B] float64), fresh
     noise, loss ``mean |D(x, a) - x0|^2``.
     """
+    def loss(model, x0, gen):
+        a = sample_abar(len(x0), gen).float()
+        noise = torch.randn(x0.shape, generator=gen)
+        s = a.view(-1, 1, 1, 1)
+        x = s.sqrt() * x0 + (1 - s).sqrt() * noise
+        return (model(x.to(device), a.to(device)) - x0.to(device)).pow(2).mean()
+
+    return _train(X0Denoiser(_build(preset, images, seed)), images, loss, steps, batch_size, lr, seed, device)
+
+
+def _train(model, images, loss_fn, steps: int, batch_size: int, lr: float, seed: int, device):
+    """The public-split training loop both fits share: seeded batches (indices first, then
+    whatever ``loss_fn(model, x0, gen)`` draws), Adam with :func:`_lr_at`, clipping at 1."""
     gen = torch.Generator().manual_seed(seed)
-    model = X0Denoiser(_build(preset, images, seed)).to(device)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr)
         idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-        x0 = images[idx]
-        a = sample_abar(batch_size, gen).float()
-        noise = torch.randn(x0.shape, generator=gen)
-        s = a.view(-1, 1, 1, 1)
-        x = s.sqrt() * x0 + (1 - s).sqrt() * noise
-        loss = (model(x.to(device), a.to(device)) - x0.to(device)).pow(2).mean()
+        loss = loss_fn(model, images[idx], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -159,25 +169,13 @@ def fit_eps_model(
 
     ``abar``: float64 ``[T]`` of the run's schedule.
     """
-    gen = torch.Generator().manual_seed(seed)
-    model = _build(preset, images, seed).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, lr)
-        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-        x0 = images[idx]
-        t = torch.randint(level_lo, level_hi + 1, (batch_size,), generator=gen)
+    def loss(model, x0, gen):
+        t = torch.randint(level_lo, level_hi + 1, (len(x0),), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        s = abar[t].float().view(-1, 1, 1, 1)
-        x = s.sqrt() * x0 + (1 - s).sqrt() * noise
-        loss = (model(x.to(device), t.to(device)).sample - noise.to(device)).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    return model.eval().requires_grad_(False)
+        x = q_sample(x0, t, noise, abar)
+        return (model(x.to(device), t.to(device)).sample - noise.to(device)).pow(2).mean()
+
+    return _train(_build(preset, images, seed), images, loss, steps, batch_size, lr, seed, device)
 
 
 def ddpm_jump(x, eps, a_t, a_prev, noise: Optional[torch.Tensor], clip: bool = True):
