@@ -2,7 +2,7 @@
 
 Default client model: configs/default.yaml (preset ``tiny``, 16x16, 1 channel, batch 64).
 Both paths run side by side in one process on the same batches: a plain
-:class:`collafuse_privacy.training.Party` step (Adam, ``train.grad_clip``) and the same
+:class:`collafuse_privacy.party.Party` step (Adam, ``train.grad_clip``) and the same
 Party made private with Opacus (per-sample gradients, clipping, noise, accountant step),
 for each grad-sample mode that works on diffusers' UNet.
 
@@ -23,7 +23,7 @@ import torch
 from collafuse_privacy.config import load_config
 from collafuse_privacy.defenses.dp_sgd import GRAD_SAMPLE_MODES
 from collafuse_privacy.models import build_unet
-from collafuse_privacy.training import Party
+from collafuse_privacy.party import Party
 
 
 def _party(cfg, device, mode=None, batch=64):

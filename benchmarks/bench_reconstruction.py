@@ -41,6 +41,7 @@ def main() -> None:
     from collafuse_privacy.eval.reconstruction import run_reconstruction
     from collafuse_privacy.io import atomic_write_json
     from collafuse_privacy.training import train
+    from collafuse_privacy.typed import to_data
 
     torch.set_num_threads(1)
     size = 8 if args.data == "digits" else 16
@@ -60,11 +61,12 @@ def main() -> None:
             t0 = time.perf_counter()
             train(cfg, run, device="cpu", quiet=True)
             t_train = time.perf_counter() - t0
-            r = run_reconstruction(run, methods=methods, options=opts, cap=args.cap, figure=False, log=lambda m: None)
+            r = to_data(run_reconstruction(run, methods=methods, options=opts, cap=args.cap, figure=False,
+                                           log=lambda m: None), json_numbers=True)  # fmt: skip
             for name, m in r["methods"].items():
                 if not m["applicable"]:
                     continue
-                lk = m.get("linking", {})
+                lk = m.get("linking") or {}
                 rows.append({"c": c, "t_c": r["t_c"], "noise": "fixed" if fixed else "fresh", "method": name, "n": m["n"],
                              "mse": m["mse"], "psnr": m["psnr"], "ident": m["identification"]["value"],
                              "linked": lk.get("mean_linked"), "precision": lk.get("precision"),

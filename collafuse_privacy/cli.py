@@ -61,11 +61,14 @@ def _load_cfg(config, overrides, device):
 
 
 def _train(cfg, out, quiet):
+    from .party import resolve_device
+    from .resolve import resolve
     from .rundir import default_run_dir
-    from .training import Trainer, resolve_device
+    from .training import Trainer
 
-    run_dir = Path(out) if out else default_run_dir(cfg)
-    trainer = Trainer(cfg, run_dir, resolve_device(cfg.device), quiet=quiet)
+    resolved = resolve(cfg, Path(out) if out else None)  # protocol.target_epsilon -> the cut, before naming the run
+    run_dir = Path(out) if out else default_run_dir(resolved.cfg)
+    trainer = Trainer(resolved, run_dir, resolve_device(cfg.device), quiet=quiet)
     what = f"resuming at round {trainer.step}" if trainer.resumed else "new run"
     click.echo(
         f"run directory: {run_dir} ({what}; t_c = {trainer.cfg.t_c} of T = {cfg.diffusion.timesteps}, device {trainer.device})",
@@ -81,18 +84,40 @@ def _train(cfg, out, quiet):
     return run_dir
 
 
+CONFIG = click.option("--config", "config", type=click.Path(), default=None,
+                      help="YAML config (default: embedded configs/default.yaml).")
+SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                   help="Override a config key by dotted path, e.g. protocol.cut_ratio=0.3 "
+                        "(`collafuse-privacy config` lists every key).")
+
+
 @main.command()
-@click.option("--config", "config", type=click.Path(), default=None, help="YAML config (default: embedded configs/default.yaml).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key by dotted path, e.g. protocol.cut_ratio=0.3.")
+@CONFIG
+@SET
 @click.option("--out", type=click.Path(), default=None, help="Run directory (default: runs/<data>-<protocol>-c<ratio>-<hash>). Rerunning resumes.")
 @DEVICE
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(config, overrides, out, device, quiet):
-    """Train clients and server (or resume the run in --out)."""
+    """Train clients and server (or resume the run in --out).
+
+    Every config key, its value and its default: `collafuse-privacy config`.
+    """
     cfg = _load_cfg(config, overrides, device)
     run_dir = _train(cfg, out, quiet)
     click.echo(str(run_dir))
+
+
+@main.command("config")
+@CONFIG
+@SET
+@user_errors
+def config_cmd(config, overrides):
+    """Print the fully resolved config: every key, its value, and its default where they differ."""
+    from .config import describe
+
+    cfg = _load_cfg(config, overrides, None)
+    click.echo(describe(cfg))
 
 
 @main.command()
@@ -103,11 +128,11 @@ def train(config, overrides, out, device, quiet):
 @user_errors
 def sample(run_dir, n, seed, device):
     """Collaborative sampling: server down to the hand-over image, client to x0."""
-    from .rundir import read_run_config
-    from .sampling import sample_run
+    from .rundir import RunDir
+    from .stages import STAGES
 
-    cfg = read_run_config(run_dir)
-    info = sample_run(run_dir, n=n, device=device or cfg.device, seed=seed)
+    cfg = RunDir(run_dir).config()
+    info = STAGES.get("sample")(Path(run_dir), cfg, device=device or cfg.device, n=n, seed=seed)
     click.echo(
         f"{info['n']} samples for each of {info['clients']} clients (checkpoint step {info['step']}, t_c = {info['t_c']}) "
         f"-> {Path(run_dir) / 'samples'}",
@@ -126,12 +151,13 @@ def sample(run_dir, n, seed, device):
 @user_errors
 def evaluate(run_dir, n, extractor, no_ends, device):
     """Quality per client (FID/KID) for c in {0, run, 1}, disclosure figures, client burden."""
-    from .eval.evaluate import evaluate_run, format_tables
-    from .rundir import read_run_config
+    from .eval.evaluate import format_tables
+    from .rundir import RunDir
+    from .stages import STAGES
 
-    cfg = read_run_config(run_dir)
-    result = evaluate_run(run_dir, n=n, extractor=extractor, ends=not no_ends, device=device or cfg.device,
-                          log=lambda m: click.echo(m, err=True))  # fmt: skip
+    cfg = RunDir(run_dir).config()
+    result = STAGES.get("evaluate")(Path(run_dir), cfg, n=n, extractor=extractor, ends=not no_ends,
+                                    device=device or cfg.device, log=lambda m: click.echo(m, err=True))  # fmt: skip
     click.echo(format_tables(result))
     click.echo(f"-> {Path(run_dir) / 'metrics' / 'quality.json'}, {Path(run_dir) / 'metrics' / 'burden.json'}", err=True)
 
@@ -143,27 +169,34 @@ def evaluate(run_dir, n, extractor, no_ends, device):
 @click.option("--method", "methods", multiple=True, metavar="NAME", help="Method(s) to run (default: all that apply).")
 @click.option("--target", default="server", show_default=True, metavar="server|client:K",
               help="membership: attack the server model, or client K's model as if it were released.")
+@click.option("--option", "options", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="An option of one method, YAML-typed, e.g. learned.steps=300 or loss.n_noise=4.")
 @DEVICE
 @user_errors
-def attack(run_dir, kind, methods, target, device):
+def attack(run_dir, kind, methods, target, options, device):
     """Attacks of an honest-but-curious server, scored against ground truth in eval/."""
-    from .rundir import read_run_config
+    from .attacks import parse_options
+    from .rundir import RunDir
+    from .stages import STAGES
 
-    cfg = read_run_config(run_dir)
+    cfg = RunDir(run_dir).config()
     dev = device or cfg.device
     log = lambda m: click.echo(m, err=True)  # noqa: E731
+    opts = parse_options(options)
+    run = STAGES.get(kind)
     if kind == "reconstruction":
         if target != "server":
             raise UserError("--target applies to membership attacks only")
-        from .eval.reconstruction import format_reconstruction, run_reconstruction
+        from .eval.reconstruction import format_reconstruction
 
-        result = run_reconstruction(run_dir, methods=list(methods) or None, device=dev, log=log)
+        result = run(Path(run_dir), cfg, methods=list(methods) or None, options=opts, device=dev, log=log)
         click.echo(format_reconstruction(result))
     else:
-        from .eval.membership import format_membership, run_membership
+        from .eval.membership import format_membership
 
-        result = run_membership(run_dir, methods=list(methods) or None, target=target, device=dev, log=log)
-        click.echo(format_membership(result))
+        results = run(Path(run_dir), cfg, methods=list(methods) or None, targets=[target], options=opts, device=dev,
+                      log=log)  # fmt: skip
+        click.echo(format_membership(results[target], target))
 
 
 @main.command()
@@ -210,7 +243,7 @@ def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool):
 def sweep(sweep_file, out, jobs, device, quiet):
     """Run a grid of runs (train, sample, evaluate, attacks, privacy), skipping finished cells."""
     index, _ = _sweep_and_report(sweep_file, Path(out), jobs, device, quiet, report=False)
-    failed = [c for c in index["cells"] if c.get("status") != "done"]
+    failed = [c for c in index.cells if c.status != "done"]
     click.echo(str(Path(out) / "sweep.json"))
     if failed:
         sys.exit(1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,6 +58,10 @@ class ModelConfig:
     preset: str = "tiny"  # micro | tiny | small | base
     client_preset: Optional[str] = None  # None: same as preset
     server_conditioning: str = "none"  # none | client | labels
+
+    @property
+    def client_model_preset(self) -> str:
+        return self.client_preset or self.preset
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,38 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def hash(self, n: int = 10) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:n]
+
+# Keys that may change between a run and its resumption: they do not change what has been
+# computed so far (train.steps only extends the run, device and sample sizes do not enter it).
+MUTABLE_KEYS = ("device", "train.steps", "train.keep_checkpoints", "sample.n", "sample.batch_size")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def identity(cfg: Config) -> dict:
+    """The config without :data:`MUTABLE_KEYS`: what makes two configs the same run."""
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if k not in MUTABLE_KEYS}
+
+
+def config_hash(cfg: Config, n: int = 10, full: bool = False) -> str:
+    """sha256 of the run's identity (``full``: of every key but ``device``), ``n`` hex digits.
+
+    The identity hash names run directories and sweep cells: a run whose ``train.steps``
+    grows is the same run, extended (resumed from its checkpoint). The full hash records
+    what a run's stages were computed with (a sweep reruns a cell's later stages when it
+    changes).
+    """
+    d = {k: v for k, v in flatten(cfg.to_dict()).items() if k != "device"} if full else identity(cfg)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:n]
 
 
 def cut_timestep(cut_ratio: float, timesteps: int) -> int:
@@ -156,7 +188,6 @@ CHOICES = {
     "model.preset": ("micro", "tiny", "small", "base"),
     "model.client_preset": (None, "micro", "tiny", "small", "base"),
     "model.server_conditioning": ("none", "client", "labels"),
-    "protocol.kind": ("shared-noise", "cut-image"),
     "record.dtype": ("float16", "float32"),
     "defense.client_dp.accountant": ("prv", "rdp"),
     "defense.client_dp.grad_sample_mode": ("hooks", "functorch"),
@@ -196,64 +227,6 @@ RANGES = [
 ]
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"config key '{key}' must be a string, got {value!r}")
-        return value
-    raise UserError(f"config key '{key}' has an unsupported type {_type_name(tp)}")
-
-
-def _build(cls, raw: Any, prefix: str):
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        where = f"section '{prefix.rstrip('.')}'" if prefix else "the config file"
-        raise UserError(f"{where} must be a mapping of keys, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        key = prefix + str(unknown[0])
-        raise UserError(f"unknown config key '{key}' (known in this section: {', '.join(sorted(names))})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            continue
-        tp = hints[f.name]
-        key = prefix + f.name
-        if dataclasses.is_dataclass(tp):
-            kwargs[f.name] = _build(tp, raw[f.name], key + ".")
-        else:
-            kwargs[f.name] = _coerce(raw[f.name], tp, key)
-    return cls(**kwargs)
-
-
 def _get(cfg: Config, key: str):
     obj = cfg
     for part in key.split("."):
@@ -262,7 +235,9 @@ def _get(cfg: Config, key: str):
 
 
 def validate(cfg: Config) -> Config:
-    for key, allowed in CHOICES.items():
+    from .protocol import PROTOCOLS
+
+    for key, allowed in {**CHOICES, "protocol.kind": tuple(PROTOCOLS.names())}.items():
         value = _get(cfg, key)
         if value not in allowed:
             shown = ", ".join("null" if a is None else str(a) for a in allowed)
@@ -284,8 +259,6 @@ def validate(cfg: Config) -> Config:
         raise UserError("config keys 'data.holdout_fraction' + 'data.public_fraction' must stay below 1")
     if cfg.data.name in ("cifar10", "image-folder") and not cfg.data.root:
         raise UserError(f"config key 'data.root' is required for data.name={cfg.data.name}")
-    if cfg.protocol.fixed_noise and cfg.protocol.kind != "cut-image":
-        raise UserError("config key 'protocol.fixed_noise' applies to protocol.kind=cut-image only")
     dp = cfg.defense.client_dp
     if dp.enabled:
         if dp.noise_multiplier is not None and dp.target_epsilon is not None:
@@ -298,11 +271,7 @@ def validate(cfg: Config) -> Config:
                 "config key 'defense.client_dp.enabled' needs 'defense.client_dp.noise_multiplier' "
                 "or 'defense.client_dp.target_epsilon'"
             )
-    if cfg.protocol.target_epsilon is not None and cfg.protocol.kind != "cut-image":
-        raise UserError(
-            "config key 'protocol.target_epsilon' applies to protocol.kind=cut-image only "
-            "(shared-noise sends eps beside x_t: epsilon is infinite for every cut below 1)"
-        )
+    PROTOCOLS.get(cfg.protocol.kind).check_config(cfg)  # what only some protocols can do
     return cfg
 
 
@@ -355,7 +324,10 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def from_dict(raw: Any) -> Config:
-    return validate(_build(Config, raw, ""))
+    """A validated :class:`Config` from plain data (unknown keys, wrong types and ranges are UserErrors)."""
+    from .typed import from_data
+
+    return validate(from_data(Config, raw))
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
@@ -377,3 +349,35 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def _scalar(v) -> str:
+    return yaml.safe_dump({"x": v}, default_flow_style=False).strip()[3:]
+
+
+def describe(cfg: Config) -> str:
+    """``cfg`` as YAML with every key; a comment gives the default where the value differs,
+    and the allowed values where the key is a choice. Loads back to ``cfg``."""
+    from .protocol import PROTOCOLS
+
+    defaults = flatten(Config().to_dict())
+    choices = {**CHOICES, "protocol.kind": tuple(PROTOCOLS.names())}
+    lines = ["# the resolved config: every key (--set KEY=VALUE overrides any of them)"]
+
+    def walk(d: dict, depth: int, prefix: str) -> None:
+        for k, v in d.items():
+            key = prefix + k
+            pad = "  " * depth
+            if isinstance(v, dict):
+                lines.append(f"{pad}{k}:")
+                walk(v, depth + 1, key + ".")
+                continue
+            notes = []
+            if defaults.get(key) != v:
+                notes.append(f"default: {_scalar(defaults.get(key))}")
+            if key in choices:
+                notes.append("one of " + " | ".join(_scalar(c) for c in choices[key]))
+            lines.append(f"{pad}{k}: {_scalar(v)}" + (f"  # {'; '.join(notes)}" if notes else ""))
+
+    walk(cfg.to_dict(), 0, "")
+    return "\n".join(lines)

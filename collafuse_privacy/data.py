@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Config, DataConfig
+from .config import DataConfig
 from .errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -241,34 +241,35 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
+class ClientSplit:
+    """One client's images: ``members`` (trained on) and ``holdout`` (same distribution, never trained on)."""
+
+    members: list[int]
+    holdout: list[int]
+
+
+@dataclass(frozen=True)
 class Splits:
-    """Indices into the dataset. Ground truth: only ``public`` is the server's."""
+    """``splits.json``: indices into the dataset. Ground truth: attacks never read it;
+    the server holds its public images in its own view, not these indices."""
 
     public: list[int]
-    members: list[list[int]]  # per client
-    holdout: list[list[int]]  # per client
+    clients: list[ClientSplit]
     data_fingerprint: str = ""
+    schema: int = 1
 
-    def to_dict(self) -> dict:
-        return {
-            "data_fingerprint": self.data_fingerprint,
-            "public": self.public,
-            "clients": [{"members": m, "holdout": h} for m, h in zip(self.members, self.holdout)],
-        }
+    @property
+    def members(self) -> list[list[int]]:
+        return [c.members for c in self.clients]
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Splits":
-        return cls(
-            public=list(d["public"]),
-            members=[list(c["members"]) for c in d["clients"]],
-            holdout=[list(c["holdout"]) for c in d["clients"]],
-            data_fingerprint=d.get("data_fingerprint", ""),
-        )
+    @property
+    def holdout(self) -> list[list[int]]:
+        return [c.holdout for c in self.clients]
 
     @property
     def num_clients(self) -> int:
-        return len(self.members)
+        return len(self.clients)
 
 
 def _partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
@@ -320,4 +321,5 @@ def make_splits(ds: Dataset, cfg: DataConfig, seed: int) -> Splits:
             )
         holdout.append(np.sort(p[:n_hold]).tolist())
         members.append(np.sort(p[n_hold:]).tolist())
-    return Splits(public.tolist(), members, holdout, ds.fingerprint())
+    clients = [ClientSplit(m, h) for m, h in zip(members, holdout)]
+    return Splits(public.tolist(), clients, ds.fingerprint())

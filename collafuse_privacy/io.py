@@ -110,3 +110,13 @@ def truncate_jsonl(path: str | Path, keep) -> None:
         if keep(row):
             kept.append(line)
     atomic_write_text(path, "".join(x + "\n" for x in kept))
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure as PNG, written atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

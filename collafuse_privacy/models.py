@@ -53,3 +53,17 @@ def build_unet(preset: str, image_size: int, channels: int, num_class_embeds: in
 
 def num_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def load_unet(preset: str, image_shape, weights: dict, where) -> UNet2DModel:
+    """A ``UNet2DModel`` of ``preset`` for images ``(C, H, W)`` holding ``weights`` (eval mode).
+
+    A class embedding (server conditioning) is sized from the weights themselves.
+    """
+    n_cls = int(weights["class_embedding.weight"].shape[0]) if "class_embedding.weight" in weights else None
+    model = build_unet(preset, int(image_shape[-1]), int(image_shape[0]), n_cls)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise UserError(f"{where}: the weights do not fit the run's model preset {preset!r}") from None
+    return model.eval()

@@ -1,61 +1,561 @@
-"""Run directories: one per run; rerunning the same command resumes it.
+"""The run directory, typed: every file a run writes and reads, in one module.
 
-``config.yaml`` (resolved), ``splits.json`` (ground truth), ``checkpoints/``,
-``server_view/``, ``ground_truth/``, ``samples/``, ``metrics/``, ``figures/``.
+One folder per run; rerunning the same command resumes it::
+
+    config.yaml                    the resolved config (Config)
+    splits.json                    ground truth: public / members / held-out (Splits)
+    checkpoints/latest.json        the newest complete checkpoint (LatestCheckpoint)
+    checkpoints/step-N/            weights (safetensors) and state.pt
+    server_view/meta.json          what the server knows (ViewMeta)
+    server_view/public.safetensors the server's own public images
+    server_view/train/, handover/  what it received (view.py)
+    ground_truth/train/            image ids of the recorded rows (evaluation only)
+    samples/, figures/
+    metrics/train.jsonl            one TrainRow per round
+    metrics/{privacy,quality,burden,membership,reconstruction}.json
+
+Every JSON file carries ``"schema"``; a file written by a newer version of this tool is
+refused with a clear message, a file of the wrong shape is a one-line :class:`UserError`
+naming the file and the key (:mod:`collafuse_privacy.typed`). Numbers that are infinite
+or could not be computed are stored as ``"inf"`` / ``null`` (:mod:`collafuse_privacy.numbers`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 import yaml
 
-from .config import Config, dump_yaml, from_dict
+from .config import Config, DiffusionConfig, config_hash, dump_yaml, from_dict, identity
 from .errors import UserError
 from .io import atomic_write_json, atomic_write_text
+from .numbers import Interval
+from .typed import Schema, from_data, to_data
 
-# Keys that may change between a run and its resumption: they do not change
-# what has been computed so far (train.steps only extends the run).
+SCHEMA = 1  # version of every JSON file below; bump on an incompatible change
 SWEEP_MARKERS = {"cell.json", "error.log"}
-MUTABLE_KEYS = {"device", "train.steps", "sample.n", "sample.batch_size", "train.keep_checkpoints"}
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v
-    return out
+# ---------------------------------------------------------------------------
+# The files
+# ---------------------------------------------------------------------------
 
 
-def identity(cfg: Config) -> dict:
-    """The config without the keys that may change on resume."""
-    return {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in MUTABLE_KEYS}
+@dataclass(frozen=True)
+class LatestCheckpoint:
+    """``checkpoints/latest.json``: the newest complete checkpoint folder and its round."""
+
+    dir: str
+    step: int
+    schema: int = SCHEMA
+
+
+@dataclass(frozen=True)
+class ViewMeta:
+    """``server_view/meta.json``: what the server legitimately knows (DESIGN.md §2).
+
+    The protocol, the schedule and the cut, the model presets, the number of clients, the
+    image shape; its public images are in ``public.safetensors`` beside it. No seed, no
+    dataset path, no ids: nothing from which the clients' splits could be rebuilt.
+    """
+
+    protocol: str
+    cut_ratio: float
+    fixed_noise: bool
+    t_c: int
+    timesteps: int
+    handover_level: int
+    abar_handover: float
+    diffusion: DiffusionConfig
+    server_conditioning: str
+    model_preset: str
+    client_preset: Optional[str]
+    clients: int
+    data_name: str
+    image_shape: list[int]
+    public_images: int
+    schema: int = SCHEMA
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(x) for x in self.image_shape)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class TrainRow:
+    """One round of ``metrics/train.jsonl``."""
+
+    step: int
+    client_loss: list[Optional[float]]
+    client_n: list[int]
+    sent: list[int]
+    server_loss: Optional[float]
+    server_n: int
+    seconds: float = 0.0
+    client_dp_epsilon: Optional[list[float]] = None
+
+
+# ---- metrics/privacy.json ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleasePrivacy:
+    mu: float
+    epsilon: float
+
+
+@dataclass(frozen=True)
+class ViewPrivacy:
+    mu: float
+    epsilon: float
+    delta: float
+    releases_per_image: int
+    fixed_noise: bool
+    per_release: ReleasePrivacy
+    epochs: float
+    sensitivity_l2: float
+    note: str
+
+
+@dataclass(frozen=True)
+class CutChoice:
+    target_epsilon: float
+    cut_ratio: float
+    t_c: int
+    message: str
+    delta: Optional[float] = None
+    releases_per_image: Optional[int] = None
+    mu: Optional[float] = None
+    epsilon: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ClientDPEntry:
+    client: int
+    epsilon: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class ClientDPReport:
+    enabled: bool
+    delta: float
+    epsilon: float
+    steps: int
+    note: str
+    max_grad_norm: Optional[float] = None
+    accountant: Optional[str] = None
+    grad_sample_mode: Optional[str] = None
+    target_epsilon: Optional[float] = None
+    noise_multiplier: Optional[float] = None
+    sample_rate: Optional[float] = None
+    clients: list[ClientDPEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PrivacyReport:
+    protocol: str
+    cut_ratio: float
+    t_c: int
+    timesteps: int
+    step: int
+    view: ViewPrivacy
+    client_dp: ClientDPReport
+    cut_choice: Optional[CutChoice] = None
+    schema: int = SCHEMA
+
+
+# ---- metrics/quality.json -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientQuality:
+    client: int
+    fid: float
+    kid: float
+    kid_std: float
+    n_samples: int
+    n_real: int
+    kid_note: str = ""
+
+
+@dataclass(frozen=True)
+class PooledQuality:
+    fid: float
+    kid: float
+    kid_std: float
+    n_samples: int
+    n_real: int
+
+
+@dataclass(frozen=True)
+class QualityRun:
+    cut_ratio: float
+    t_c: int
+    run_dir: str
+    per_client: list[ClientQuality]
+    pooled: PooledQuality
+
+
+@dataclass(frozen=True)
+class DisclosureFigures:
+    kid: Optional[float] = None
+    kid_std: Optional[float] = None
+    pixel_mse: Optional[float] = None
+    n_server: Optional[int] = None
+    n_client: Optional[int] = None
+    unavailable: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ClientDisclosure:
+    client: int
+    training: Optional[DisclosureFigures] = None
+    inference: Optional[DisclosureFigures] = None
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    extractor: str
+    extractor_note: str
+    n_samples_per_client: int
+    runs: list[QualityRun]
+    disclosure: list[ClientDisclosure] = field(default_factory=list)
+    schema: int = SCHEMA
+
+
+# ---- metrics/burden.json ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BurdenReport:
+    t_c: int
+    timesteps: int
+    sampling_client_flops_per_image: int
+    sampling_server_flops_per_image: int
+    sampling_local_only_flops_per_image: int
+    sampling_flop_ratio: float  # client / local-only
+    sampling_client_seconds_per_image: float
+    sampling_local_only_seconds_per_image: float
+    sampling_time_ratio: float
+    training_client_share: float  # fraction of training images the client model trains on
+    training_flops_per_image: int  # client, averaged over all its images
+    training_local_only_flops_per_image: int
+    training_flop_ratio: float
+    training_seconds_per_image: float
+    training_local_only_seconds_per_image: float
+    training_time_ratio: float
+    bytes_sent_per_training_image: float
+    bytes_received_per_sample: int
+    device: str = "cpu"
+    schema: int = SCHEMA
+
+
+# ---- metrics/membership.json --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MembershipMethod:
+    applicable: bool
+    seconds: float = 0.0
+    reason: Optional[str] = None
+    auc: Optional[Interval] = None
+    balanced_accuracy: Optional[Interval] = None
+    tpr_at_1pct_fpr: Optional[Interval] = None
+    tpr_at_01pct_fpr: Optional[Interval] = field(default=None, metadata={"key": "tpr_at_0.1pct_fpr"})
+    settings: dict = field(default_factory=dict)
+    nan_scores: int = 0
+    per_client_auc: Optional[dict[str, Interval]] = None
+    exceeds_worst_case_gdp_bound: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class GDPSection:
+    releases_per_image: int
+    releases_counted: str
+    mu_worst: float
+    mu_actual: float
+    mu_actual_median: float
+    tpr_bound_at_1pct_fpr: float
+    tpr_bound_at_01pct_fpr: float = field(metadata={"key": "tpr_bound_at_0.1pct_fpr"})
+    tpr_bound_at_1pct_fpr_actual: float = float("nan")
+    tpr_bound_at_01pct_fpr_actual: float = field(default=float("nan"), metadata={"key": "tpr_bound_at_0.1pct_fpr_actual"})
+    mu_actual_uses: str = ""
+    sensitivity_worst: Optional[float] = None
+    distance_median: Optional[float] = None
+    distance_max: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class MembershipResult:
+    protocol: str
+    cut_ratio: float
+    t_c: int
+    timesteps: int
+    fixed_noise: bool
+    n_members: int
+    n_nonmembers: int
+    methods: dict[str, MembershipMethod]
+    caps: dict = field(default_factory=dict)
+    min_resolvable_fpr: Optional[float] = None
+    tpr_interpolation: str = ""
+    n_boot: int = 0
+    gdp: Optional[GDPSection] = None
+    gdp_note: Optional[str] = None
+    scores: Optional[str] = None
+    figure: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class MembershipReport:
+    targets: dict[str, MembershipResult]
+    schema: int = SCHEMA
+
+
+# ---- metrics/reconstruction.json ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Linking:
+    precision: float
+    mean_linked: float
+    mean_true_releases: float
+
+
+@dataclass(frozen=True)
+class ReconstructionMethod:
+    applicable: bool
+    reason: Optional[str] = None
+    source: str = "messages"
+    n: int = 0
+    mse: Optional[Interval] = None
+    psnr: Optional[Interval] = None
+    ssim: Optional[Interval] = None
+    lpips: Optional[Interval] = None
+    lpips_status: str = ""
+    identification: Optional[Interval] = None
+    chance: Optional[float] = None
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+    linking: Optional[Linking] = None
+
+
+@dataclass(frozen=True)
+class ReconstructionReport:
+    protocol: str
+    cut_ratio: float
+    t_c: int
+    timesteps: int
+    fixed_noise: bool
+    sent: bool
+    n_rows: int
+    cap: int
+    seed: int
+    methods: dict[str, ReconstructionMethod] = field(default_factory=dict)
+    reason: Optional[str] = None
+    n_scored: int = 0
+    n_handover: int = 0
+    figure: Optional[str] = None
+    schema: int = SCHEMA
+
+
+# name -> (file in metrics/, its dataclass)
+METRICS: dict[str, tuple[str, type]] = {
+    "privacy": ("privacy.json", PrivacyReport),
+    "quality": ("quality.json", QualityReport),
+    "burden": ("burden.json", BurdenReport),
+    "membership": ("membership.json", MembershipReport),
+    "reconstruction": ("reconstruction.json", ReconstructionReport),
+}
+
+
+# ---------------------------------------------------------------------------
+# Reading and writing
+# ---------------------------------------------------------------------------
+
+
+def read_json(path: Path, cls):
+    """Parse ``path`` as ``cls`` (UserError naming the file for bad JSON, a newer schema or a wrong shape)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse(raw, cls, path)
+
+
+def parse(raw: Any, cls, where) -> Any:
+    """``raw`` (plain data of a file) as ``cls``, checking its schema version."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("schema")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{where} has no schema version: it was written by an older collafuse-privacy "
+                        "(rerun the step that writes it)")  # fmt: skip
+    if version > SCHEMA:
+        raise UserError(f"{where} was written by a newer collafuse-privacy (schema {version}; this version reads "
+                        f"up to {SCHEMA}): upgrade collafuse-privacy")  # fmt: skip
+    return from_data(cls, raw, Schema(noun="key", where=str(where), json_numbers=True))
+
+
+def write_json(path: Path, obj) -> None:
+    """Write a dataclass (validated by a round trip through its own schema) atomically."""
+    data = to_data(obj, json_numbers=True)
+    parse(data, type(obj), path)  # a writer bug must not leave a file its readers refuse
+    atomic_write_json(path, data)
+
+
+class RunDir:
+    """Typed access to one run directory (module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ---- paths ---------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def splits_path(self) -> Path:
+        return self.path / "splits.json"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def view_dir(self) -> Path:
+        return self.path / "server_view"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.view_dir / "meta.json"
+
+    @property
+    def public_path(self) -> Path:
+        return self.view_dir / "public.safetensors"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.path / "metrics"
+
+    @property
+    def train_log_path(self) -> Path:
+        return self.metrics_dir / "train.jsonl"
+
+    def metrics_path(self, name: str) -> Path:
+        return self.metrics_dir / METRICS[name][0]
+
+    # ---- config.yaml -----------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def config(self) -> Config:
+        """The run's resolved config; UserError when the folder holds no (valid) run."""
+        if not self.path.is_dir():
+            raise UserError(f"run directory does not exist: {self.path}")
+        if not self.config_path.is_file():
+            raise UserError(f"{self.path} is not a run directory (no config.yaml)")
+        try:
+            raw = yaml.safe_load(self.config_path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise UserError(f"{self.config_path} is not valid YAML") from None
+        try:
+            return from_dict(raw)
+        except UserError as exc:
+            raise UserError(f"{self.config_path}: {exc}") from None
+
+    def write_config(self, cfg: Config) -> None:
+        atomic_write_text(self.config_path, dump_yaml(cfg))
+
+    # ---- splits.json -----------------------------------------------------------------
+    def splits(self):
+        from .data import Splits
+
+        if not self.splits_path.is_file():
+            raise UserError(f"{self.path}/splits.json is missing")
+        return read_json(self.splits_path, Splits)
+
+    def write_splits(self, splits) -> None:
+        write_json(self.splits_path, splits)
+
+    # ---- checkpoints/latest.json -----------------------------------------------------
+    def latest(self) -> Optional[LatestCheckpoint]:
+        path = self.ckpt_dir / "latest.json"
+        return read_json(path, LatestCheckpoint) if path.is_file() else None
+
+    def require_latest(self) -> LatestCheckpoint:
+        latest = self.latest()
+        if latest is None:
+            raise UserError(f"{self.path} has no checkpoint yet; run train first")
+        return latest
+
+    def latest_dir(self) -> Path:
+        return self.ckpt_dir / self.require_latest().dir
+
+    def write_latest(self, latest: LatestCheckpoint) -> None:
+        write_json(self.ckpt_dir / "latest.json", latest)
+
+    # ---- server_view/meta.json ------------------------------------------------------
+    def meta(self) -> ViewMeta:
+        if not self.meta_path.is_file():
+            raise UserError(f"{self.path} has no server view (server_view/meta.json); train first")
+        return read_json(self.meta_path, ViewMeta)
+
+    def write_meta(self, meta: ViewMeta) -> None:
+        write_json(self.meta_path, meta)
+
+    # ---- metrics -------------------------------------------------------------------------
+    def metrics(self, name: str):
+        """The typed content of ``metrics/<name>.json``, or None when it does not exist."""
+        path = self.metrics_path(name)
+        return read_json(path, METRICS[name][1]) if path.is_file() else None
+
+    def write_metrics(self, name: str, obj) -> Path:
+        """Write ``metrics/<name>.json`` from its dataclass or from plain data in its schema."""
+        cls = METRICS[name][1]
+        path = self.metrics_path(name)
+        if not isinstance(obj, cls):
+            obj = parse({"schema": SCHEMA, **to_data(obj, json_numbers=True)}, cls, path)
+        write_json(path, obj)
+        return path
+
+    def train_log(self) -> list[TrainRow]:
+        """Rows of ``metrics/train.jsonl`` (a line cut by an interruption is skipped)."""
+        if not self.train_log_path.is_file():
+            return []
+        rows = []
+        schema = Schema(noun="key", where=str(self.train_log_path), json_numbers=True)
+        for line in self.train_log_path.read_text().splitlines():
+            try:
+                raw = json.loads(line)
+            except ValueError:
+                continue
+            rows.append(from_data(TrainRow, raw, schema))
+        return rows
+
+
+# ---------------------------------------------------------------------------
+# Creating and resuming runs
+# ---------------------------------------------------------------------------
 
 
 def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
-    import hashlib
-
-    h = hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:8]
-    c = f"{cfg.protocol.cut_ratio:g}"
-    return Path(root) / f"{cfg.data.name}-{cfg.protocol.kind}-c{c}-{h}"
+    """``runs/<data>-<protocol>-c<ratio>-<identity hash>`` (the same command resumes the same run)."""
+    return Path(root) / f"{cfg.data.name}-{cfg.protocol.kind}-c{cfg.protocol.cut_ratio:g}-{config_hash(cfg, 8)}"
 
 
 def read_run_config(run_dir: str | Path) -> Config:
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise UserError(f"run directory does not exist: {run_dir}")
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise UserError(f"{path} is not valid YAML") from None
-    return from_dict(raw)
+    return RunDir(run_dir).config()
 
 
 def open_run(cfg: Config, run_dir: Path) -> bool:
@@ -66,10 +566,9 @@ def open_run(cfg: Config, run_dir: Path) -> bool:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a folder")
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        old = identity(read_run_config(run_dir))
-        new = identity(cfg)
+    rd = RunDir(run_dir)
+    if rd.config_path.is_file():
+        old, new = identity(rd.config()), identity(cfg)
         diff = [k for k in new if old.get(k) != new.get(k)]
         if diff:
             k = diff[0]
@@ -82,13 +581,5 @@ def open_run(cfg: Config, run_dir: Path) -> bool:
     if run_dir.is_dir() and any(p.name not in SWEEP_MARKERS for p in run_dir.iterdir()):
         raise UserError(f"--out {run_dir} is a non-empty folder that holds no run; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg_path, dump_yaml(cfg))
+    rd.write_config(cfg)
     return False
-
-
-def write_config(cfg: Config, run_dir: Path) -> None:
-    atomic_write_text(Path(run_dir) / "config.yaml", dump_yaml(cfg))
-
-
-def write_json(run_dir: Path, rel: str, obj) -> None:
-    atomic_write_json(Path(run_dir) / rel, obj)

@@ -11,7 +11,6 @@ output is the final image.
 
 from __future__ import annotations
 
-import json
 import io
 from pathlib import Path
 from typing import Optional
@@ -19,43 +18,20 @@ from typing import Optional
 import torch
 
 from .config import Config
-from .diffusion import alphas_cumprod, make_scheduler, tail_scheduler
-from .errors import UserError
 from .io import atomic_write_bytes, load_tensors, save_tensors
-from .models import build_unet
-from .rundir import read_run_config
-from .training import generator, resolve_device
+from .models import load_unet
+from .party import resolve_device
+from .protocol import Cut, protocol_for
+from .rng import generator
+from .rundir import RunDir
 
 
 @torch.no_grad()
-def server_denoise(model, cfg: Config, x: torch.Tensor, class_labels, gen: torch.Generator) -> torch.Tensor:
-    """Run the server's steps ``t = T-1 .. t_c`` from ``x = x_{T-1}``; returns ``h``."""
-    T, t_c = cfg.diffusion.timesteps, cfg.t_c
-    full = make_scheduler(cfg.diffusion)
-    if cfg.protocol.kind == "shared-noise":
-        sched, steps, offset = full, range(T - 1, t_c - 1, -1), 0
-    else:
-        sched, steps, offset = tail_scheduler(full, t_c), range(T - t_c - 1, -1, -1), t_c
-    for s in steps:
-        t = torch.full((x.shape[0],), s + offset, device=x.device, dtype=torch.long)
-        eps = model(x, t, class_labels=class_labels).sample
-        x = sched.step(eps, s, x, generator=gen).prev_sample
-    if cfg.protocol.kind == "cut-image" and t_c > 0:
-        # The tail DDPM's last step returns E[h | x_{t_c}]; but h = x_{t_c-1} is itself a
-        # noisy level, so it gets the noise of an ordinary step t_c -> t_c-1 (DDPM posterior
-        # variance of the full chain). Without it h is under-dispersed (tests/test_sampling.py).
-        ab = alphas_cumprod(full)
-        var = float(full.betas[t_c]) * float(1 - ab[t_c - 1]) / float(1 - ab[t_c])
-        x = x + var**0.5 * torch.randn(x.shape, generator=gen).to(x.device)
-    return x
-
-
-@torch.no_grad()
-def client_denoise(model, cfg: Config, h: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def client_denoise(model, cut: Cut, h: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Run the client's steps ``t = t_c-1 .. 0`` from ``h``; returns ``x0`` in [-1, 1]."""
-    sched = make_scheduler(cfg.diffusion)
+    sched = cut.scheduler()
     x = h
-    for s in range(cfg.t_c - 1, -1, -1):
+    for s in range(cut.t_c - 1, -1, -1):
         t = torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
         eps = model(x, t).sample
         x = sched.step(eps, s, x, generator=gen).prev_sample
@@ -68,12 +44,17 @@ def _chunks(n: int, size: int):
 
 
 def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, device, batch_size: int = 256):
-    """``n`` samples per client. Returns ``(samples [K, n, C, S, S], handover [K, n, ...] or None)``."""
-    T, t_c, K = cfg.diffusion.timesteps, cfg.t_c, len(clients)
+    """``n`` samples per client. Returns ``(samples [K, n, C, S, S], handover [K, n, ...] or None)``.
+
+    The server draws ``x_{T-1}`` and runs its part (``Protocol.server_denoise``) down to the
+    hand-over image; each client finishes with its own model (``client_denoise``).
+    """
+    proto = protocol_for(cfg)
+    cut, K = proto.cut, len(clients)
     C, S = clients[0].config.in_channels, cfg.data.image_size
     server_gen = generator(seed, 11)
     handovers = None
-    if t_c < T:
+    if not cut.sends_nothing:
         handovers = torch.empty(K, n, C, S, S)
         for k in range(K):
             for a, b in _chunks(n, batch_size):
@@ -84,50 +65,29 @@ def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, 
                 elif cfg.model.server_conditioning == "labels":
                     n_cls = server.config.num_class_embeds
                     labels = torch.randint(0, n_cls, (b - a,), generator=server_gen).to(device)
-                handovers[k, a:b] = server_denoise(server, cfg, x, labels, server_gen).cpu()
+                handovers[k, a:b] = proto.server_denoise(server, x, labels, server_gen).cpu()
     out = torch.empty(K, n, C, S, S)
     for k, model in enumerate(clients):
         gen = generator(seed, 12, k)
         for a, b in _chunks(n, batch_size):
             h = handovers[k, a:b].to(device) if handovers is not None else torch.randn((b - a, C, S, S), generator=gen).to(device)
-            out[k, a:b] = client_denoise(model, cfg, h, gen).cpu() if t_c > 0 else h.clamp(-1, 1).cpu()
+            out[k, a:b] = client_denoise(model, cut, h, gen).cpu() if not cut.sends_clean else h.clamp(-1, 1).cpu()
     return out, handovers
 
 
 def load_models(run_dir: Path, cfg: Config, device, ema: bool = True):
     """Server and client models from the run's latest checkpoint (EMA weights by default)."""
-    latest = run_dir / "checkpoints" / "latest.json"
-    if not latest.is_file():
-        raise UserError(f"{run_dir} has no checkpoint yet; run train first")
-    try:
-        d = run_dir / "checkpoints" / json.loads(latest.read_text())["dir"]
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{latest} is corrupt") from None
+    rd = RunDir(run_dir)
+    latest = rd.require_latest()
+    d = rd.ckpt_dir / latest.dir
     suffix = "_ema" if ema else ""
-    meta = json.loads((run_dir / "server_view" / "meta.json").read_text())
-    C, S = meta["data"]["channels"], cfg.data.image_size
-    n_embeds = {"none": None, "client": cfg.data.clients}
-    n_cls = n_embeds.get(cfg.model.server_conditioning)
-    weights = load_tensors(d / f"server{suffix}.safetensors")
-    if cfg.model.server_conditioning == "labels":
-        n_cls = int(weights["class_embedding.weight"].shape[0])
-    server = build_unet(cfg.model.preset, S, C, n_cls)
-    _load(server, weights, d)
-    clients = []
-    for k in range(cfg.data.clients):
-        m = build_unet(cfg.model.client_preset or cfg.model.preset, S, C)
-        _load(m, load_tensors(d / f"client-{k}{suffix}.safetensors"), d)
-        clients.append(m)
+    shape = rd.meta().shape
+    server = load_unet(cfg.model.preset, shape, load_tensors(d / f"server{suffix}.safetensors"), f"checkpoint {d}")
+    clients = [load_unet(cfg.model.client_model_preset, shape, load_tensors(d / f"client-{k}{suffix}.safetensors"),
+                         f"checkpoint {d}") for k in range(cfg.data.clients)]  # fmt: skip
     for m in [server] + clients:
         m.to(device).eval()
-    return server, clients, int(json.loads(latest.read_text())["step"])
-
-
-def _load(model, weights, d):
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError:
-        raise UserError(f"checkpoint {d} does not fit the run's config") from None
+    return server, clients, latest.step
 
 
 def save_grid(path: Path, images: torch.Tensor, nrow: int, min_tile: int = 48) -> None:
@@ -155,7 +115,7 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
     the hand-over images the server produced in ``server_view/handover/``.
     """
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
+    cfg = RunDir(run_dir).config()
     n = n or cfg.sample.n
     dev = resolve_device(device)
     server, clients, step = load_models(run_dir, cfg, dev)
@@ -173,8 +133,8 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
         save_tensors(
             run_dir / "server_view" / "handover" / "sample.safetensors",
             {"h": handovers.reshape(-1, *handovers.shape[2:]), "client": client},
-            {"step": str(step), "level": str(cfg.t_c - 1)},
+            {"step": str(step), "level": str(Cut.from_config(cfg).handover_level)},
         )
-        if cfg.t_c > 0:
+        if not Cut.from_config(cfg).sends_clean:
             save_grid(run_dir / "samples" / "handover.png", handovers[:, :show].reshape(-1, *handovers.shape[2:]).clamp(-1, 1), show)
     return {"run_dir": str(run_dir), "n": n, "clients": K, "step": step, "t_c": cfg.t_c}

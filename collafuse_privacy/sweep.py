@@ -19,17 +19,19 @@ A sweep file (YAML, ``yaml.safe_load``)::
       reconstruction: {methods: [rescale, learned, average]}
       membership: {methods: null, targets: [server, client:0]}
 
-Each cell is an ordinary run directory ``OUT/cells/<hash>`` keyed by a hash of
-its resolved config (``device`` excluded), so rerunning skips finished stages of
-finished cells and resumes unfinished ones (training resumes from its last
-checkpoint). A cell that fails is recorded with its error (``cell.json`` and
-``error.log``) and the others go on. ``jobs > 1`` runs cells in parallel
-processes, each with ``cores // jobs`` torch threads.
+Each cell is an ordinary run directory ``OUT/cells/<hash>`` keyed by the hash of
+its run identity (``config.config_hash``: every key but ``device``, ``train.steps``
+and the sample sizes), so rerunning skips finished stages of finished cells and
+resumes unfinished ones (training resumes from its last checkpoint). A cell whose
+full config changed since its stages ran (``train.steps`` raised, say) reruns them:
+training extends from its checkpoint, the later stages are recomputed. A cell that
+fails is recorded with its error (``cell.json`` and ``error.log``) and the others go
+on. ``jobs > 1`` runs cells in parallel processes, each with ``cores // jobs`` torch
+threads. The stages come from one registry (``stages.py``) shared with the CLI.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -39,20 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-
-from .config import Config, apply_overrides, from_dict, read_yaml
+from .config import apply_overrides, config_hash, from_dict, read_yaml
 from .errors import UserError
 from .io import atomic_write_json, atomic_write_text
+from .stages import STAGES
 
-STAGES = ("train", "sample", "evaluate", "privacy", "reconstruction", "membership")
-STAGE_OPTIONS = {
-    "train": set(),
-    "sample": {"n"},
-    "evaluate": {"n", "extractor"},
-    "privacy": set(),
-    "reconstruction": {"methods"},
-    "membership": {"methods", "targets"},
-}
 TOP_KEYS = {"name", "base", "config", "grid", "include", "stages"}
 
 
@@ -108,10 +101,39 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def cell_id(cfg: Config) -> str:
-    d = cfg.to_dict()
-    d.pop("device", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+@dataclass(frozen=True)
+class IndexCell:
+    """One cell in ``sweep.json``."""
+
+    id: str
+    dir: str
+    overrides: dict
+    label: str
+    status: str = "pending"
+    error: Optional[str] = None
+    seconds: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepIndex:
+    """``OUT/sweep.json``: the sweep's name, stages and cells (what ``report`` reads)."""
+
+    name: str
+    stages: dict
+    cells: list[IndexCell]
+    schema: int = 1
+
+
+def read_index(out: str | Path) -> SweepIndex:
+    from .rundir import read_json
+
+    return read_json(Path(out) / "sweep.json", SweepIndex)
+
+
+def _write_index(out: Path, index: SweepIndex) -> None:
+    from .rundir import write_json
+
+    write_json(out / "sweep.json", index)
 
 
 def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None) -> Sweep:
@@ -158,31 +180,34 @@ def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None) 
         except UserError as exc:
             label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "base"
             raise UserError(f"sweep file {path}, cell [{label}]: {exc}") from None
-        cid = cell_id(cfg)
+        cid = config_hash(cfg)
         if cid in seen:
             continue
         seen.add(cid)
         cells.append(Cell(cid, combo, cfg.to_dict(), str(out / "cells" / cid)))
 
     stages_raw = raw.get("stages")
+    order = STAGES.names()
     if stages_raw is None:
-        stages = {s: {} for s in STAGES}
+        stages = {s: {} for s in order}
     else:
         if not isinstance(stages_raw, dict):
             raise UserError(f"sweep file {path}: 'stages' must map stage names to option mappings")
         stages = {}
         for s, opts in stages_raw.items():
-            if s not in STAGE_OPTIONS:
-                raise UserError(f"sweep file {path}: unknown stage '{s}' (known: {', '.join(STAGES)})")
+            if s not in STAGES.classes:
+                raise UserError(f"sweep file {path}: unknown stage '{s}' (known: {', '.join(order)})")
             opts = opts or {}
-            if not isinstance(opts, dict) or set(opts) - STAGE_OPTIONS[s]:
-                bad = sorted(set(opts) - STAGE_OPTIONS[s]) if isinstance(opts, dict) else [opts]
+            allowed = set(STAGES.get(s).options)
+            if not isinstance(opts, dict) or set(opts) - allowed:
+                bad = sorted(set(opts) - allowed) if isinstance(opts, dict) else [opts]
                 raise UserError(f"sweep file {path}: stage '{s}' has unknown option {bad[0]!r} "
-                                f"(known: {', '.join(sorted(STAGE_OPTIONS[s])) or 'none'})")  # fmt: skip
+                                f"(known: {', '.join(sorted(allowed)) or 'none'})")  # fmt: skip
             stages[s] = opts
         if "train" not in stages:
             stages = {"train": {}, **stages}
-        stages = {s: stages[s] for s in STAGES if s in stages}  # fixed order
+        stages = {s: stages[s] for s in order if s in stages}  # fixed order
+    _check_stage_options(stages, path)
     return Sweep(str(raw.get("name") or path.stem), out, cells, stages)
 
 
@@ -200,39 +225,30 @@ def read_cell(run_dir: Path) -> dict:
     return {}
 
 
-def _pending(status: dict, stages: dict) -> list[str]:
-    """Stages of ``stages`` a cell still has to run: not done yet, or done with other options."""
+def _check_stage_options(stages: dict, path) -> None:
+    """Attack methods and their options named in a sweep file exist (before anything runs)."""
+    from .attacks.base import check_family_options
+    from .attacks.membership import FAMILY as MEMBERSHIP
+    from .attacks.reconstruction import FAMILY as RECONSTRUCTION
+
+    for name, family in (("reconstruction", RECONSTRUCTION), ("membership", MEMBERSHIP)):
+        if name not in stages:
+            continue
+        opts = stages[name]
+        try:
+            methods = family.resolve(opts.get("methods"))
+            check_family_options(family, opts.get("options") or {}, methods)
+        except UserError as exc:
+            raise UserError(f"sweep file {path}: stage '{name}': {exc}") from None
+
+
+def _pending(status: dict, stages: dict, full_hash: str) -> list[str]:
+    """Stages a cell still has to run: not done yet, done with other options, or done
+    with another config (then all of them: training resumes, the rest is recomputed)."""
+    if status.get("config_hash", full_hash) != full_hash:
+        return list(stages)
     done, opts = set(status.get("stages_done", [])), status.get("stage_options", {})
     return [s for s in stages if s not in done or opts.get(s, stages[s]) != stages[s]]
-
-
-def _stage(stage: str, opts: dict, run_dir: Path, cfg: Config, log: Callable[[str], None], quiet: bool) -> None:
-    if stage == "train":
-        from .training import train
-
-        train(cfg, run_dir, device=cfg.device, quiet=quiet)
-    elif stage == "sample":
-        from .sampling import sample_run
-
-        sample_run(run_dir, n=opts.get("n"), device=cfg.device)
-    elif stage == "evaluate":
-        from .eval.evaluate import evaluate_run
-
-        evaluate_run(run_dir, n=opts.get("n"), extractor=opts.get("extractor", "auto"), ends=False,
-                     device=cfg.device, log=log)  # fmt: skip
-    elif stage == "privacy":
-        from .defenses.privacy import privacy_report
-
-        privacy_report(run_dir)
-    elif stage == "reconstruction":
-        from .eval.reconstruction import run_reconstruction
-
-        run_reconstruction(run_dir, methods=opts.get("methods"), device=cfg.device, log=log)
-    elif stage == "membership":
-        from .eval.membership import run_membership
-
-        for target in opts.get("targets") or ["server"]:
-            run_membership(run_dir, methods=opts.get("methods"), target=target, device=cfg.device, log=log)
 
 
 def run_cell(cell: Cell, stages: dict, threads: Optional[int] = None, quiet: bool = True,
@@ -248,18 +264,21 @@ def run_cell(cell: Cell, stages: dict, threads: Optional[int] = None, quiet: boo
     run_dir = Path(cell.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     status = read_cell(run_dir)
-    done = [s for s in status.get("stages_done", []) if s in stages and s not in _pending(status, stages)]
-    record = {"id": cell.id, "overrides": cell.overrides, "label": cell.label, "stages_done": done,
-              "stage_options": {s: stages[s] for s in done}, "status": "running",
-              "seconds": dict(status.get("seconds", {}))}  # fmt: skip
     cfg = from_dict(cell.config)
+    full = config_hash(cfg, full=True)
+    pending = _pending(status, stages, full)
+    done = [s for s in status.get("stages_done", []) if s in stages and s not in pending]
+    record = {"id": cell.id, "overrides": cell.overrides, "label": cell.label, "config_hash": full,
+              "stages_done": done, "stage_options": {s: stages[s] for s in done}, "status": "running",
+              "seconds": dict(status.get("seconds", {}))}  # fmt: skip
     for stage, opts in stages.items():
         if stage in done:
             continue
         log(f"[{cell.label}] {stage}")
         t0 = time.perf_counter()
         try:
-            _stage(stage, opts, run_dir, cfg, lambda m: log(f"[{cell.label}] {m}"), quiet)
+            STAGES.get(stage)(run_dir, cfg, device=cfg.device, log=lambda m: log(f"[{cell.label}] {m}"), quiet=quiet,
+                              **opts)  # fmt: skip
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - a failed cell must not stop the sweep
@@ -310,11 +329,11 @@ def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, q
     """Run every cell (resuming), write ``OUT/sweep.json``; returns it."""
     out = sweep.out
     out.mkdir(parents=True, exist_ok=True)
-    index = {"name": sweep.name, "stages": sweep.stages,
-             "cells": [{"id": c.id, "dir": os.path.relpath(c.dir, out), "overrides": c.overrides, "label": c.label}
-                       for c in sweep.cells]}  # fmt: skip
-    atomic_write_json(out / "sweep.json", index)
-    todo = [c for c in sweep.cells if _pending(read_cell(Path(c.dir)), sweep.stages)]
+    entries = [IndexCell(id=c.id, dir=os.path.relpath(c.dir, out), overrides=c.overrides, label=c.label)
+               for c in sweep.cells]  # fmt: skip
+    _write_index(out, SweepIndex(sweep.name, sweep.stages, entries))
+    todo = [c for c in sweep.cells
+            if _pending(read_cell(Path(c.dir)), sweep.stages, config_hash(from_dict(c.config), full=True))]
     log(f"sweep '{sweep.name}': {len(sweep.cells)} cells, {len(sweep.cells) - len(todo)} already done -> {out}")
     # DP-SGD cells cost about twice as much: start them first so they do not finish last alone
     todo.sort(key=lambda c: not c.config["defense"]["client_dp"]["enabled"])
@@ -332,14 +351,15 @@ def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, q
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             list(pool.map(_run_cell_job, [(c, sweep.stages, threads) for c in todo]))
-    for c in sweep.cells:
+    import dataclasses
+
+    for i, c in enumerate(sweep.cells):
         rec = read_cell(Path(c.dir))
-        for entry in index["cells"]:
-            if entry["id"] == c.id:
-                entry.update(status=rec.get("status", "pending"), error=rec.get("error"),
-                             seconds=rec.get("seconds", {}))  # fmt: skip
-    atomic_write_json(out / "sweep.json", index)
-    failed = [e for e in index["cells"] if e["status"] != "done"]
-    log(f"sweep '{sweep.name}': {len(index['cells']) - len(failed)} cells done, {len(failed)} failed"
-        + "".join(f"\n  failed: {e['label']}: {e.get('error')}" for e in failed))  # fmt: skip
+        entries[i] = dataclasses.replace(entries[i], status=rec.get("status", "pending"), error=rec.get("error"),
+                                         seconds=rec.get("seconds", {}))  # fmt: skip
+    index = SweepIndex(sweep.name, sweep.stages, entries)
+    _write_index(out, index)
+    failed = [e for e in entries if e.status != "done"]
+    log(f"sweep '{sweep.name}': {len(entries) - len(failed)} cells done, {len(failed)} failed"
+        + "".join(f"\n  failed: {e.label}: {e.error}" for e in failed))  # fmt: skip
     return index

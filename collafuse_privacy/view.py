@@ -2,8 +2,9 @@
 
 Layout inside a run directory::
 
-    server_view/meta.json                 what the server legitimately knows: protocol,
-                                          schedule, t_c, image shape, public split indices
+    server_view/meta.json                 what the server legitimately knows (rundir.ViewMeta):
+                                          protocol, schedule, t_c, image shape, presets
+    server_view/public.safetensors        the server's own public images (and their labels)
     server_view/train/shard-A-B.safetensors   messages received in rounds A..B:
                                           x (x_t or h), client, round, and t, eps, labels
                                           where the protocol sends them
@@ -13,22 +14,23 @@ Layout inside a run directory::
                                           attacks never read ground_truth/ or splits.json)
 
 :class:`ServerView` loads exactly this (plus the server's own checkpoint) and is
-the only input attacks get.
+the only input attacks get; it never opens the dataset.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .errors import UserError
-from .io import atomic_write_json, load_tensors, save_tensors
-from .protocol import Message
+from .io import load_tensors, save_tensors
+from .protocol import Cut, Message, Protocol, make_protocol
+from .rundir import RunDir, ViewMeta
 
 SHARD_RE = re.compile(r"shard-(\d{8})-(\d{8})\.safetensors$")
 
@@ -41,7 +43,7 @@ class ViewRecorder:
     At most ``max_items`` rows are kept (the first ones).
     """
 
-    def __init__(self, run_dir: Path, max_items: int, shard_size: int, dtype: str = "float16"):
+    def __init__(self, run_dir: Path, max_items: int, shard_size: int, dtype: str = "float32"):
         self.view_dir = Path(run_dir) / "server_view" / "train"
         self.truth_dir = Path(run_dir) / "ground_truth" / "train"
         self.max_items = max_items
@@ -123,101 +125,74 @@ def load_shards(folder: Path) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def write_meta(run_dir: Path, meta: dict) -> None:
-    atomic_write_json(Path(run_dir) / "server_view" / "meta.json", meta)
+def write_public(run_dir: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """The server's public images ``[P, C, H, W]`` in [-1, 1] and labels ``[P]``, into its view."""
+    save_tensors(RunDir(run_dir).public_path, {"images": images.float(), "labels": labels.long()})
 
 
 @dataclass
 class ServerView:
     """Everything the server holds, and nothing else.
 
-    ``messages``: the received rows (``x`` [N, C, H, W] float32; ``client``, ``round``
-    [N]; plus ``t`` and ``eps`` in shared-noise). ``meta``: protocol, schedule, t_c,
-    shape, public indices. ``handover``: hand-over images produced at inference
-    (``h``, ``client``) or None. ``server_state``: the server model's weights.
+    ``meta``: protocol, schedule, t_c, shape (:class:`~collafuse_privacy.rundir.ViewMeta`).
+    ``messages``: the received rows (``x`` [N, C, H, W] float32; ``client``, ``round`` [N];
+    plus ``t`` and ``eps`` in shared-noise). ``handover``: hand-over images produced at
+    inference (``h``, ``client``) or None. ``public``: the server's public images and
+    labels. ``server_state``: the server model's weights.
     """
 
-    meta: dict
+    meta: ViewMeta
     messages: dict[str, torch.Tensor] = field(default_factory=dict)
     handover: Optional[dict[str, torch.Tensor]] = None
+    public: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     server_state: Optional[dict[str, torch.Tensor]] = None
     run_dir: Optional[Path] = None
-
     released_clients: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
-    # ---- what the server can build from its view ------------------------------
+    # ---- what the server knows ---------------------------------------------------------
+    @cached_property
+    def cut(self) -> Cut:
+        return Cut(self.meta.diffusion, self.meta.t_c, self.meta.cut_ratio)
+
+    @cached_property
+    def protocol(self) -> Protocol:
+        return make_protocol(self.meta.protocol, self.cut, self.meta.fixed_noise)
+
     @property
     def t_c(self) -> int:
-        return int(self.meta["t_c"])
+        return self.meta.t_c
 
     @property
     def timesteps(self) -> int:
-        return int(self.meta["timesteps"])
-
-    @property
-    def protocol(self) -> str:
-        return str(self.meta["protocol"])
+        return self.meta.timesteps
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        d = self.meta["data"]
-        return (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
-
-    def scheduler(self):
-        """The full-chain ``DDPMScheduler`` of the run (the schedule is public to the server)."""
-        from .config import DiffusionConfig
-        from .diffusion import make_scheduler
-
-        return make_scheduler(DiffusionConfig(**self.meta["diffusion"]))
-
-    def abar(self) -> torch.Tensor:
-        """``abar[t]`` float64 ``[T]`` of the full chain."""
-        from .diffusion import alphas_cumprod
-
-        return alphas_cumprod(self.scheduler())
-
-    def abar_handover(self) -> float:
-        """``abar[t_c - 1]`` (1.0 when ``t_c = 0``: the server receives clean images)."""
-        return 1.0 if self.t_c == 0 else float(self.abar()[self.t_c - 1])
+        return self.meta.shape
 
     def public_images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The public auxiliary split (DESIGN.md §2): ``(images [P, C, H, W] in [-1, 1], labels [P])``.
-
-        The loader reads the dataset files and keeps only ``public_indices``; nothing
-        about the clients' splits is known here (meta.json carries no seed).
-        """
-        from .config import DataConfig
-        from .data import load_dataset
-
-        fields = {k: v for k, v in self.meta["data"].items() if k in DataConfig.__dataclass_fields__}
-        ds = load_dataset(DataConfig(**fields))
-        idx = torch.tensor(self.meta.get("public_indices", []), dtype=torch.long)
-        return ds.images[idx].clone(), ds.labels[idx].clone()
-
-    def _build(self, weights: dict[str, torch.Tensor], preset: str, device="cpu"):
-        from .models import build_unet
-
-        C, S, _ = self.image_shape
-        n_cls = int(weights["class_embedding.weight"].shape[0]) if "class_embedding.weight" in weights else None
-        model = build_unet(preset, S, C, n_cls)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError:
-            raise UserError(f"{self.run_dir}: checkpoint does not fit the run's model preset") from None
-        return model.to(device).eval()
+        """The server's public split (DESIGN.md §2): ``(images [P, C, H, W] in [-1, 1], labels [P])``."""
+        if self.public is None:
+            shape = self.image_shape
+            return torch.zeros((0, *shape)), torch.zeros(0, dtype=torch.long)
+        return self.public
 
     def server_model(self, device="cpu"):
         """The server's own denoiser (EMA weights, as used at inference), or None if untrained."""
+        from .models import load_unet
+
         if self.server_state is None:
             return None
-        return self._build(self.server_state, self.meta["model_preset"], device)
+        return load_unet(self.meta.model_preset, self.image_shape, self.server_state, self.run_dir).to(device)
 
     def client_model(self, k: int, device="cpu"):
         """Client ``k``'s model, only if it was released (``ServerView.load(..., release_clients=[k])``)."""
+        from .models import load_unet
+
         if k not in self.released_clients:
             raise UserError(f"client {k}'s model is not part of the server's view (it was not released)")
-        preset = self.meta.get("client_preset") or self.meta["model_preset"]
-        return self._build(self.released_clients[k], preset, device)
+        preset = self.meta.client_preset or self.meta.model_preset
+        return load_unet(preset, self.image_shape, self.released_clients[k], self.run_dir).to(device)
 
     @classmethod
     def load(cls, run_dir: str | Path, release_clients: tuple[int, ...] = ()) -> "ServerView":
@@ -226,33 +201,31 @@ class ServerView:
         ``release_clients``: clients whose trained model (EMA weights) was released to the
         server, the threat model of client-model attacks; by default none is.
         """
-        run_dir = Path(run_dir)
-        meta_path = run_dir / "server_view" / "meta.json"
-        if not meta_path.is_file():
-            raise UserError(f"{run_dir} has no server view (server_view/meta.json); train first")
-        meta = json.loads(meta_path.read_text())
-        msgs = load_shards(run_dir / "server_view" / "train")
+        rd = RunDir(run_dir)
+        meta = rd.meta()
+        msgs = load_shards(rd.view_dir / "train")
         msgs = {k: (v.float() if v.is_floating_point() else v) for k, v in msgs.items()}
-        ho_path = run_dir / "server_view" / "handover" / "sample.safetensors"
+        ho_path = rd.view_dir / "handover" / "sample.safetensors"
         handover = load_tensors(ho_path) if ho_path.is_file() else None
+        public = None
+        if rd.public_path.is_file():
+            p = load_tensors(rd.public_path)
+            public = (p["images"], p["labels"])
         server_state, released = None, {}
-        latest = run_dir / "checkpoints" / "latest.json"
-        if latest.is_file():
-            try:
-                step_dir = run_dir / "checkpoints" / json.loads(latest.read_text())["dir"]
-            except (ValueError, KeyError, TypeError):
-                raise UserError(f"{latest} is corrupt") from None
-            if meta.get("t_c", 0) < meta.get("timesteps", 0) and (step_dir / "server_ema.safetensors").is_file():
+        latest = rd.latest()
+        if latest is not None:
+            step_dir = rd.ckpt_dir / latest.dir
+            if not Cut(meta.diffusion, meta.t_c).sends_nothing and (step_dir / "server_ema.safetensors").is_file():
                 server_state = load_tensors(step_dir / "server_ema.safetensors")
             for k in release_clients:
                 f = step_dir / f"client-{k}_ema.safetensors"
                 if not f.is_file():
-                    raise UserError(f"{run_dir} has no model of client {k}")
+                    raise UserError(f"{rd.path} has no model of client {k}")
                 released[int(k)] = load_tensors(f)
         elif release_clients:
-            raise UserError(f"{run_dir} has no checkpoint yet; train first")
-        return cls(meta=meta, messages=msgs, handover=handover, server_state=server_state, run_dir=run_dir,
-                   released_clients=released)  # fmt: skip
+            raise UserError(f"{rd.path} has no checkpoint yet; train first")
+        return cls(meta=meta, messages=msgs, handover=handover, public=public, server_state=server_state,
+                   run_dir=rd.path, released_clients=released)  # fmt: skip
 
     def __len__(self) -> int:
         return int(self.messages["x"].shape[0]) if self.messages else 0

@@ -1,14 +1,16 @@
 """Release accounting for what crosses the cut (DESIGN.md §4): pure functions.
 
 In ``cut-image`` one release of an image is ``h = sqrt(abar) x0 + sqrt(1 - abar) eps``
-with ``abar = abar[t_c - 1]``. Scaled by ``1 / sqrt(1 - abar)`` it is a Gaussian
+with ``abar`` the hand-over level's (``Cut.abar_handover``). Scaled by ``1 / sqrt(1 - abar)`` it is a Gaussian
 mechanism with unit noise and mean ``sqrt(abar / (1 - abar)) x0``; with pixels in
 [-1, 1] and ``d = C*H*W`` the L2 sensitivity of ``x0`` is ``D = 2 sqrt(d)``, so one
 release is mu-GDP (Dong, Roth, Su 2022) with ``mu = sqrt(abar / (1 - abar)) * D``.
 ``R`` independent releases (fresh noise each epoch) compose to ``sqrt(R) * mu``;
 with ``fixed_noise`` every re-send is the same ``h`` and ``R = 1``.
-``shared-noise`` sends ``eps`` beside ``x_t``: ``mu = eps = inf``. ``t_c = 0``
-sends ``x0`` itself: infinite too. ``t_c = T`` sends nothing: ``mu = 0``.
+Which protocol sends what, and so which of these applies, is the protocol's business
+(:meth:`collafuse_privacy.protocol.Protocol.release_mu`): ``shared-noise`` sends ``eps``
+beside ``x_t`` (``mu = inf``), ``t_c = 0`` sends ``x0`` itself (``inf``), ``t_c = T``
+sends nothing (``mu = 0``).
 
 Conversions (all in log space, so large ``mu`` neither overflows nor loses digits):
 
@@ -36,7 +38,7 @@ def sensitivity(image_shape) -> float:
 def release_mu(abar: float, image_shape, releases: int = 1, sensitivity_l2: float | None = None) -> float:
     """mu-GDP of ``releases`` independent hand-over images at noise level ``abar``.
 
-    ``abar``: ``abar[t_c - 1]`` (1.0 for ``t_c = 0``: clean images, infinite mu).
+    ``abar``: the hand-over level's, ``Cut.abar_handover`` (1.0 for ``t_c = 0``: clean images, infinite mu).
     ``sensitivity_l2``: the L2 distance that must be hidden (default ``2 sqrt(d)``,
     the worst case; pass an actual member/nearest-non-member distance for the
     distance-specific curve).
@@ -86,22 +88,6 @@ def gdp_tpr(fpr, mu: float):
         return ndtr(ndtri(np.clip(fpr, 0.0, 1.0)) + mu)
 
 
-def view_mu(meta: dict, releases: int | None = None, sensitivity_l2: float | None = None) -> float:
-    """mu-GDP of a run's server view from its ``server_view/meta.json``.
-
-    ``releases``: releases per image (default: 1, the fixed-noise count; pass the
-    epochs actually run for fresh noise).
-    """
-    t_c, T = int(meta["t_c"]), int(meta["timesteps"])
-    if t_c >= T:
-        return 0.0
-    if meta["protocol"] == "shared-noise" or t_c == 0:
-        return INF
-    d = meta["data"]
-    shape = (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
-    return release_mu(float(meta["abar_handover"]), shape, releases or 1, sensitivity_l2)
-
-
 # ---- releases per image -------------------------------------------------------
 
 
@@ -133,50 +119,24 @@ def planned_releases(fixed_noise: bool, draws_bound: int) -> int:
     return 1 if fixed_noise else int(draws_bound)
 
 
-# ---- the server's view of one run ---------------------------------------------
-
-
-def view_privacy(
-    protocol: str,
-    t_c: int,
-    timesteps: int,
-    abar_handover: float,
-    image_shape,
-    releases: int,
-    delta: float,
-) -> tuple[float, float]:
-    """``(mu, epsilon)`` of the server's view of one image (DESIGN.md §4).
-
-    ``protocol``: ``shared-noise`` (inf) or ``cut-image``; ``abar_handover``:
-    ``abar[t_c - 1]``; ``image_shape``: (C, H, W); ``releases``: independent
-    hand-over images of that image the server holds (1 with ``fixed_noise``).
-    ``t_c = T`` (nothing sent) gives (0, 0); ``t_c = 0`` (clean images) (inf, inf).
-    """
-    if t_c >= timesteps or releases <= 0:
-        return 0.0, 0.0
-    if protocol == "shared-noise" or t_c <= 0:
-        return INF, INF
-    mu = release_mu(abar_handover, image_shape, releases)
-    return mu, gdp_epsilon(mu, delta)
+# ---- the privacy-budgeted cut ---------------------------------------------------
 
 
 def smallest_cut(
-    abar_table, image_shape, releases: int, target_epsilon: float, delta: float
+    handover_abar, image_shape, releases: int, target_epsilon: float, delta: float
 ) -> tuple[int, float, float]:
     """The smallest ``t_c`` in ``0..T`` whose ``cut-image`` view meets ``(target_epsilon, delta)``.
 
-    ``abar_table``: ``alphas_cumprod`` of the full schedule ([T], decreasing), so the view
-    of ``t_c`` releases at ``abar_table[t_c - 1]``. Returns ``(t_c, mu, epsilon)``;
+    ``handover_abar``: ``[T + 1]``, the hand-over image's ``abar`` for each ``t_c = 0..T``
+    (``Cut.abar_table``: decreasing, 1.0 at ``t_c = 0``). Returns ``(t_c, mu, epsilon)``;
     ``t_c = T`` (send nothing, epsilon 0) always qualifies.
     """
     if not target_epsilon >= 0.0:
         raise ValueError(f"target_epsilon must be >= 0, got {target_epsilon}")
-    abar = np.asarray(abar_table, dtype=np.float64)
-    T = len(abar)
-    for t_c in range(1, T + 1):  # t_c = 0 sends clean images: never private
-        if t_c == T:
-            return T, 0.0, 0.0
-        mu = release_mu(float(abar[t_c - 1]), image_shape, releases)
+    abar = np.asarray(handover_abar, dtype=np.float64)
+    T = len(abar) - 1
+    for t_c in range(1, T):  # t_c = 0 sends clean images: never private
+        mu = release_mu(float(abar[t_c]), image_shape, releases)
         # delta(eps) is decreasing in eps: eps(mu) <= target  <=>  delta(target) <= delta
         if gdp_delta(target_epsilon, mu) <= delta:
             return t_c, mu, gdp_epsilon(mu, delta)

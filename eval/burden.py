@@ -13,42 +13,19 @@
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from collafuse_privacy.config import Config, with_overrides
+from collafuse_privacy.config import Config
 from collafuse_privacy.diffusion import p_losses
-from collafuse_privacy.sampling import client_denoise, server_denoise
+from collafuse_privacy.protocol import Cut, protocol_for
+from collafuse_privacy.rundir import BurdenReport, RunDir
+from collafuse_privacy.sampling import client_denoise
 
-
-@dataclass(frozen=True)
-class Burden:
-    t_c: int
-    timesteps: int
-    sampling_client_flops_per_image: int
-    sampling_server_flops_per_image: int
-    sampling_local_only_flops_per_image: int
-    sampling_flop_ratio: float  # client / local-only
-    sampling_client_seconds_per_image: float
-    sampling_local_only_seconds_per_image: float
-    sampling_time_ratio: float
-    training_client_share: float  # fraction of training images the client model trains on
-    training_flops_per_image: int  # client, averaged over all its images
-    training_local_only_flops_per_image: int
-    training_flop_ratio: float
-    training_seconds_per_image: float
-    training_local_only_seconds_per_image: float
-    training_time_ratio: float
-    bytes_sent_per_training_image: float
-    bytes_received_per_sample: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+Burden = BurdenReport  # the measured figures, as metrics/burden.json stores them
 
 
 def _flops(fn) -> int:
@@ -59,17 +36,18 @@ def _flops(fn) -> int:
 
 def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, batch: int = 32, reps: int = 2) -> Burden:
     """Measure the client's burden for ``cfg`` with its ``server`` and ``client`` models (CPU)."""
-    T, t_c = cfg.diffusion.timesteps, cfg.t_c
+    proto = protocol_for(cfg)
+    cut, local = proto.cut, Cut.at_ratio(cfg.diffusion, 1.0)
+    T, t_c = cut.T, cut.t_c
     C, S = client.config.in_channels, cfg.data.image_size
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, C, S, S, generator=g)
-    local_cfg = with_overrides(cfg, ["protocol.cut_ratio=1.0"])
     labels = None
     if cfg.model.server_conditioning != "none":
         labels = torch.zeros(1, dtype=torch.long)
-    f_server = _flops(lambda: server_denoise(server, cfg, x, labels, g)) if t_c < T else 0
-    f_client = _flops(lambda: client_denoise(client, cfg, x, g))
-    f_local = _flops(lambda: client_denoise(client, local_cfg, x, g))
+    f_server = _flops(lambda: proto.server_denoise(server, x, labels, g)) if not cut.sends_nothing else 0
+    f_client = _flops(lambda: client_denoise(client, cut, x, g))
+    f_local = _flops(lambda: client_denoise(client, local, x, g))
 
     xb = torch.randn(batch, C, S, S, generator=g)
 
@@ -81,15 +59,15 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
             fn()
         return (time.perf_counter() - t0) / reps / batch
 
-    s_client = timed(lambda: client_denoise(client, cfg, xb, g))
-    s_local = timed(lambda: client_denoise(client, local_cfg, xb, g))
+    s_client = timed(lambda: client_denoise(client, cut, xb, g))
+    s_local = timed(lambda: client_denoise(client, local, xb, g))
 
     # Training: one forward + backward per image the client trains on.
     share = t_c / T
-    if run_dir is not None and (Path(run_dir) / "metrics" / "train.jsonl").is_file():
-        rows = [json.loads(l) for l in (Path(run_dir) / "metrics" / "train.jsonl").read_text().splitlines() if l]
-        local_n = sum(sum(r["client_n"]) for r in rows)
-        sent_n = sum(sum(r["sent"]) for r in rows)
+    rows = RunDir(run_dir).train_log() if run_dir is not None else []
+    if rows:
+        local_n = sum(sum(r.client_n) for r in rows)
+        sent_n = sum(sum(r.sent) for r in rows)
         if local_n + sent_n:
             share = local_n / (local_n + sent_n)
 
@@ -106,10 +84,8 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
     client.zero_grad(set_to_none=True)
 
     d = C * S * S
-    per_msg = {"cut-image": 4 * d, "shared-noise": 8 * d + 8}[cfg.protocol.kind]
-    if cfg.model.server_conditioning == "labels":
-        per_msg += 8
-    return Burden(
+    per_msg = proto.bytes_per_row((C, S, S), with_labels=cfg.model.server_conditioning == "labels")
+    return BurdenReport(
         t_c=t_c,
         timesteps=T,
         sampling_client_flops_per_image=f_client,
@@ -127,5 +103,5 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
         training_local_only_seconds_per_image=s_train_full,
         training_time_ratio=s_train_client / s_train_full if s_train_full else float("nan"),
         bytes_sent_per_training_image=(1 - share) * per_msg,
-        bytes_received_per_sample=4 * d if t_c < T else 0,
+        bytes_received_per_sample=4 * d if not cut.sends_nothing else 0,
     )

@@ -12,7 +12,6 @@ client burden. Writes ``metrics/quality.json`` and ``metrics/burden.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,22 +19,22 @@ import torch
 
 from collafuse_privacy.config import with_overrides
 from collafuse_privacy.data import load_dataset
-from collafuse_privacy.errors import UserError
-from collafuse_privacy.io import atomic_write_json, load_tensors
-from collafuse_privacy.rundir import read_run_config
+from collafuse_privacy.io import load_tensors
+from collafuse_privacy.party import resolve_device
+from collafuse_privacy.rundir import ClientDisclosure, ClientQuality, DisclosureFigures, PooledQuality, QualityReport, \
+    QualityRun, RunDir
 from collafuse_privacy.sampling import load_models, sample_run
-from collafuse_privacy.training import Trainer, resolve_device
+from collafuse_privacy.training import train
 from collafuse_privacy.view import ServerView
 
 from .burden import measure_burden
-from .ground_truth import load_splits
 from .features import get_extractor
-from .quality import compute_fid, compute_kid, disclosure_figures
+from .quality import Features, compute_fid, compute_kid, disclosure_figures, extract
 
 
 def _samples(run_dir: Path, n: int, device: str) -> torch.Tensor:
     """``[K, n, C, S, S]`` samples of the run, sampling first if fewer than ``n`` exist."""
-    cfg = read_run_config(run_dir)
+    cfg = RunDir(run_dir).config()
     files = [run_dir / "samples" / f"client-{k}.safetensors" for k in range(cfg.data.clients)]
     have = [load_tensors(f)["x0"] for f in files if f.is_file()]
     if len(have) < len(files) or min(len(x) for x in have) < n:
@@ -44,18 +43,23 @@ def _samples(run_dir: Path, n: int, device: str) -> torch.Tensor:
     return torch.stack([x[:n] for x in have])
 
 
-def _quality_row(samples: torch.Tensor, holdout: list[torch.Tensor], extractor, seed: int) -> dict:
+def _quality_row(samples: torch.Tensor, holdout: list[Features], pooled_real: Features, extractor, seed: int):
+    """Per-client and pooled FID/KID of ``samples`` [K, n, ...] against the held-out features."""
     per_client = []
+    fakes = []
     for k, real in enumerate(holdout):
-        fid = compute_fid(samples[k], real, extractor)
-        kid = compute_kid(samples[k], real, extractor, seed=seed)
-        per_client.append({"client": k, "fid": fid.fid, "kid": kid.kid_mean, "kid_std": kid.kid_std,
-                           "n_samples": fid.n_fake, "n_real": fid.n_real, "kid_note": kid.note})  # fmt: skip
-    fake, real = samples.reshape(-1, *samples.shape[2:]), torch.cat(holdout)
-    fid = compute_fid(fake, real, extractor)
-    kid = compute_kid(fake, real, extractor, seed=seed)
-    pooled = {"fid": fid.fid, "kid": kid.kid_mean, "kid_std": kid.kid_std, "n_samples": len(fake), "n_real": len(real)}
-    return {"per_client": per_client, "pooled": pooled}
+        fake = extract(samples[k], extractor)
+        fakes.append(fake)
+        fid = compute_fid(fake, real, extractor)
+        kid = compute_kid(fake, real, extractor, seed=seed)
+        per_client.append(ClientQuality(client=k, fid=fid.fid, kid=kid.kid_mean, kid_std=kid.kid_std,
+                                        n_samples=fid.n_fake, n_real=fid.n_real, kid_note=kid.note))  # fmt: skip
+    fake = Features.cat(fakes)
+    fid = compute_fid(fake, pooled_real, extractor)
+    kid = compute_kid(fake, pooled_real, extractor, seed=seed)
+    pooled = PooledQuality(fid=fid.fid, kid=kid.kid_mean, kid_std=kid.kid_std, n_samples=len(fake),
+                           n_real=len(pooled_real))  # fmt: skip
+    return per_client, pooled
 
 
 def evaluate_run(
@@ -66,17 +70,19 @@ def evaluate_run(
     device: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict:
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    if not (run_dir / "checkpoints" / "latest.json").is_file():
-        raise UserError(f"{run_dir} has no checkpoint yet; run train first")
+    rd = RunDir(run_dir)
+    run_dir = rd.path
+    cfg = rd.config()
+    rd.require_latest()
     n = n or cfg.sample.n
     dev = str(resolve_device(device))
     ds = load_dataset(cfg.data)
-    splits = load_splits(run_dir)
+    splits = rd.splits()
     ext, note = get_extractor(extractor, dataset=ds, splits=splits, device=dev)
     log(note)
-    holdout = [ds.images[torch.tensor(h, dtype=torch.long)] for h in splits.holdout]
+    # The reference features: every client's held-out images, extracted once for all runs compared.
+    holdout = [extract(ds.images[torch.tensor(h, dtype=torch.long)], ext) for h in splits.holdout]
+    pooled_real = Features.cat(holdout)
     members = [ds.images[torch.tensor(m, dtype=torch.long)] for m in splits.members]
 
     runs = {cfg.protocol.cut_ratio: run_dir}
@@ -86,66 +92,71 @@ def evaluate_run(
                 continue
             sib = run_dir.parent / f"{run_dir.name}-{tag}"
             log(f"training the c = {c:g} end of the sweep in {sib} (same data, seed and steps; resumable)")
-            Trainer(with_overrides(cfg, [f"protocol.cut_ratio={c}", "protocol.target_epsilon=null"]), sib, torch.device(dev)).train()
+            train(with_overrides(cfg, [f"protocol.cut_ratio={c}", "protocol.target_epsilon=null"]), sib, device=dev)
             runs[c] = sib
-    quality = {"extractor": ext.name, "extractor_note": note, "n_samples_per_client": n, "runs": []}
+    quality_runs = []
     for c in sorted(runs):
         r = runs[c]
-        row = _quality_row(_samples(r, n, dev), holdout, ext, cfg.seed)
-        row.update({"cut_ratio": c, "t_c": read_run_config(r).t_c, "run_dir": str(r)})
-        quality["runs"].append(row)
+        per_client, pooled = _quality_row(_samples(r, n, dev), holdout, pooled_real, ext, cfg.seed)
+        quality_runs.append(QualityRun(cut_ratio=c, t_c=RunDir(r).config().t_c, run_dir=str(r),
+                                       per_client=per_client, pooled=pooled))  # fmt: skip
 
     # The paper's disclosure figures: what the server saw vs the client's own data.
     view = ServerView.load(run_dir)
     disclosure = []
     for k in range(cfg.data.clients):
-        entry = {"client": k}
+        training = inference = None
         if view.messages:
             sel = view.messages["client"] == k
-            entry["training"] = _disclosure(view.messages["x"][sel], members[k], ext, cfg.seed)
+            training = _disclosure(view.messages["x"][sel], members[k], ext, cfg.seed)
         if view.handover is not None:
             sel = view.handover["client"] == k
-            entry["inference"] = _disclosure(view.handover["h"][sel], members[k], ext, cfg.seed)
-        disclosure.append(entry)
-    quality["disclosure"] = disclosure
-    atomic_write_json(run_dir / "metrics" / "quality.json", quality)
+            inference = _disclosure(view.handover["h"][sel], members[k], ext, cfg.seed)
+        disclosure.append(ClientDisclosure(client=k, training=training, inference=inference))
+    quality = QualityReport(extractor=ext.name, extractor_note=note, n_samples_per_client=n, runs=quality_runs,
+                            disclosure=disclosure)  # fmt: skip
+    rd.write_metrics("quality", quality)
 
     server, clients, _ = load_models(run_dir, cfg, torch.device("cpu"))
-    burden = measure_burden(cfg, server, clients[0], run_dir).to_dict()
-    burden["device"] = "cpu"
-    atomic_write_json(run_dir / "metrics" / "burden.json", burden)
+    burden = measure_burden(cfg, server, clients[0], run_dir)
+    rd.write_metrics("burden", burden)
     return {"quality": quality, "burden": burden}
 
 
-def _disclosure(server_images: torch.Tensor, client_images: torch.Tensor, ext, seed: int, cap: int = 5000) -> dict:
+def _disclosure(server_images: torch.Tensor, client_images: torch.Tensor, ext, seed: int,
+                cap: int = 5000) -> DisclosureFigures:  # fmt: skip
     if len(server_images) < 2:
-        return {"unavailable": f"only {len(server_images)} server images recorded for this client"}
+        return DisclosureFigures(unavailable=f"only {len(server_images)} server images recorded for this client")
     if len(server_images) > cap:  # a seeded subset keeps KID affordable; the MSE uses the same subset
         g = torch.Generator().manual_seed(seed)
         server_images = server_images[torch.randperm(len(server_images), generator=g)[:cap]]
     d = disclosure_figures(server_images.float(), client_images, ext, seed=seed)
-    return {"kid": d.kid.kid_mean, "kid_std": d.kid.kid_std, "pixel_mse": d.pixel_mse,
-            "n_server": d.n_server, "n_client": d.n_client}  # fmt: skip
+    return DisclosureFigures(kid=d.kid.kid_mean, kid_std=d.kid.kid_std, pixel_mse=d.pixel_mse, n_server=d.n_server,
+                             n_client=d.n_client)  # fmt: skip
 
 
 def format_tables(result: dict) -> str:
+    """The quality, disclosure and burden tables of :func:`evaluate_run`'s result (plain text)."""
     q, b = result["quality"], result["burden"]
-    lines = [f"quality ({q['extractor']}; {q['n_samples_per_client']} samples per client vs its held-out images)"]
-    lines.append(f"{'c':>5} {'t_c':>5} " + " ".join(f"{'FID client ' + str(r['client']):>13}" for r in q["runs"][0]["per_client"]) + f" {'FID pooled':>11} {'KID pooled':>11}")
-    for run in q["runs"]:
-        cells = " ".join(f"{r['fid']:>13.2f}" for r in run["per_client"])
-        lines.append(f"{run['cut_ratio']:>5g} {run['t_c']:>5} {cells} {run['pooled']['fid']:>11.2f} {run['pooled']['kid']:>11.4f}")
+    lines = [f"quality ({q.extractor}; {q.n_samples_per_client} samples per client vs its held-out images)"]
+    lines.append(f"{'c':>5} {'t_c':>5} " + " ".join(f"{'FID client ' + str(r.client):>13}" for r in q.runs[0].per_client)
+                 + f" {'FID pooled':>11} {'KID pooled':>11}")  # fmt: skip
+    for run in q.runs:
+        cells = " ".join(f"{r.fid:>13.2f}" for r in run.per_client)
+        lines.append(f"{run.cut_ratio:>5g} {run.t_c:>5} {cells} {run.pooled.fid:>11.2f} {run.pooled.kid:>11.4f}")
     lines.append("disclosure (server images vs the client's members; lower = closer to the private data)")
-    for d in q["disclosure"]:
+    for d in q.disclosure:
         parts = []
         for where in ("training", "inference"):
-            if where in d and "kid" in d[where]:
-                parts.append(f"{where}: KID {d[where]['kid']:.4f}, pixel MSE {d[where]['pixel_mse']:.4f} (n={d[where]['n_server']})")
-        lines.append(f"  client {d['client']}: " + ("; ".join(parts) if parts else "nothing recorded"))
-    lines.append(f"client burden (t_c = {b['t_c']} of T = {b['timesteps']}; ratios to local-only)")
-    lines.append(f"  sampling: FLOPs/image {b['sampling_client_flops_per_image']:.3g} (ratio {b['sampling_flop_ratio']:.3f}), "
-                 f"wall {b['sampling_client_seconds_per_image'] * 1e3:.2f} ms/image (ratio {b['sampling_time_ratio']:.3f})")  # fmt: skip
-    lines.append(f"  training: FLOPs/image {b['training_flops_per_image']:.3g} (ratio {b['training_flop_ratio']:.3f}), "
-                 f"wall {b['training_seconds_per_image'] * 1e3:.2f} ms/image (ratio {b['training_time_ratio']:.3f})")  # fmt: skip
-    lines.append(f"  bytes sent per training image {b['bytes_sent_per_training_image']:.0f}, received per sample {b['bytes_received_per_sample']}")
+            fig = getattr(d, where)
+            if fig is not None and fig.kid is not None:
+                parts.append(f"{where}: KID {fig.kid:.4f}, pixel MSE {fig.pixel_mse:.4f} (n={fig.n_server})")
+        lines.append(f"  client {d.client}: " + ("; ".join(parts) if parts else "nothing recorded"))
+    lines.append(f"client burden (t_c = {b.t_c} of T = {b.timesteps}; ratios to local-only)")
+    lines.append(f"  sampling: FLOPs/image {b.sampling_client_flops_per_image:.3g} (ratio {b.sampling_flop_ratio:.3f}), "
+                 f"wall {b.sampling_client_seconds_per_image * 1e3:.2f} ms/image (ratio {b.sampling_time_ratio:.3f})")
+    lines.append(f"  training: FLOPs/image {b.training_flops_per_image:.3g} (ratio {b.training_flop_ratio:.3f}), "
+                 f"wall {b.training_seconds_per_image * 1e3:.2f} ms/image (ratio {b.training_time_ratio:.3f})")
+    lines.append(f"  bytes sent per training image {b.bytes_sent_per_training_image:.0f}, "
+                 f"received per sample {b.bytes_received_per_sample}")
     return "\n".join(lines)

@@ -3,7 +3,6 @@ dataset, and the image id of every recorded message."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -11,23 +10,20 @@ import torch
 
 from collafuse_privacy.data import Splits, load_dataset
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.rundir import read_run_config
+from collafuse_privacy.rundir import RunDir
 from collafuse_privacy.view import load_shards
 
 
 def load_splits(run_dir: str | Path) -> Splits:
     """``splits.json`` of a run; UserError when missing or corrupt."""
-    run_dir = Path(run_dir)
-    try:
-        return Splits.from_dict(json.loads((run_dir / "splits.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{run_dir}/splits.json is missing or corrupt") from None
+    return RunDir(run_dir).splits()
 
 
 def load_ground_truth(run_dir: str | Path):
     """``(cfg, splits, dataset)`` of a run."""
-    cfg = read_run_config(run_dir)
-    return cfg, load_splits(run_dir), load_dataset(cfg.data)
+    rd = RunDir(run_dir)
+    cfg = rd.config()
+    return cfg, rd.splits(), load_dataset(cfg.data)
 
 
 def message_image_ids(run_dir: str | Path, n_rows: Optional[int] = None) -> torch.Tensor:

@@ -29,7 +29,6 @@ method, labels, client ids, image ids) and ``figures/membership_roc[-client{K}].
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from pathlib import Path
@@ -38,18 +37,23 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from collafuse_privacy.attacks.membership import NotApplicable, attack_names, get_attack, make_attack, parse_target
+from collafuse_privacy.attacks.base import check_family_options
+from collafuse_privacy.attacks.membership import FAMILY, NotApplicable, make, parse_target
 from collafuse_privacy.data import Splits
-from collafuse_privacy.defenses.accounting import gdp_tpr, view_mu
+from collafuse_privacy.defenses.accounting import gdp_tpr, sensitivity
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.io import atomic_write_bytes, atomic_write_json
-from collafuse_privacy.training import resolve_device
+from collafuse_privacy.io import atomic_write_bytes, save_figure
+from collafuse_privacy.linalg import nearest
+from collafuse_privacy.numbers import fmt_interval, num, to_json
+from collafuse_privacy.party import resolve_device
+from collafuse_privacy.rundir import GDPSection, MembershipMethod, MembershipReport, MembershipResult, RunDir
+from collafuse_privacy.typed import Schema, from_data
 from collafuse_privacy.view import ServerView
 
 from .ground_truth import load_ground_truth, message_image_ids
-from .roc import membership_metrics, roc_curve, tpr_band
-from .stats import bootstrap, _num
 from .roc import auc as roc_auc
+from .roc import membership_metrics, roc_curve, tpr_band
+from .stats import bootstrap
 
 DEFAULT_CAP = 200  # members and as many held-out images per client
 
@@ -89,22 +93,20 @@ def sample_candidates(splits: Splits, images: torch.Tensor, clients: Sequence[in
 
 def nearest_nonmember_distance(members: torch.Tensor, pool: torch.Tensor) -> np.ndarray:
     """L2 distance from each member image to its nearest image in ``pool`` (both [*, C, H, W])."""
-    from collafuse_privacy.attacks.membership.view_lrt import min_distance
-
-    return min_distance(members.flatten(1).double(), pool.flatten(1).double()).numpy()
+    return nearest(members.flatten(1), pool.flatten(1))[0].numpy()
 
 
 def trained_releases(run_dir: str | Path) -> Optional[int]:
     """Releases per image counted during training (``metrics/privacy.json``), if recorded there."""
     try:
-        r = json.loads((Path(run_dir) / "metrics" / "privacy.json").read_text())["view"]["releases_per_image"]
-        return int(r)
-    except (OSError, ValueError, KeyError, TypeError):
+        report = RunDir(run_dir).metrics("privacy")
+    except UserError:
         return None
+    return None if report is None else int(report.view.releases_per_image)
 
 
-def gdp_section(meta: dict, fixed_noise: bool, ids_recorded: np.ndarray, member_dist: np.ndarray,
-                releases_trained: Optional[int] = None) -> dict:  # fmt: skip
+def gdp_section(view: ServerView, ids_recorded: np.ndarray, member_dist: np.ndarray,
+                releases_trained: Optional[int] = None) -> GDPSection:  # fmt: skip
     """GDP mu (worst case and actual distances) and the bound's TPR at 1% / 0.1% FPR.
 
     Releases per image: 1 with fixed noise; else the count made during training when known
@@ -112,7 +114,7 @@ def gdp_section(meta: dict, fixed_noise: bool, ids_recorded: np.ndarray, member_
     recorded maximum, marked as a lower bound.
     """
     recorded = int(np.bincount(ids_recorded).max()) if len(ids_recorded) else 0
-    if fixed_noise:
+    if view.meta.fixed_noise:
         releases, how = 1, "fixed_noise: every re-send is the same h"
     elif releases_trained is not None:
         releases, how = max(releases_trained, recorded), "max releases of any one image, counted in training"
@@ -120,32 +122,24 @@ def gdp_section(meta: dict, fixed_noise: bool, ids_recorded: np.ndarray, member_
         releases, how = recorded, "max recorded releases of any one image (a lower bound if recording was capped)"
     else:
         releases, how = 0, "no recorded releases"
-    out = {"releases_per_image": releases, "releases_counted": how, "sensitivity_worst": None,
-           "distance_median": None, "distance_max": None}  # fmt: skip
+    shape = view.image_shape
+    dmax = float(np.max(member_dist)) if len(member_dist) and releases else None
+    dmed = float(np.median(member_dist)) if len(member_dist) and releases else None
+    mu = view.protocol.release_mu
     if releases == 0:
         mus = {"worst": 0.0, "actual": 0.0, "actual_median": 0.0}
     else:
-        d = meta["data"]
-        shape = (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
-        out["sensitivity_worst"] = 2.0 * math.sqrt(float(np.prod(shape)))
-        dmax = float(np.max(member_dist)) if len(member_dist) else None
-        dmed = float(np.median(member_dist)) if len(member_dist) else None
-        out["distance_median"], out["distance_max"] = dmed, dmax
-        mus = {"worst": view_mu(meta, releases),
-               "actual": view_mu(meta, releases, dmax) if dmax is not None else float("nan"),
-               "actual_median": view_mu(meta, releases, dmed) if dmed is not None else float("nan")}  # fmt: skip
-    for k, mu in mus.items():
-        out[f"mu_{k}"] = _num(mu)
-    for k in ("worst", "actual"):
-        for name, f in (("1pct", 0.01), ("0.1pct", 0.001)):
-            suffix = "" if k == "worst" else "_actual"
-            out[f"tpr_bound_at_{name}_fpr{suffix}"] = _num(float(gdp_tpr(f, mus[k])))
-    out["mu_actual_uses"] = "max over sampled members of the distance to the nearest public/held-out image"
-    return out
-
-
-def _mu(x) -> float:
-    return float("inf") if x == "inf" else (float("nan") if x is None else float(x))
+        mus = {"worst": mu(shape, releases),
+               "actual": mu(shape, releases, dmax) if dmax is not None else float("nan"),
+               "actual_median": mu(shape, releases, dmed) if dmed is not None else float("nan")}  # fmt: skip
+    bound = {(k, f): float(gdp_tpr(f, mus[k])) for k in ("worst", "actual") for f in (0.01, 0.001)}
+    return GDPSection(
+        releases_per_image=releases, releases_counted=how, mu_worst=mus["worst"], mu_actual=mus["actual"],
+        mu_actual_median=mus["actual_median"], tpr_bound_at_1pct_fpr=bound["worst", 0.01],
+        tpr_bound_at_01pct_fpr=bound["worst", 0.001], tpr_bound_at_1pct_fpr_actual=bound["actual", 0.01],
+        tpr_bound_at_01pct_fpr_actual=bound["actual", 0.001],
+        mu_actual_uses="max over sampled members of the distance to the nearest public/held-out image",
+        sensitivity_worst=sensitivity(shape) if releases else None, distance_median=dmed, distance_max=dmax)
 
 
 # ---------------------------------------------------------------------------
@@ -168,19 +162,20 @@ def run_membership(
     n_boot: int = 1000,
     seed: int = 0,
     options: Optional[dict[str, dict]] = None,
-) -> dict:
+) -> MembershipResult:
     """Run membership attacks on ``run_dir`` against ``target`` and score them.
 
     ``methods``: registered names (default: all); ``target``: ``"server"`` or ``"client:K"``
     (client K's model released); ``cap``: members (and as many held-out images) per
     client; ``options``: per-method constructor keywords. Returns the target's entry
-    of ``metrics/membership.json`` (plus ``"target"``).
+    of ``metrics/membership.json``.
     """
-    run_dir = Path(run_dir)
+    rd = RunDir(run_dir)
+    run_dir = rd.path
     kind, tk = parse_target(target)  # UserError on a malformed target
-    names = list(methods) if methods else attack_names()
-    for n in names:
-        get_attack(n)  # UserError listing the known names
+    names = FAMILY.resolve(methods)  # UserError listing the known names
+    options = dict(options or {})
+    check_family_options(FAMILY, options, names)
     if cap < 1:
         raise UserError(f"cap must be at least 1, got {cap}")
     cfg, splits, ds = load_ground_truth(run_dir)
@@ -198,14 +193,14 @@ def run_membership(
         raise UserError(f"{run_dir}: no client has both members and held-out images to compare "
                         "(data.holdout_fraction = 0?); membership cannot be scored")  # fmt: skip
     log(f"membership [{target}]: {int(labels.sum())} members + {int((1 - labels).sum())} held-out candidates "
-        f"over {len(clients)} client(s); protocol {view.protocol}, c = {cfg.protocol.cut_ratio:g}, t_c = {view.t_c}")  # fmt: skip
+        f"over {len(clients)} client(s); protocol {view.protocol.name}, c = {cfg.protocol.cut_ratio:g}, t_c = {view.t_c}")
 
-    options = options or {}
-    methods_out, scores, curves = {}, {}, {}
+    methods_out: dict[str, dict] = {}
+    scores, curves = {}, {}
     for name in names:
         t0 = time.perf_counter()
         try:
-            attack = make_attack(name, target=target, device=dev, **options.get(name, {}))
+            attack = make(name, target=target, device=dev, **options.get(name, {}))
             attack.fit(view)
             s = np.empty(len(labels), dtype=np.float64)
             for k in clients:
@@ -223,7 +218,7 @@ def run_membership(
         scores[name] = s
         m = membership_metrics(s, labels, n_boot=n_boot, seed=seed)
         entry = {"applicable": True, **{k: v.to_dict() for k, v in m.items()}, "seconds": seconds,
-                 "settings": attack.describe(), "nan_scores": n_nan}  # fmt: skip
+                 "settings": to_json(attack.describe()), "nan_scores": n_nan}  # fmt: skip
         if len(clients) > 1:
             entry["per_client_auc"] = {
                 str(k): bootstrap(roc_auc, s[owner == k], labels[owner == k], n_boot=min(n_boot, 200), seed=seed,
@@ -236,62 +231,51 @@ def run_membership(
         log(f"  {name}: AUC {m['auc']}, TPR@1%FPR {m['tpr_at_1pct_fpr']} ({seconds:.1f} s)")
 
     n_non = int((1 - labels).sum())
-    result = {
-        "target": target,
-        "protocol": view.protocol,
-        "cut_ratio": cfg.protocol.cut_ratio,
-        "t_c": view.t_c,
-        "timesteps": view.timesteps,
-        "fixed_noise": bool(cfg.protocol.fixed_noise),
-        "n_members": int(labels.sum()),
-        "n_nonmembers": n_non,
-        "caps": {"members_per_client": cap, "nonmembers_per_client": cap, "per_client": {str(k): v for k, v in cand["per_client"].items()}, "seed": seed},
-        "min_resolvable_fpr": (1.0 / n_non) if n_non else None,
-        "tpr_interpolation": "linear between ROC vertices (top of vertical segments); below 1/n_nonmembers set by the FPR=0 vertex",
-        "n_boot": n_boot,
-        "methods": methods_out,
-    }
-
+    gdp, gdp_note = None, None
     # the formal bound (server target only: it covers the releases, not a client's model)
     if kind == "server":
         members = cand["images"][torch.from_numpy(labels == 1)]
         pool_ids = sorted(set(splits.public) | {i for h in splits.holdout for i in h})
         dist = nearest_nonmember_distance(members, ds.images[torch.tensor(pool_ids, dtype=torch.long)]) if pool_ids else np.zeros(0)
-        gdp = gdp_section(view.meta, bool(cfg.protocol.fixed_noise), recorded_image_ids(run_dir), dist, trained_releases(run_dir))
+        gdp = gdp_section(view, recorded_image_ids(run_dir), dist, trained_releases(run_dir))
         grid = np.logspace(math.log10(max(1.0 / max(n_non, 1), 1e-4)), 0, 40)
         for name, s in scores.items():
             _, lo, _ = tpr_band(s, labels, grid, n_boot=min(n_boot, 300), seed=seed)
-            bound = gdp_tpr(grid, _mu(gdp["mu_worst"]))
+            bound = gdp_tpr(grid, gdp.mu_worst)
             methods_out[name]["exceeds_worst_case_gdp_bound"] = bool(np.any(lo > bound + 1e-12))
-        result["gdp"] = gdp
     else:
-        result["gdp"] = None
-        result["gdp_note"] = "the GDP accounting covers the releases the server received, not a released client model"
+        gdp_note = "the GDP accounting covers the releases the server received, not a released client model"
 
     suffix = _suffix(target)
-    scores_path = run_dir / "metrics" / f"membership_scores{suffix}.npz"
+    scores_rel, fig_rel = f"metrics/membership_scores{suffix}.npz", f"figures/membership_roc{suffix}.png"
     buf = io.BytesIO()
     np.savez(buf, labels=labels, client=owner, image_id=cand["image_id"], methods=np.array(list(scores), dtype=str),
              **{f"score_{k}": v for k, v in scores.items()})  # fmt: skip
-    atomic_write_bytes(scores_path, buf.getvalue())
-    result["scores"] = str(scores_path.relative_to(run_dir))
-    fig_path = run_dir / "figures" / f"membership_roc{suffix}.png"
-    _plot(fig_path, curves, result, n_non)
-    result["figure"] = str(fig_path.relative_to(run_dir))
+    atomic_write_bytes(run_dir / scores_rel, buf.getvalue())
+    result = MembershipResult(
+        protocol=view.protocol.name, cut_ratio=cfg.protocol.cut_ratio, t_c=view.t_c, timesteps=view.timesteps,
+        fixed_noise=bool(cfg.protocol.fixed_noise), n_members=int(labels.sum()), n_nonmembers=n_non,
+        methods={k: _method(v) for k, v in methods_out.items()},
+        caps={"members_per_client": cap, "nonmembers_per_client": cap,
+              "per_client": {str(k): v for k, v in cand["per_client"].items()}, "seed": seed},
+        min_resolvable_fpr=(1.0 / n_non) if n_non else None,
+        tpr_interpolation="linear between ROC vertices (top of vertical segments); below 1/n_nonmembers set by the "
+                          "FPR=0 vertex",
+        n_boot=n_boot, gdp=gdp, gdp_note=gdp_note, scores=scores_rel, figure=fig_rel)  # fmt: skip
+    _plot(run_dir / fig_rel, curves, result, target, n_non)
 
-    json_path = run_dir / "metrics" / "membership.json"
-    try:
-        allres = json.loads(json_path.read_text()) if json_path.is_file() else {}
-        if not isinstance(allres, dict):
-            allres = {}
-    except ValueError:
-        allres = {}
-    allres[target] = {k: v for k, v in result.items() if k != "target"}
-    atomic_write_json(json_path, allres)
+    old = rd.metrics("membership") if rd.metrics_path("membership").is_file() else None
+    targets = dict(old.targets) if old is not None else {}
+    targets[target] = result
+    rd.write_metrics("membership", MembershipReport(targets=targets))
     return result
 
 
-def _plot(path: Path, curves: dict, result: dict, n_non: int) -> None:
+def _method(entry: dict) -> MembershipMethod:
+    return from_data(MembershipMethod, to_json(entry), Schema(noun="key", where="membership result", json_numbers=True))
+
+
+def _plot(path: Path, curves: dict, result: MembershipResult, target: str, n_non: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,10 +288,10 @@ def _plot(path: Path, curves: dict, result: dict, n_non: int) -> None:
     for name, (fpr, tpr, a) in curves.items():
         keep = fpr > 0
         ax.step(fpr[keep], tpr[keep], where="post", lw=1.5, label=f"{name} (AUC {a:.3f})")
-    gdp = result.get("gdp")
-    if gdp:
-        for key, style, lab in (("mu_worst", "--", "GDP bound, worst case"), ("mu_actual", "-.", "GDP, actual max distance")):
-            mu = _mu(gdp.get(key))
+    gdp = result.gdp
+    if gdp is not None:
+        for mu, style, lab in ((gdp.mu_worst, "--", "GDP bound, worst case"),
+                               (gdp.mu_actual, "-.", "GDP, actual max distance")):  # fmt: skip
             if math.isfinite(mu):
                 ax.plot(grid, gdp_tpr(grid, mu), style, color="black", lw=1, label=f"{lab} (mu={mu:.3g})")
             elif mu == float("inf"):
@@ -318,38 +302,28 @@ def _plot(path: Path, curves: dict, result: dict, n_non: int) -> None:
     ax.set_ylim(lo, 1.05)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(f"membership [{result['target']}]: {result['protocol']}, c={result['cut_ratio']:g}", fontsize=9)
+    ax.set_title(f"membership [{target}]: {result.protocol}, c={result.cut_ratio:g}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=110)
 
 
-def _fmt(d: Optional[dict]) -> str:
-    if not d:
-        return "-"
-    v, lo, hi = d.get("value"), d.get("lo"), d.get("hi")
-    f = lambda x: "nan" if x is None else (x if isinstance(x, str) else f"{x:.3f}")  # noqa: E731
-    return f"{f(v)} [{f(lo)}, {f(hi)}]"
-
-
-def format_membership(result: dict) -> str:
+def format_membership(result: MembershipResult, target: str) -> str:
     """A plain-text table of one target's results."""
-    lines = [f"membership inference [{result['target']}]: {result['protocol']}, c = {result['cut_ratio']:g} "
-             f"(t_c = {result['t_c']}), {result['n_members']} members vs {result['n_nonmembers']} held-out"]  # fmt: skip
+    f = lambda iv: fmt_interval(iv, ".3f", missing="-")  # noqa: E731
+    lines = [f"membership inference [{target}]: {result.protocol}, c = {result.cut_ratio:g} "
+             f"(t_c = {result.t_c}), {result.n_members} members vs {result.n_nonmembers} held-out"]  # fmt: skip
     head = f"{'method':<10} {'AUC':<24} {'bal. acc.':<24} {'TPR@1%FPR':<24} {'TPR@0.1%FPR':<24} {'s':>6}"
     lines += [head, "-" * len(head)]
-    for name, m in result["methods"].items():
-        if not m["applicable"]:
-            lines.append(f"{name:<10} not applicable: {m['reason']}")
+    for name, m in result.methods.items():
+        if not m.applicable:
+            lines.append(f"{name:<10} not applicable: {m.reason}")
             continue
-        lines.append(f"{name:<10} {_fmt(m['auc']):<24} {_fmt(m['balanced_accuracy']):<24} "
-                     f"{_fmt(m['tpr_at_1pct_fpr']):<24} {_fmt(m['tpr_at_0.1pct_fpr']):<24} {m['seconds']:>6.1f}")  # fmt: skip
-    gdp = result.get("gdp")
-    if gdp:
-        lines.append(f"GDP bound: mu worst {gdp['mu_worst']} (releases/image {gdp['releases_per_image']}), "
-                     f"actual (max distance) {gdp['mu_actual']}; TPR@1%FPR <= {gdp['tpr_bound_at_1pct_fpr']}")  # fmt: skip
-    lines.append(f"-> {result['scores']}, {result['figure']}")
+        lines.append(f"{name:<10} {f(m.auc):<24} {f(m.balanced_accuracy):<24} "
+                     f"{f(m.tpr_at_1pct_fpr):<24} {f(m.tpr_at_01pct_fpr):<24} {m.seconds:>6.1f}")  # fmt: skip
+    gdp = result.gdp
+    if gdp is not None:
+        lines.append(f"GDP bound: mu worst {num(gdp.mu_worst):.4g} (releases/image {gdp.releases_per_image}), "
+                     f"actual (max distance) {num(gdp.mu_actual):.4g}; TPR@1%FPR <= {gdp.tpr_bound_at_1pct_fpr:.4g}")
+    lines.append(f"-> {result.scores}, {result.figure}")
     return "\n".join(lines)

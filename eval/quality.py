@@ -74,15 +74,59 @@ class DisclosureResult:
         return dataclasses.asdict(self)
 
 
-def _feed(metric, images: torch.Tensor, real: bool, device: torch.device, batch_size: int) -> None:
-    for i in range(0, len(images), batch_size):
-        metric.update(images[i : i + batch_size].to(device), real=real)
+@dataclass(frozen=True)
+class Features:
+    """Features of one image set, extracted once (``extract``) and reused by every FID/KID
+    it enters: ``batches`` float64 ``[b_i, D]`` in extraction order (torchmetrics' sums are
+    accumulated batch by batch, so keeping them keeps every figure bit-identical)."""
+
+    batches: tuple
+    extractor: str
+    num_features: int
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    @property
+    def device(self) -> torch.device:
+        return self.batches[0].device if self.batches else torch.device("cpu")
+
+    @staticmethod
+    def cat(parts: list["Features"], batch_size: int = 256) -> "Features":
+        """One set made of several (e.g. every client's held-out images), re-batched."""
+        allf = torch.cat([b for p in parts for b in p.batches])
+        return Features(tuple(allf[i : i + batch_size] for i in range(0, len(allf), batch_size)), parts[0].extractor,
+                        parts[0].num_features)  # fmt: skip
 
 
-def compute_fid(
-    fake: torch.Tensor, real: torch.Tensor, extractor: FeatureExtractor, batch_size: int = 256
-) -> FIDResult:
-    """FID of ``fake`` [N_f, C, H, W] against ``real`` [N_r, C, H, W] (both in [-1, 1]), N >= 2 each.
+def extract(images: torch.Tensor, extractor: FeatureExtractor, batch_size: int = 256) -> Features:
+    """Features of ``images`` [N, C, H, W] in [-1, 1], in batches of ``batch_size`` on the extractor's device."""
+    if isinstance(images, Features):
+        return images
+    device = extractor_device(extractor)
+    with torch.no_grad():
+        batches = tuple(extractor(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size))
+    return Features(batches, extractor.name, extractor.num_features)
+
+
+class _Given(torch.nn.Module):
+    """Hands torchmetrics features that were extracted already."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def _feed(metric, feats: Features, real: bool) -> None:
+    for b in feats.batches:
+        metric.update(b, real=real)
+
+
+def compute_fid(fake, real, extractor: FeatureExtractor, batch_size: int = 256) -> FIDResult:
+    """FID of ``fake`` against ``real`` (images [N, C, H, W] in [-1, 1], or their :class:`Features`), N >= 2 each.
 
     Computed in float64 (the extractors return float64 features, and torchmetrics keeps
     the result in the features' dtype). With fewer images than feature dimensions the
@@ -90,25 +134,25 @@ def compute_fid(
     """
     if len(fake) < 2 or len(real) < 2:
         raise ValueError(f"FID needs at least 2 images per set (got {len(fake)} generated, {len(real)} real)")
-    device = extractor_device(extractor)
-    metric = FrechetInceptionDistance(feature=extractor).to(device)
+    fake, real = extract(fake, extractor, batch_size), extract(real, extractor, batch_size)
+    metric = FrechetInceptionDistance(feature=_Given(extractor.num_features)).to(real.device)
     with torch.no_grad():
-        _feed(metric, real, True, device, batch_size)
-        _feed(metric, fake, False, device, batch_size)
+        _feed(metric, real, True)
+        _feed(metric, fake, False)
         value = float(metric.compute())
     return FIDResult(fid=value, n_real=len(real), n_fake=len(fake), extractor=extractor.name)
 
 
 def compute_kid(
-    fake: torch.Tensor,
-    real: torch.Tensor,
+    fake,
+    real,
     extractor: FeatureExtractor,
     subsets: int = DEFAULT_KID_SUBSETS,
     subset_size: int = DEFAULT_KID_SUBSET_SIZE,
     seed: int = 0,
     batch_size: int = 256,
 ) -> KIDResult:
-    """KID of ``fake`` [N_f, C, H, W] against ``real`` [N_r, C, H, W] (both in [-1, 1]).
+    """KID of ``fake`` against ``real`` (images [N, C, H, W] in [-1, 1], or their :class:`Features`).
 
     ``subset_size`` is lowered to ``min(N_f, N_r)`` when either set is smaller (the
     result's ``note`` says so); at least 2 images per set are needed. torchmetrics draws
@@ -122,15 +166,17 @@ def compute_kid(
     note = ""
     if size < subset_size:
         note = f"KID subset size lowered from {subset_size} to {size} (the smaller set has {n_min} images)"
-    device = extractor_device(extractor)
+    fake, real = extract(fake, extractor, batch_size), extract(real, extractor, batch_size)
+    device = real.device
     with warnings.catch_warnings():
         # Its "saves all features in buffer" warning: that is how KID works, and our sets are small.
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = KernelInceptionDistance(feature=extractor, subsets=subsets, subset_size=size).to(device)
+        metric = KernelInceptionDistance(feature=_Given(extractor.num_features), subsets=subsets,
+                                         subset_size=size).to(device)  # fmt: skip
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.no_grad():
-        _feed(metric, real, True, device, batch_size)
-        _feed(metric, fake, False, device, batch_size)
+        _feed(metric, real, True)
+        _feed(metric, fake, False)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             mean, std = metric.compute()
@@ -141,16 +187,10 @@ def compute_kid(
 
 
 def pairwise_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-pixel MSE between every pair: ``a`` [N_a, ...], ``b`` [N_b, ...] -> [N_a, N_b] float64.
+    """Per-pixel MSE between every pair: ``a`` [N_a, ...], ``b`` [N_b, ...] -> [N_a, N_b] float64."""
+    from collafuse_privacy.linalg import pairwise_sqdist
 
-    One matrix expression, ``(|a_i|^2 + |b_j|^2 - 2 a_i.b_j) / D``, in float64 so the
-    cancellation for near-identical pairs stays small; clamped at 0 against round-off.
-    """
-    a2, b2 = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
-    if a2.shape[1] != b2.shape[1]:
-        raise ValueError(f"image shapes differ: {tuple(a.shape[1:])} vs {tuple(b.shape[1:])}")
-    d2 = (a2 * a2).sum(1, keepdim=True) + (b2 * b2).sum(1)[None, :] - 2.0 * a2 @ b2.T
-    return d2.clamp_min_(0) / a2.shape[1]
+    return pairwise_sqdist(a, b) / a[0].numel()
 
 
 def mean_pairwise_mse(a: torch.Tensor, b: torch.Tensor) -> float:

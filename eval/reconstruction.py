@@ -37,8 +37,6 @@ numbers as the string ``"inf"``)::
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -46,19 +44,23 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from collafuse_privacy.attacks.reconstruction import NotApplicable, available, build, get_method
+from collafuse_privacy.attacks.base import check_family_options
+from collafuse_privacy.attacks.reconstruction import FAMILY, NotApplicable, make
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.io import atomic_write_bytes, atomic_write_json, load_tensors
-from collafuse_privacy.training import resolve_device
+from collafuse_privacy.io import load_tensors, save_figure
+from collafuse_privacy.linalg import nearest
+from collafuse_privacy.numbers import fmt_interval, to_json
+from collafuse_privacy.party import resolve_device
+from collafuse_privacy.rundir import ReconstructionReport, RunDir
+from collafuse_privacy.typed import Schema, from_data
 from collafuse_privacy.view import ServerView
 
 from .ground_truth import load_ground_truth, message_image_ids
 from .similarity import image_similarity
-from .stats import Interval, mean_ci
+from .stats import mean_ci
 
 DEFAULT_CAP = 512
 FIGURE = "figures/reconstruction.png"
-METRICS = "metrics/reconstruction.json"
 SHOW = 8  # columns of the figure
 
 
@@ -95,8 +97,7 @@ def nearest_is_true(recon: torch.Tensor, candidates: torch.Tensor, true_index: t
     """
     if len(recon) == 0:
         return torch.zeros(0, dtype=torch.bool)
-    d = torch.cdist(recon.flatten(1).double(), candidates.flatten(1).double())
-    return d.argmin(1) == true_index
+    return nearest(recon.flatten(1), candidates.flatten(1))[1] == true_index
 
 
 def summarise(values, seed: int = 0) -> dict:
@@ -176,26 +177,12 @@ def write_figure(path: Path, rows: list[tuple[str, torch.Tensor]], title: str) -
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=100)
 
 
 # ---------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------
-
-
-def _resolve_methods(methods: Optional[list[str]]) -> list[str]:
-    if not methods:
-        return available()
-    out = []
-    for m in methods:
-        get_method(m)  # UserError listing the known names
-        if m not in out:
-            out.append(m)
-    return out
 
 
 def run_reconstruction(
@@ -207,7 +194,7 @@ def run_reconstruction(
     seed: int = 0,
     options: Optional[dict[str, dict]] = None,
     figure: bool = True,
-) -> dict:
+) -> ReconstructionReport:
     """Run reconstruction ``methods`` (default: all registered) on the run's server view and score them.
 
     ``cap``: training messages scored at most (seeded subsample; hand-over rows too).
@@ -216,27 +203,25 @@ def run_reconstruction(
     Writes ``metrics/reconstruction.json`` (schema in the module docstring) and, unless
     ``figure=False``, ``figures/reconstruction.png``. Returns the JSON's content.
     """
-    run_dir = Path(run_dir)
-    names = _resolve_methods(methods)
+    rd = RunDir(run_dir)
+    run_dir = rd.path
+    names = FAMILY.resolve(methods)  # UserError listing the known names
     options = dict(options or {})
-    for m in options:
-        get_method(m)
+    check_family_options(FAMILY, options, names)
     if cap < 1:
         raise UserError(f"cap must be at least 1, got {cap}")
     dev = str(resolve_device(device))
     view = ServerView.load(run_dir)
     meta = view.meta
     result: dict = {
-        "protocol": view.protocol, "cut_ratio": meta.get("cut_ratio"), "t_c": view.t_c, "timesteps": view.timesteps,
-        "fixed_noise": bool(meta.get("fixed_noise", False)), "sent": view.t_c < view.timesteps,
+        "protocol": view.protocol.name, "cut_ratio": meta.cut_ratio, "t_c": view.t_c, "timesteps": view.timesteps,
+        "fixed_noise": meta.fixed_noise, "sent": not view.cut.sends_nothing,
         "n_rows": len(view), "cap": int(cap), "seed": int(seed),
     }  # fmt: skip
     if not result["sent"]:
         reason = "nothing was sent: c = 1 (t_c = T), clients run every denoising step locally"
         result.update(reason=reason, methods={m: {"applicable": False, "reason": reason} for m in names}, figure=None)
-        atomic_write_json(run_dir / METRICS, result)
-        log(reason)
-        return result
+        return _write(rd, result, log, reason)
 
     _, splits, ds = load_ground_truth(run_dir)
     rows = _subsample(len(view), cap, seed)
@@ -260,7 +245,7 @@ def run_reconstruction(
     outputs: dict[str, object] = {}
     result["methods"] = {}
     for name in names:
-        attack = build(name, device=dev, seed=seed, **options.get(name, {}))
+        attack = make(name, device=dev, seed=seed, **options.get(name, {}))
         t0 = time.perf_counter()
         try:
             attack.fit(view)
@@ -302,19 +287,22 @@ def run_reconstruction(
         entry["info"] = out.info
         result["methods"][name] = entry
         outputs[name] = out
-        log(f"{name}: {seconds:.1f}s, PSNR {Interval(**_iv(entry['psnr']))}, SSIM {Interval(**_iv(entry['ssim']))}")
+        log(f"{name}: {seconds:.1f}s, PSNR {fmt_interval(entry['psnr'], '.4g')}, SSIM {fmt_interval(entry['ssim'], '.4g')}")
 
     result["figure"] = None
     if figure:
         result["figure"] = FIGURE
         _figure(run_dir, view, ds, ids, rows, ho_rows, ho_truth, outputs)
-    atomic_write_json(run_dir / METRICS, result)
-    return result
+    return _write(rd, result, log)
 
 
-def _iv(d: dict) -> dict:
-    f = lambda v: float("nan") if v is None else float(v)  # noqa: E731 ("inf" strings parse)
-    return {"value": f(d["value"]), "lo": f(d["lo"]), "hi": f(d["hi"]), "level": d["level"], "n_boot": d["n_boot"]}
+def _write(rd: RunDir, result: dict, log, say: str = "") -> ReconstructionReport:
+    schema = Schema(noun="key", where=str(rd.metrics_path("reconstruction")), json_numbers=True)
+    report = from_data(ReconstructionReport, to_json(result), schema)
+    rd.write_metrics("reconstruction", report)
+    if say:
+        log(say)
+    return report
 
 
 def _figure(run_dir, view, ds, ids, rows, ho_rows, ho_truth, outputs) -> None:
@@ -336,50 +324,42 @@ def _figure(run_dir, view, ds, ids, rows, ho_rows, ho_truth, outputs) -> None:
                    ("inference", inf.images[[pos[r] for r in pick.tolist()]])]  # fmt: skip
     if not strips:
         return
-    title = f"{view.protocol}, c = {view.meta.get('cut_ratio')}, t_c = {view.t_c} of T = {view.timesteps}"
-    if view.meta.get("fixed_noise"):
+    title = f"{view.protocol.name}, c = {view.meta.cut_ratio}, t_c = {view.t_c} of T = {view.timesteps}"
+    if view.meta.fixed_noise:
         title += ", fixed noise"
     write_figure(Path(run_dir) / FIGURE, strips, title)
 
 
-def _fmt(d: Optional[dict], digits: int = 3) -> str:
-    if d is None:
-        return "n/a"
-    v, lo, hi = d["value"], d["lo"], d["hi"]
-    num = lambda x: "nan" if x is None else (x if isinstance(x, str) else f"{x:.{digits}f}")  # noqa: E731
-    return f"{num(v)} [{num(lo)}, {num(hi)}]"
-
-
-def format_reconstruction(result: dict) -> str:
-    """A plain-text table of ``result`` (the dict :func:`run_reconstruction` returns / writes)."""
-    head = (f"reconstruction attacks: {result['protocol']}, c = {result['cut_ratio']}, t_c = {result['t_c']} "
-            f"of T = {result['timesteps']}" + (", fixed noise" if result.get("fixed_noise") else ""))  # fmt: skip
-    if not result.get("sent", True):
-        return f"{head}\nnothing was sent to the server: {result.get('reason', '')}"
-    lines = [head, f"training messages recorded: {result['n_rows']}, scored: {result.get('n_scored', 0)} "
-                   f"(cap {result['cap']}); hand-over images scored: {result.get('n_handover', 0)}"]  # fmt: skip
+def format_reconstruction(result: ReconstructionReport) -> str:
+    """A plain-text table of ``result`` (what :func:`run_reconstruction` returns / writes)."""
+    head = (f"reconstruction attacks: {result.protocol}, c = {result.cut_ratio}, t_c = {result.t_c} "
+            f"of T = {result.timesteps}" + (", fixed noise" if result.fixed_noise else ""))  # fmt: skip
+    if not result.sent:
+        return f"{head}\nnothing was sent to the server: {result.reason or ''}"
+    lines = [head, f"training messages recorded: {result.n_rows}, scored: {result.n_scored} "
+                   f"(cap {result.cap}); hand-over images scored: {result.n_handover}"]  # fmt: skip
     cols = ["method", "n", "MSE", "PSNR (dB)", "SSIM", "LPIPS", "identified (chance)", "s"]
     table = []
     notes = []
-    for name, m in result["methods"].items():
-        if not m.get("applicable"):
-            notes.append(f"  {name}: not applicable — {m.get('reason', '')}")
+    f = lambda iv, d=3: fmt_interval(iv, f".{d}f")  # noqa: E731
+    for name, m in result.methods.items():
+        if not m.applicable:
+            notes.append(f"  {name}: not applicable — {m.reason or ''}")
             continue
-        ident = _fmt(m["identification"]) + f" ({m['chance']:.4f})"
-        table.append([name + (" [inference]" if m.get("source") == "handover" else ""), str(m["n"]),
-                      _fmt(m["mse"], 4), _fmt(m["psnr"], 1), _fmt(m["ssim"]), _fmt(m["lpips"]), ident,
-                      f"{m['seconds']:.1f}"])  # fmt: skip
-        if "linking" in m:
-            lk = m["linking"]
-            notes.append(f"  {name}: linked {lk['mean_linked']:.1f} distinct releases per image on average "
-                         f"(precision {lk['precision']:.2f}; the client sent {lk['mean_true_releases']:.1f})")  # fmt: skip
+        ident = f(m.identification) + f" ({m.chance:.4f})"
+        table.append([name + (" [inference]" if m.source == "handover" else ""), str(m.n), f(m.mse, 4), f(m.psnr, 1),
+                      f(m.ssim), f(m.lpips), ident, f"{m.seconds:.1f}"])  # fmt: skip
+        if m.linking is not None:
+            lk = m.linking
+            notes.append(f"  {name}: linked {lk.mean_linked:.1f} distinct releases per image on average "
+                         f"(precision {lk.precision:.2f}; the client sent {lk.mean_true_releases:.1f})")  # fmt: skip
     if table:
         w = [max(len(r[i]) for r in table + [cols]) for i in range(len(cols))]
         lines.append("  ".join(c.ljust(w[i]) for i, c in enumerate(cols)))
         lines += ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in table]
-    lpips = {m.get("lpips_status") for m in result["methods"].values() if m.get("applicable") and m.get("lpips") is None}
+    lpips = {m.lpips_status for m in result.methods.values() if m.applicable and m.lpips is None}
     lines += notes
     lines += [f"  LPIPS: {s}" for s in sorted(x for x in lpips if x)]
-    if result.get("figure"):
-        lines.append(f"figure: {result['figure']}")
+    if result.figure:
+        lines.append(f"figure: {result.figure}")
     return "\n".join(lines)

@@ -8,39 +8,11 @@ on the full data with a percentile interval.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Interval:
-    """A statistic and its bootstrap percentile interval (``level``, e.g. 0.95)."""
-
-    value: float
-    lo: float
-    hi: float
-    level: float = 0.95
-    n_boot: int = 0
-
-    def to_dict(self) -> dict:
-        return {"value": _num(self.value), "lo": _num(self.lo), "hi": _num(self.hi), "level": self.level,
-                "n_boot": self.n_boot}  # fmt: skip
-
-    def __str__(self) -> str:
-        return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
-
-
-def _num(x: float):
-    """JSON-safe number: NaN -> None, +-inf -> "inf"/"-inf" (strict JSON has neither)."""
-    x = float(x)
-    if math.isnan(x):
-        return None
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
+from collafuse_privacy.numbers import Interval, to_json  # noqa: F401  (Interval is part of this module's API)
 
 
 def bootstrap(

@@ -4,7 +4,6 @@ the server view of runs (privacy.json), fixed vs fresh noise, the privacy-budget
 import json
 import math
 
-import numpy as np
 import pytest
 from scipy import integrate
 from scipy.stats import norm
@@ -20,10 +19,9 @@ from collafuse_privacy.defenses.accounting import (
     poisson_draws_bound,
     release_mu,
     smallest_cut,
-    view_privacy,
 )
 from collafuse_privacy.defenses.privacy import format_privacy, privacy_report
-from collafuse_privacy.diffusion import alphas_cumprod, make_scheduler
+from collafuse_privacy.protocol import Cut, make_protocol
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.rundir import read_run_config
 from collafuse_privacy.training import train
@@ -72,19 +70,24 @@ def test_one_gaussian_step_agrees_with_opacus_accountants(sigma):
 
 def test_design_scale_numbers():
     """DESIGN.md §4: linear schedule, T = 1000, 32x32x3, one release, delta = 1e-5."""
-    ab = alphas_cumprod(make_scheduler(DiffusionConfig(timesteps=1000))).numpy()
+    ab = Cut(DiffusionConfig(timesteps=1000), 0).abar.numpy()
     for t, expect in [(500, 655), (800, 27), (900, 8.9), (999, 2.9)]:
         assert gdp_epsilon(release_mu(float(ab[t]), (3, 32, 32)), 1e-5) == pytest.approx(expect, rel=0.02)
 
 
+def _view(kind, t_c, T=20):
+    return make_protocol(kind, Cut(DiffusionConfig(timesteps=T), t_c))
+
+
 def test_view_privacy_edge_cases_and_composition():
     shape = (1, 8, 8)
-    assert view_privacy("shared-noise", 5, 20, 0.5, shape, 1, 1e-5) == (INF, INF)
-    assert view_privacy("cut-image", 0, 20, 1.0, shape, 1, 1e-5) == (INF, INF)
-    assert view_privacy("cut-image", 20, 20, 0.0, shape, 3, 1e-5) == (0.0, 0.0)
-    mu1, e1 = view_privacy("cut-image", 10, 20, 0.01, shape, 1, 1e-5)
-    mu4, e4 = view_privacy("cut-image", 10, 20, 0.01, shape, 4, 1e-5)
+    assert _view("shared-noise", 5).view_privacy(shape, 1, 1e-5) == (INF, INF)
+    assert _view("cut-image", 0).view_privacy(shape, 1, 1e-5) == (INF, INF)
+    assert _view("cut-image", 20).view_privacy(shape, 3, 1e-5) == (0.0, 0.0)
+    mu1, e1 = _view("cut-image", 10).view_privacy(shape, 1, 1e-5)
+    mu4, e4 = _view("cut-image", 10).view_privacy(shape, 4, 1e-5)
     assert mu4 == pytest.approx(2 * mu1) and e4 > e1 > 0
+    assert mu1 == pytest.approx(release_mu(Cut(DiffusionConfig(timesteps=20), 10).abar_handover, shape))
 
 
 def test_release_bounds():
@@ -94,13 +97,13 @@ def test_release_bounds():
 
 
 def test_smallest_cut_is_the_first_that_meets_the_target():
-    ab = alphas_cumprod(make_scheduler(DiffusionConfig(timesteps=200))).numpy()
+    ab = Cut(DiffusionConfig(timesteps=200), 0).abar_table.numpy()  # index t_c: the hand-over abar
     for target, R in [(1.0, 1), (10.0, 1), (10.0, 9), (1e4, 1)]:
         t_c, mu, eps = smallest_cut(ab, (1, 16, 16), R, target, 1e-5)
         assert eps <= target and 0 < t_c <= 200
         if t_c < 200:
-            assert eps == pytest.approx(gdp_epsilon(release_mu(float(ab[t_c - 1]), (1, 16, 16), R), 1e-5))
-        prev = view_privacy("cut-image", t_c - 1, 200, float(ab[t_c - 2]) if t_c >= 2 else 1.0, (1, 16, 16), R, 1e-5)[1]
+            assert eps == pytest.approx(_view("cut-image", t_c, 200).view_privacy((1, 16, 16), R, 1e-5)[1])
+        prev = _view("cut-image", t_c - 1, 200).view_privacy((1, 16, 16), R, 1e-5)[1]
         assert prev > target
     assert smallest_cut(ab, (1, 16, 16), 9, 10.0, 1e-5)[0] >= smallest_cut(ab, (1, 16, 16), 1, 10.0, 1e-5)[0]
 
@@ -143,8 +146,9 @@ def test_privacy_report_recomputes_and_formats(tmp_path, tiny_run):
     shutil.copytree(tiny_run(), run)
     before = _privacy(run)
     (run / "metrics" / "privacy.json").unlink()
-    assert privacy_report(run) == before
-    text = format_privacy(before)
+    report = privacy_report(run)
+    assert _privacy(run) == before
+    text = format_privacy(report)
     assert "server view: cut-image" in text and "client DP-SGD: off" in text
 
 
@@ -156,7 +160,7 @@ def test_target_epsilon_picks_the_cut_and_records_it(tmp_path, capsys):
     choice, cfg = rep["cut_choice"], read_run_config(tmp_path)
     assert cfg.protocol.cut_ratio == choice["cut_ratio"] == rep["cut_ratio"] != 0.1
     assert rep["view"]["epsilon"] <= 25 and choice["t_c"] == cfg.t_c
-    ab = alphas_cumprod(make_scheduler(cfg.diffusion)).numpy()
+    ab = Cut(cfg.diffusion, 0).abar.numpy()
     assert gdp_epsilon(release_mu(float(ab[cfg.t_c - 2]), (1, 8, 8)), 1e-5) > 25  # one step less does not
     # the same command resumes (the unresolved config resolves to the same cut)
     train(tiny_config(*over), tmp_path, device="cpu", quiet=True)

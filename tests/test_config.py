@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from collafuse_privacy.config import Config, cut_timestep, default_config_text, load_config
+from collafuse_privacy.config import config_hash, Config, cut_timestep, default_config_text, load_config
 from collafuse_privacy.errors import UserError
 
 # The keys outside tools rely on (DESIGN.md §6), with a value of the right type.
@@ -75,5 +75,28 @@ def test_bad_values_name_the_key(override, words):
 def test_config_hash_and_roundtrip():
     a = load_config(None, ["seed=1"])
     b = load_config(None, ["seed=1"])
-    assert a.hash() == b.hash() and a.hash() != load_config().hash()
+    assert config_hash(a) == config_hash(b) and config_hash(a) != config_hash(load_config())
     assert isinstance(a, Config)
+    # one decision on what identifies a run: train.steps and the device are not part of it ...
+    longer = load_config(None, ["seed=1", "train.steps=901", "device=cpu"])
+    assert config_hash(longer) == config_hash(a)
+    # ... but are part of what its results were computed with (device aside)
+    assert config_hash(longer, full=True) != config_hash(a, full=True)
+    assert config_hash(load_config(None, ["seed=1", "device=cpu"]), full=True) == config_hash(a, full=True)
+
+
+def test_config_command_prints_every_key_and_loads_back(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from collafuse_privacy.cli import main
+    from collafuse_privacy.config import flatten, from_dict
+
+    r = CliRunner().invoke(main, ["config", "--set", "protocol.cut_ratio=0.3"])
+    assert r.exit_code == 0, r.output
+    cfg = from_dict(yaml.safe_load(r.stdout))
+    assert cfg == load_config(None, ["protocol.cut_ratio=0.3"])
+    assert all(k.split(".")[-1] + ":" in r.stdout for k in flatten(cfg.to_dict()))
+    assert "cut_ratio: 0.3  # default: 0.5" in r.stdout and "kind: cut-image  # one of" in r.stdout
+    r = CliRunner().invoke(main, ["train", "--help"])
+    assert "collafuse-privacy config" in r.stdout

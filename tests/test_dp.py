@@ -14,7 +14,8 @@ from collafuse_privacy.diffusion import p_losses
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.io import load_tensors
 from collafuse_privacy.models import PRESETS, build_unet
-from collafuse_privacy.training import Party, train
+from collafuse_privacy.party import Party
+from collafuse_privacy.training import train
 
 from conftest import tiny_config
 from test_training import Interrupt, _assert_same, _final_state

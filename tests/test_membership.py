@@ -9,15 +9,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from collafuse_privacy.attacks.membership import (REGISTRY, NotApplicable, attack_names, get_attack, make_attack,
-                                                  parse_target, register)  # fmt: skip
+from collafuse_privacy.attacks.membership import FAMILY, NotApplicable, get, make, names, parse_target, register
 from collafuse_privacy.attacks.membership.base import MembershipAttack
-from collafuse_privacy.attacks.membership.view_lrt import gaussian_lrt, min_distance
+from collafuse_privacy.attacks.membership.view_lrt import gaussian_lrt
 from collafuse_privacy.cli import main
 from collafuse_privacy.config import DiffusionConfig
-from collafuse_privacy.defenses.accounting import gdp_tpr, view_mu
-from collafuse_privacy.diffusion import alphas_cumprod, make_scheduler
+from collafuse_privacy.defenses.accounting import gdp_tpr
 from collafuse_privacy.errors import UserError
+from collafuse_privacy.linalg import nearest
+from collafuse_privacy.protocol import Cut
+from collafuse_privacy.rundir import ViewMeta
+from collafuse_privacy.typed import to_data
 from collafuse_privacy.eval.membership import (format_membership, load_ground_truth, recorded_image_ids,
                                                run_membership, sample_candidates)  # fmt: skip
 from collafuse_privacy.eval.roc import auc, tpr_band
@@ -33,6 +35,11 @@ NB = 200  # bootstrap resamples in tests
 
 def _run(tiny_run, c, *extra):
     return tiny_run(*SMALL, f"protocol.cut_ratio={c}", *extra)
+
+
+def run_mm(*args, **kwargs) -> dict:
+    """run_membership's result as metrics/membership.json stores it."""
+    return to_data(run_membership(*args, **kwargs), json_numbers=True)
 
 
 def _auc(res, name="view-lrt"):
@@ -53,20 +60,26 @@ def test_gaussian_lrt_matches_pairwise_loop():
     # tiny blocks force several chunks in both directions
     torch.testing.assert_close(gaussian_lrt(x, h, a, bias, "logsumexp", block=20), ref_lse, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gaussian_lrt(x, h, a, bias, "max", block=20), ll.amax(1), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(min_distance(x, h, block=20), torch.cdist(x, h).amin(1), rtol=1e-4, atol=1e-4)
+    d, i = nearest(x, h, block=20)
+    torch.testing.assert_close(d.float(), torch.cdist(x, h).amin(1), rtol=1e-4, atol=1e-4)
+    assert torch.equal(i, torch.cdist(x.double(), h.double()).argmin(1))
 
 
 # ---- registry contract ---------------------------------------------------------------
 
 
 def test_registry_contract():
-    assert {"view-lrt", "loss", "secmi", "pia"} <= set(attack_names())
+    assert {"view-lrt", "loss", "secmi", "pia"} <= set(names())
     with pytest.raises(UserError) as e:
-        get_attack("nope")
-    assert all(n in str(e.value) for n in attack_names())
+        get("nope")
+    assert all(n in str(e.value) for n in names())
     with pytest.raises(ValueError):
         register("loss")(type("Dup", (MembershipAttack,), {}))
-    assert REGISTRY["loss"].__name__ == "LossAttack"  # the duplicate did not replace it
+    assert FAMILY.classes["loss"].__name__ == "LossAttack"  # the duplicate did not replace it
+    with pytest.raises(UserError, match="has no option 'colour'.*n_noise"):
+        make("loss", colour=3)
+    with pytest.raises(UserError, match="bad options"):
+        make("view-lrt", aggregate="median")
     for bad in ("client", "client:x", "server:0", "client:-1", ""):
         with pytest.raises(UserError):
             parse_target(bad)
@@ -77,14 +90,14 @@ def test_every_attack_not_applicable_at_c1(tiny_run, tmp_path):
     """c = 1: nothing crossed, no server model; every method says why, no number is written."""
     run = tiny_run("protocol.cut_ratio=1")
     view = ServerView.load(run)
-    for name in attack_names():
+    for name in names():
         with pytest.raises(NotApplicable):
-            make_attack(name).fit(view)
-    res = run_membership(run, n_boot=NB, log=lambda m: None)
+            make(name).fit(view)
+    res = run_mm(run, n_boot=NB, log=lambda m: None)
     for name, m in res["methods"].items():
-        assert m["applicable"] is False and m["reason"] and "auc" not in m, name
+        assert m["applicable"] is False and m["reason"] and m["auc"] is None, name
     assert res["gdp"]["mu_worst"] == 0.0
-    assert "not applicable" in format_membership(res)
+    assert "not applicable" in format_membership(run_membership(run, n_boot=NB, log=lambda m: None), "server")
 
 
 # ---- acceptance 1 ------------------------------------------------------------------------
@@ -92,22 +105,22 @@ def test_every_attack_not_applicable_at_c1(tiny_run, tmp_path):
 
 def test_shared_noise_exact_check(tiny_run):
     run = _run(tiny_run, 0.2, "protocol.kind=shared-noise")
-    res = run_membership(run, methods=["view-lrt"], n_boot=NB, log=lambda m: None)
+    res = run_mm(run, methods=["view-lrt"], n_boot=NB, log=lambda m: None)
     assert _auc(res)["value"] >= 0.99
     assert res["gdp"]["mu_worst"] == "inf"
 
 
 def test_clean_images_at_c0(tiny_run):
     run = _run(tiny_run, 0.0)
-    res = run_membership(run, methods=["view-lrt"], n_boot=NB, log=lambda m: None)
+    res = run_mm(run, methods=["view-lrt"], n_boot=NB, log=lambda m: None)
     assert _auc(res)["value"] >= 0.99
     # the client owns no steps at c = 0: its model was never trained
-    res = run_membership(run, methods=["loss", "pia"], target="client:0", n_boot=NB, log=lambda m: None)
+    res = run_mm(run, methods=["loss", "pia"], target="client:0", n_boot=NB, log=lambda m: None)
     assert all(not m["applicable"] and "c = 0" in m["reason"] for m in res["methods"].values())
 
 
 def test_cut_image_auc_falls_as_cut_rises(tiny_run):
-    aucs = [_auc(run_membership(_run(tiny_run, c), methods=["view-lrt"], n_boot=NB, log=lambda m: None))["value"]
+    aucs = [_auc(run_mm(_run(tiny_run, c), methods=["view-lrt"], n_boot=NB, log=lambda m: None))["value"]
             for c in (0.2, 0.5, 0.8)]  # fmt: skip
     assert aucs[0] > aucs[1] > aucs[2], aucs
     assert aucs[0] > 0.8 and aucs[2] < 0.65, aucs
@@ -115,14 +128,14 @@ def test_cut_image_auc_falls_as_cut_rises(tiny_run):
 
 def test_swapped_members_give_one_minus_auc(tiny_run, tmp_path):
     run = _run(tiny_run, 0.2)
-    res = run_membership(run, methods=["view-lrt"], n_boot=NB, log=lambda m: None)
+    res = run_mm(run, methods=["view-lrt"], n_boot=NB, log=lambda m: None)
     swapped = tmp_path / "swapped"
     shutil.copytree(run, swapped)
     sp = json.loads((swapped / "splits.json").read_text())
     for c in sp["clients"]:
         c["members"], c["holdout"] = c["holdout"], c["members"]
     (swapped / "splits.json").write_text(json.dumps(sp))
-    res2 = run_membership(swapped, methods=["view-lrt"], n_boot=NB, log=lambda m: None)
+    res2 = run_mm(swapped, methods=["view-lrt"], n_boot=NB, log=lambda m: None)
     a, b = _auc(res)["value"], _auc(res2)
     assert a > 0.8
     assert b["lo"] <= 1 - a <= b["hi"], (a, b)
@@ -135,7 +148,7 @@ def test_candidates_never_sent_are_at_chance(tiny_run):
     cfg, splits, ds = load_ground_truth(run)
     sent = set(recorded_image_ids(run).tolist())
     view = ServerView.load(run)
-    attack = make_attack("view-lrt").fit(view)
+    attack = make("view-lrt").fit(view)
     out = {}
     for group in ("unsent", "sent"):
         scores, labels = [], []
@@ -157,7 +170,7 @@ def test_candidates_never_sent_are_at_chance(tiny_run):
 def test_no_attack_beats_the_worst_case_gdp_bound(tiny_run):
     """One release per image (fixed noise) at c = 0.8 of T = 20: the bound is far from trivial."""
     run = _run(tiny_run, 0.8, "protocol.fixed_noise=true")
-    res = run_membership(run, n_boot=NB, log=lambda m: None)
+    res = run_mm(run, n_boot=NB, log=lambda m: None)
     gdp = res["gdp"]
     assert gdp["releases_per_image"] == 1
     assert gdp["tpr_bound_at_1pct_fpr"] < 0.2  # not trivially 1: the test can fail
@@ -178,22 +191,30 @@ def test_gdp_bound_is_tight_for_a_worst_case_pair():
     exceed a bound computed with 0.8 mu (the check would catch an understated mu)."""
     T, d_side = 20, 8
     dcfg = DiffusionConfig(timesteps=T)
-    ab = alphas_cumprod(make_scheduler(dcfg))
     shape = (1, d_side, d_side)
-    meta_of = lambda t_c: {"protocol": "cut-image", "t_c": t_c, "timesteps": T, "abar_handover": float(ab[t_c - 1]),  # noqa: E731
-                           "data": {"channels": 1, "image_size": d_side}, "diffusion": dcfg.__dict__, "clients": 1}
-    t_c = min(range(1, T), key=lambda t: abs(view_mu(meta_of(t)) - 2.0))
-    meta, a = meta_of(t_c), float(ab[t_c - 1])
-    mu = view_mu(meta)
+
+    def meta_of(t_c):
+        cut = Cut(dcfg, t_c)
+        return ViewMeta(protocol="cut-image", cut_ratio=t_c / T, fixed_noise=True, t_c=t_c, timesteps=T,
+                        handover_level=t_c - 1, abar_handover=cut.abar_handover, diffusion=dcfg,
+                        server_conditioning="none", model_preset="micro", client_preset=None, clients=1,
+                        data_name="synthetic", image_shape=list(shape), public_images=0)  # fmt: skip
+
+    def mu_of(meta):
+        return ServerView(meta=meta).protocol.release_mu(shape)
+
+    t_c = min(range(1, T), key=lambda t: abs(mu_of(meta_of(t)) - 2.0))
+    meta = meta_of(t_c)
+    a, mu = meta.abar_handover, mu_of(meta)
     assert 1.0 < mu < 4.0
     g = torch.Generator().manual_seed(1)
     n = 3000
     x = torch.randint(0, 2, (n, *shape), generator=g).float() * 2 - 1
     h = a**0.5 * x + (1 - a) ** 0.5 * torch.randn(x.shape, generator=g)
-    view = ServerView(meta=meta, messages={"x": h, "client": torch.arange(n), "round": torch.zeros(n, dtype=torch.long)})
     pub = torch.randint(0, 2, (2000, *shape), generator=g).float() * 2 - 1
-    view.public_images = lambda: (pub, torch.zeros(len(pub), dtype=torch.long))
-    attack = make_attack("view-lrt").fit(view)  # default null: gaussian fit to the public images
+    view = ServerView(meta=meta, messages={"x": h, "client": torch.arange(n), "round": torch.zeros(n, dtype=torch.long)},
+                      public=(pub, torch.zeros(len(pub), dtype=torch.long)))
+    attack = make("view-lrt").fit(view)  # default null: gaussian fit to the public images
     s_mem = torch.cat([attack.score(view, x[k : k + 1], client=k) for k in range(n)])
     s_non = torch.cat([attack.score(view, -x[k : k + 1], client=k) for k in range(n)])
     s = torch.cat([s_mem, s_non]).numpy()
@@ -209,8 +230,8 @@ def test_gdp_bound_is_tight_for_a_worst_case_pair():
 
 def test_run_membership_files_and_targets(tiny_run):
     run = _run(tiny_run, 0.5)
-    res = run_membership(run, n_boot=NB, log=lambda m: None)
-    assert set(res["methods"]) == set(attack_names())
+    res = run_mm(run, n_boot=NB, log=lambda m: None)
+    assert set(res["methods"]) == set(names())
     for name, m in res["methods"].items():
         assert m["applicable"], name
         for key in ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
@@ -221,15 +242,15 @@ def test_run_membership_files_and_targets(tiny_run):
     z = np.load(run / res["scores"])
     assert abs(auc(z["score_loss"], z["labels"]) - res["methods"]["loss"]["auc"]["value"]) < 1e-12
     # a client model released: model attacks on t < t_c; view-lrt targets the server's view only
-    res_c = run_membership(run, target="client:1", n_boot=NB, log=lambda m: None)
+    res_c = run_mm(run, target="client:1", n_boot=NB, log=lambda m: None)
     assert res_c["n_members"] == 45 and res_c["gdp"] is None
     assert not res_c["methods"]["view-lrt"]["applicable"]
     assert res_c["methods"]["loss"]["applicable"] and res_c["methods"]["loss"]["settings"]["global_t_range"] == [0, 9]
     assert (run / "metrics" / "membership_scores-client1.npz").is_file()
     assert (run / "figures" / "membership_roc-client1.png").is_file()
     saved = json.loads((run / "metrics" / "membership.json").read_text())
-    assert set(saved) >= {"server", "client:1"}  # the second target updated only its key
-    assert saved["server"]["methods"]["loss"]["auc"] == res["methods"]["loss"]["auc"]
+    assert set(saved["targets"]) >= {"server", "client:1"}  # the second target updated only its key
+    assert saved["targets"]["server"]["methods"]["loss"]["auc"] == res["methods"]["loss"]["auc"]
     with pytest.raises(UserError, match="clients 0..1"):
         run_membership(run, target="client:5", log=lambda m: None)
 
@@ -251,7 +272,7 @@ def test_candidates_balanced_and_seeded(tiny_run):
 def test_cli_membership(tiny_run):
     run = str(_run(tiny_run, 0.5))
     r = CliRunner().invoke(main, ["attack", "--run", run, "--type", "membership", "--method", "nope"])
-    assert r.exit_code == 2 and all(n in r.stderr for n in attack_names()), r.output
+    assert r.exit_code == 2 and all(n in r.stderr for n in names()), r.output
     r = CliRunner().invoke(main, ["attack", "--run", run, "--type", "membership", "--target", "client:zero"])
     assert r.exit_code == 2 and "--target" in r.stderr and "Traceback" not in r.output, r.output
     r = CliRunner().invoke(main, ["attack", "--run", run, "--type", "membership", "--method", "view-lrt", "--method", "pia"])

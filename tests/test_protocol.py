@@ -5,12 +5,9 @@ import json
 import pytest
 import torch
 
-from collafuse_privacy.data import Splits, load_dataset
-from collafuse_privacy.diffusion import abar_at, alphas_cumprod, make_scheduler
-from collafuse_privacy.io import load_tensors
-from collafuse_privacy.models import build_unet
-from collafuse_privacy.protocol import CutImageMessage, SharedNoiseMessage
-from collafuse_privacy.training import Party, Server, client_message, generator, train
+from collafuse_privacy.data import load_dataset
+from collafuse_privacy.protocol import PROTOCOLS, Cut, CutImageMessage, SharedNoiseMessage, from_tensors, make_protocol
+from collafuse_privacy.training import train
 from collafuse_privacy.view import ServerView, load_shards
 
 from conftest import tiny_config
@@ -24,40 +21,88 @@ def _clean(cfg, ids):
     return load_dataset(cfg.data).images[ids]
 
 
-@pytest.mark.parametrize("cut", [0.3, 0.75])
-def test_cut_image_server_input_has_the_marginal_q(cut):
-    """Client sends h = x_{t_c-1}; the server's x_t must be distributed as q(x_t | x0)."""
-    cfg = tiny_config("protocol.kind=cut-image", f"protocol.cut_ratio={cut}")
-    sched = make_scheduler(cfg.diffusion)
-    T, t_c = cfg.diffusion.timesteps, cfg.t_c
-    g = torch.Generator().manual_seed(0)
+def _client_batch(cut, n, g):
+    """What a client sends in training: one image repeated, t ~ U{t_c..T-1}, fresh eps."""
     x0_one = torch.rand(1, 1, 8, 8, generator=g) * 2 - 1
-    n = 40_000
     x0 = x0_one.expand(n, -1, -1, -1)
-    t = torch.full((n,), t_c)
+    t = torch.randint(cut.t_c, cut.T, (n,), generator=g)
     eps1 = torch.randn(x0.shape, generator=g)
-    msg = client_message(cfg, sched, 0, x0, t, eps1, torch.arange(n))
-    assert isinstance(msg, CutImageMessage) and set(msg.tensors()) == {"x"}
-    server = Server(Party(build_unet("micro", 8, 1), cfg, torch.device("cpu")), cfg, sched, generator(1))
-    x_t, t_srv, target, _ = server.model_inputs([msg])
-    assert t_srv.min() >= t_c and t_srv.max() <= T - 1
-    assert len(t_srv.unique()) == T - t_c  # the server covers its whole range
-    a = alphas_cumprod(sched)[t_srv].float().view(-1, 1, 1, 1)
-    # Per timestep: mean sqrt(abar) x0 and per-pixel variance 1 - abar, as under q(x_t | x0).
+    return x0_one, x0, t, eps1
+
+
+@pytest.mark.parametrize("kind", PROTOCOLS.names())
+@pytest.mark.parametrize("cut_ratio", [0.3, 0.75])
+def test_server_training_input_has_the_marginal_q_for_every_protocol(kind, cut_ratio):
+    """Whatever crosses the cut, the server trains on x_t ~ q(x_t | x0) at its own timesteps
+    t_c..T-1 with a target noise that is exactly what makes up x_t (DESIGN.md §1); where the
+    protocol sends the noise, the server recovers x0 exactly."""
+    cfg = tiny_config(f"protocol.kind={kind}", f"protocol.cut_ratio={cut_ratio}")
+    cut = Cut.from_config(cfg)
+    proto = make_protocol(kind, cut)
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    x0_one, x0, t, eps1 = _client_batch(cut, n, g)
+    msg = proto.encode(0, x0, t, eps1, ids=torch.arange(n), secret=0)
+    assert set(msg.tensors()) == {"x", *proto.row_fields()} and not {"ids", "x0"} & set(msg.tensors())
+    msg = from_tensors(0, msg.tensors())  # what a network transport would rebuild
+    x_t, t_srv, target = proto.server_batch([msg], torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert t_srv.min() >= cut.t_c and t_srv.max() <= cut.T - 1
+    assert len(t_srv.unique()) == cut.T - cut.t_c  # the server covers its whole range
+    a = cut.abar[t_srv].float().view(-1, 1, 1, 1)
+    # per timestep: mean sqrt(abar) x0 and per-pixel variance 1 - abar, as under q(x_t | x0)
     for s in t_srv.unique():
         sel = t_srv == s
-        xs = x_t[sel]
-        m = int(sel.sum())
-        ab = float(alphas_cumprod(sched)[s])
-        mean_err = (xs.mean(0) - ab**0.5 * x0_one[0]).abs().max()
-        assert mean_err < 5 * ((1 - ab) / m) ** 0.5, f"mean off at t={int(s)}"
-        var = xs.var(0).mean()
-        assert abs(var - (1 - ab)) < 6 * (1 - ab) * (2 / (m * 64)) ** 0.5 + 1e-3, f"variance off at t={int(s)}"
-    # Pooled: standardised residuals are N(0, 1).
+        xs, m, ab = x_t[sel], int(sel.sum()), float(cut.abar[s])
+        assert (xs.mean(0) - ab**0.5 * x0_one[0]).abs().max() < 5 * ((1 - ab) / m) ** 0.5, f"mean off at t={int(s)}"
+        assert abs(xs.var(0).mean() - (1 - ab)) < 6 * (1 - ab) * (2 / (m * 64)) ** 0.5 + 1e-3, f"variance off at t={int(s)}"
     z = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
     assert abs(z.mean()) < 0.01 and abs(z.var() - 1) < 0.01
-    # The server's target is its own eps2, which is independent of the client's eps1.
-    assert abs(torch.corrcoef(torch.stack([target.flatten(), eps1.flatten()]))[0, 1]) < 0.01
+    rows = {k: v for k, v in msg.tensors().items()}
+    if proto.sends_noise:
+        # the target is the client's own noise, exactly what makes up x_t: x0 follows
+        torch.testing.assert_close(x_t, a.sqrt() * x0 + (1 - a).sqrt() * target, rtol=0, atol=2e-5)
+        # exact up to float32 rounding of x_t, which the division by sqrt(abar) amplifies
+        err = (proto.recover_x0(rows) - x0.double()).abs()
+        assert (err * a.double().sqrt()).max() < 1e-6
+        assert proto.release_mu((1, 8, 8)) == float("inf")
+    else:
+        with pytest.raises(ValueError):
+            proto.recover_x0(rows)
+        # the server's target is its own noise, independent of the client's
+        assert abs(torch.corrcoef(torch.stack([target.flatten(), eps1.flatten()]))[0, 1]) < 0.01
+        assert 0 < proto.release_mu((1, 8, 8)) < float("inf")
+    # levels the view says its rows are at, and the bytes a row costs
+    lo, hi = proto.level_range()
+    levels = proto.row_levels(rows)
+    assert levels.min() >= lo and levels.max() <= hi and len(levels) == n
+    assert proto.bytes_per_row((1, 8, 8)) == sum(v[0].numel() * v.element_size() for v in msg.tensors().values())
+
+
+@pytest.mark.parametrize("kind", PROTOCOLS.names())
+def test_cut_edge_cases_for_every_protocol(kind):
+    cfg = tiny_config(f"protocol.kind={kind}")
+    T = cfg.diffusion.timesteps
+    nothing = make_protocol(kind, Cut(cfg.diffusion, T))
+    assert nothing.cut.sends_nothing and nothing.release_mu((1, 8, 8)) == 0.0
+    assert nothing.view_privacy((1, 8, 8), 5, 1e-5) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="c = 1"):
+        nothing.model_range("server")
+    clean = make_protocol(kind, Cut(cfg.diffusion, 0))
+    assert clean.cut.sends_clean and clean.cut.abar_handover == 1.0 and clean.release_mu((1, 8, 8)) == float("inf")
+    with pytest.raises(ValueError, match="c = 0"):
+        clean.model_range("client")
+    mid = make_protocol(kind, Cut(cfg.diffusion, 7))
+    assert mid.cut.handover_level == 6 and mid.cut.abar_handover == float(mid.cut.abar[6])
+    r = mid.model_range("server")
+    assert r.t_off == 7 and len(r) == T - 7
+    torch.testing.assert_close(r.abar * (r.hand_a or 1.0), mid.cut.abar[7:], rtol=1e-12, atol=0)
+    assert mid.model_range("client").t_off == 0 and len(mid.model_range("client")) == 7
+
+
+def test_tail_schedule_is_the_chain_after_the_cut():
+    cut = Cut(tiny_config().diffusion, 6)
+    torch.testing.assert_close(cut.tail_abar * cut.abar_handover, cut.abar[6:], rtol=1e-12, atol=0)
+    assert cut.tail_scheduler.config.num_train_timesteps == cut.T - 6
 
 
 def test_cut_one_sends_nothing(tmp_path):
@@ -90,7 +135,7 @@ def test_shared_noise_view_contains_eps_and_reveals_x0(tmp_path):
     assert set(view.messages) == {"x", "t", "eps", "client", "round"}  # no ids, no clean images
     t = view.messages["t"]
     assert t.min() >= cfg.t_c
-    a = alphas_cumprod(make_scheduler(cfg.diffusion))[t].float().view(-1, 1, 1, 1)
+    a = Cut.from_config(cfg).abar[t].float().view(-1, 1, 1, 1)
     x0_hat = (view.messages["x"] - (1 - a).sqrt() * view.messages["eps"]) / a.sqrt()
     x0 = _clean(cfg, _truth(tmp_path / "run"))
     # exact up to float32 rounding of x_t, which the division by sqrt(abar) amplifies
@@ -104,8 +149,9 @@ def test_cut_image_view_holds_only_h(tmp_path):
     train(cfg, tmp_path / "run", device="cpu", quiet=True)
     view = ServerView.load(tmp_path / "run")
     assert set(view.messages) == {"x", "client", "round"}
-    assert view.meta["handover_level"] == cfg.t_c - 1
-    assert "members" not in json.dumps(view.meta) and "image_id" not in view.messages
+    assert view.meta.handover_level == cfg.t_c - 1
+    meta = (tmp_path / "run" / "server_view" / "meta.json").read_text()
+    assert "members" not in meta and "seed" not in meta and "indices" not in meta and "image_id" not in view.messages
 
 
 @pytest.mark.parametrize("fixed", [True, False])

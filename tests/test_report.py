@@ -1,5 +1,6 @@
 """The report reads every number from the runs' metrics files, and says when one is missing."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,10 +11,15 @@ from click.testing import CliRunner
 from collafuse_privacy.cli import main
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.eval.report import collect, knee, pareto_front, write_report
+from collafuse_privacy.numbers import Interval
+from collafuse_privacy.rundir import (BurdenReport, ClientDisclosure, ClientDPReport, ClientQuality, DisclosureFigures,
+                                      GDPSection, MembershipMethod, MembershipReport, MembershipResult, PooledQuality,
+                                      PrivacyReport, QualityReport, QualityRun, ReconstructionMethod,
+                                      ReconstructionReport, ReleasePrivacy, RunDir, ViewPrivacy)
 
 
 def iv(v, w=0.02):
-    return {"value": v, "lo": v - w, "hi": v + w, "level": 0.95, "n_boot": 200}
+    return Interval(v, v - w, v + w, 0.95, 200)
 
 
 def fake_run(root: Path, name: str, c: float, fid: float, tpr: float, ssim: float, eps, dp: bool = False) -> Path:
@@ -23,23 +29,35 @@ def fake_run(root: Path, name: str, c: float, fid: float, tpr: float, ssim: floa
     cfg = {"seed": 0, "protocol": {"kind": "cut-image", "cut_ratio": c, "fixed_noise": False},
            "defense": {"client_dp": {"enabled": dp, "noise_multiplier": 1.0 if dp else None}}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rd = RunDir(d)
     t_c = int(round(c * 100))
-    (d / "metrics" / "quality.json").write_text(json.dumps({
-        "extractor": "classifier-test", "runs": [{"cut_ratio": c, "t_c": t_c, "pooled": {"fid": fid, "kid": fid / 1000},
-                                                  "per_client": [{"client": 0, "fid": fid + 1}, {"client": 1, "fid": fid - 1}]}],
-        "disclosure": [{"client": 0, "training": {"kid": 0.1, "pixel_mse": 0.5}}]}))
+    rd.write_metrics("quality", QualityReport(
+        extractor="classifier-test", extractor_note="", n_samples_per_client=8,
+        runs=[QualityRun(cut_ratio=c, t_c=t_c, run_dir=str(d), pooled=PooledQuality(fid, fid / 1000, 0.0, 16, 16),
+                         per_client=[ClientQuality(0, fid + 1, 0.0, 0.0, 8, 8), ClientQuality(1, fid - 1, 0.0, 0.0, 8, 8)])],
+        disclosure=[ClientDisclosure(0, training=DisclosureFigures(kid=0.1, pixel_mse=0.5))]))
     sent = c < 1
-    (d / "metrics" / "membership.json").write_text(json.dumps({"server": {
-        "t_c": t_c, "methods": {"view-lrt": {"applicable": sent, **({"auc": iv(0.5 + tpr / 2), "tpr_at_1pct_fpr": iv(tpr),
-                                                                      "tpr_at_0.1pct_fpr": iv(tpr / 2)} if sent else {"reason": "nothing sent"})}},
-        "gdp": {"tpr_bound_at_1pct_fpr": 1.0}}}))
-    (d / "metrics" / "reconstruction.json").write_text(json.dumps({
-        "t_c": t_c, "sent": sent, **({} if sent else {"reason": "c = 1: nothing was sent"}),
-        "methods": {"rescale": {"applicable": True, "ssim": iv(ssim), "psnr": iv(10 + 20 * ssim), "mse": iv(1 - ssim),
-                                "identification": iv(ssim), "chance": 0.01}} if sent else {}}))
-    (d / "metrics" / "privacy.json").write_text(json.dumps({"t_c": t_c, "view": {"mu": "inf" if c == 0 else 3.0, "epsilon": eps, "delta": 1e-5},
-                                                            "client_dp": {"enabled": dp, "epsilon": 4.2 if dp else None}}))
-    (d / "metrics" / "burden.json").write_text(json.dumps({"t_c": t_c, "sampling_flop_ratio": c, "bytes_sent_per_training_image": 1024.0 * (1 - c)}))
+    method = (MembershipMethod(True, auc=iv(0.5 + tpr / 2), tpr_at_1pct_fpr=iv(tpr), tpr_at_01pct_fpr=iv(tpr / 2))
+              if sent else MembershipMethod(False, reason="nothing sent"))
+    gdp = GDPSection(releases_per_image=1, releases_counted="", mu_worst=3.0, mu_actual=1.0, mu_actual_median=1.0,
+                     tpr_bound_at_1pct_fpr=1.0, tpr_bound_at_01pct_fpr=1.0)
+    rd.write_metrics("membership", MembershipReport(targets={"server": MembershipResult(
+        protocol="cut-image", cut_ratio=c, t_c=t_c, timesteps=100, fixed_noise=False, n_members=10, n_nonmembers=10,
+        methods={"view-lrt": method}, gdp=gdp)}))
+    rd.write_metrics("reconstruction", ReconstructionReport(
+        protocol="cut-image", cut_ratio=c, t_c=t_c, timesteps=100, fixed_noise=False, sent=sent, n_rows=10, cap=10,
+        seed=0, reason=None if sent else "c = 1: nothing was sent",
+        methods={"rescale": ReconstructionMethod(True, ssim=iv(ssim), psnr=iv(10 + 20 * ssim), mse=iv(1 - ssim),
+                                                 identification=iv(ssim), chance=0.01)} if sent else {}))
+    rd.write_metrics("privacy", PrivacyReport(
+        protocol="cut-image", cut_ratio=c, t_c=t_c, timesteps=100, step=1,
+        view=ViewPrivacy(mu=float("inf") if c == 0 else 3.0, epsilon=float(eps), delta=1e-5, releases_per_image=1,
+                         fixed_noise=False, per_release=ReleasePrivacy(3.0, float(eps)), epochs=1.0,
+                         sensitivity_l2=16.0, note=""),
+        client_dp=ClientDPReport(enabled=dp, delta=1e-5, epsilon=4.2 if dp else float("inf"), steps=1, note="",
+                                 noise_multiplier=1.0 if dp else None)))
+    rd.write_metrics("burden", {f.name: 0 for f in dataclasses.fields(BurdenReport) if f.name not in ("device", "schema")}
+                     | {"t_c": t_c, "sampling_flop_ratio": c, "bytes_sent_per_training_image": 1024.0 * (1 - c)})
     return d
 
 

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from collafuse_privacy.diffusion import abar_at, alphas_cumprod, make_scheduler
-from collafuse_privacy.sampling import client_denoise, server_denoise
+from collafuse_privacy.protocol import protocol_for
+from collafuse_privacy.sampling import client_denoise
 
 from conftest import tiny_config
 
@@ -42,17 +42,16 @@ class PointMassOracle(torch.nn.Module):
 @pytest.mark.parametrize("T", [50, 200])
 def test_server_hands_over_the_right_marginal_and_client_recovers_x0(kind, T):
     cfg = tiny_config(f"diffusion.timesteps={T}", "protocol.cut_ratio=0.4", f"protocol.kind={kind}")
-    sched = make_scheduler(cfg.diffusion)
-    abar = alphas_cumprod(sched)
-    ac = float(abar_at(sched, cfg.t_c - 1))
+    proto = protocol_for(cfg)
+    abar, ac = proto.cut.abar, proto.cut.abar_handover
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(1, 1, 4, 4, generator=g) * 2 - 1
     n = 4000
     x = torch.randn(n, 1, 4, 4, generator=g)
-    server = PointMassOracle(x0, abar, ac if kind == "cut-image" else None)
-    h = server_denoise(server, cfg, x, None, g)
+    server = PointMassOracle(x0, abar, None if proto.sends_noise else ac)
+    h = proto.server_denoise(server, x, None, g)
     z_mean = (h.mean(0) - ac**0.5 * x0) / (1 - ac) ** 0.5
     assert z_mean.abs().max() < 5 / n**0.5
     assert abs(h.var(0).mean() / (1 - ac) - 1) < 0.05  # measured: 1.00-1.01
-    out = client_denoise(PointMassOracle(x0, abar), cfg, h, g)
+    out = client_denoise(PointMassOracle(x0, abar), proto.cut, h, g)
     assert (out - x0).abs().max() < 1e-5

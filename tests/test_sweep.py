@@ -68,7 +68,7 @@ def test_sweep_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert states.count("done") < 4
 
     index = run_sweep(load_sweep(path, cut), log=lambda m: None, quiet=True)
-    assert [c["status"] for c in index["cells"]] == ["done"] * 4
+    assert [c.status for c in index.cells] == ["done"] * 4
     a, b = table(full), table(cut)
     assert len(a) == 4 and a == b
     # the table holds real numbers from every stage
@@ -80,15 +80,15 @@ def test_failed_cell_is_recorded_and_others_finish(tmp_path):
     path = sweep_file(tmp_path, steps=4, include=[bad], stages={"train": {}, "privacy": {}})
     out = tmp_path / "out"
     index = run_sweep(load_sweep(path, out), log=lambda m: None, quiet=True)
-    status = {c["label"]: c for c in index["cells"]}
+    status = {c.label: c for c in index.cells}
     assert len(status) == 5
-    failed = [c for c in status.values() if c["status"] == "failed"]
-    assert len(failed) == 1 and "no-such-folder" in failed[0]["error"]
-    assert sum(c["status"] == "done" for c in status.values()) == 4
+    failed = [c for c in status.values() if c.status == "failed"]
+    assert len(failed) == 1 and "no-such-folder" in failed[0].error
+    assert sum(c.status == "done" for c in status.values()) == 4
     # rerunning skips the finished cells (their stage timings do not change) and retries the failed one
-    before = {c["id"]: c["seconds"] for c in index["cells"] if c["status"] == "done"}
+    before = {c.id: c.seconds for c in index.cells if c.status == "done"}
     index2 = run_sweep(load_sweep(path, out), log=lambda m: None, quiet=True)
-    assert {c["id"]: c["seconds"] for c in index2["cells"] if c["status"] == "done"} == before
+    assert {c.id: c.seconds for c in index2.cells if c.status == "done"} == before
     # once the data exist, the failed cell recovers in the same folder (its markers do not block it)
     from PIL import Image
     import numpy as np
@@ -97,7 +97,7 @@ def test_failed_cell_is_recorded_and_others_finish(tmp_path):
     for i in range(12):
         Image.fromarray(np.full((8, 8), 20 * i, dtype=np.uint8)).save(tmp_path / "no-such-folder" / f"{i}.png")
     index3 = run_sweep(load_sweep(path, out), log=lambda m: None, quiet=True)
-    assert [c["status"] for c in index3["cells"]] == ["done"] * 5
+    assert [c.status for c in index3.cells] == ["done"] * 5
 
 
 def test_changed_stage_options_rerun_that_stage(tmp_path):
@@ -132,5 +132,21 @@ def test_sweep_file_errors(tmp_path):
 def test_cells_keyed_by_config_hash(tmp_path):
     s = load_sweep(sweep_file(tmp_path), tmp_path / "o")
     assert len({c.id for c in s.cells}) == 4
+    # train.steps is not part of a run's identity (config.config_hash): more rounds extend the same cells
     s2 = load_sweep(sweep_file(tmp_path, steps=17), tmp_path / "o")
-    assert not {c.id for c in s.cells} & {c.id for c in s2.cells}  # any config change -> new cells
+    assert {c.id for c in s.cells} == {c.id for c in s2.cells}
+    # any other change makes new cells
+    p = sweep_file(tmp_path)
+    p.write_text(p.read_text().replace("shard_size: 16", "shard_size: 15"))
+    s3 = load_sweep(p, tmp_path / "o")
+    assert not {c.id for c in s.cells} & {c.id for c in s3.cells}
+
+
+def test_more_steps_extend_the_cells_and_rerun_later_stages(tmp_path):
+    stages = {"train": {}, "privacy": {}}
+    out = tmp_path / "out"
+    run_sweep(load_sweep(sweep_file(tmp_path, steps=4, stages=stages), out), log=lambda m: None, quiet=True)
+    run_sweep(load_sweep(sweep_file(tmp_path, steps=6, stages=stages), out), log=lambda m: None, quiet=True)
+    for cell in (out / "cells").iterdir():
+        assert json.loads((cell / "metrics" / "privacy.json").read_text())["step"] == 6
+        assert len((cell / "metrics" / "train.jsonl").read_text().splitlines()) == 6

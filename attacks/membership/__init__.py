@@ -5,6 +5,5 @@ Registry (:mod:`.base`): ``view-lrt``, ``loss``, ``secmi``, ``pia``. Each is
 higher = more likely member; :class:`NotApplicable` when it cannot run on a view.
 """
 
-from .base import (REGISTRY, MembershipAttack, NotApplicable, attack_names, get_attack, make_attack,  # noqa: F401
-                   parse_target, register)  # fmt: skip
+from .base import FAMILY, MembershipAttack, NotApplicable, get, make, names, parse_target, register  # noqa: F401
 from . import view_lrt, loss, secmi, pia  # noqa: F401,E402  (registration order = default order)

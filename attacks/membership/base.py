@@ -2,7 +2,7 @@
 
 Every method is a class registered by name::
 
-    attack = make_attack("view-lrt", target="server", device="cpu")
+    attack = make("view-lrt", target="server", device="cpu")
     attack.fit(view)                              # -> attack; may raise NotApplicable
     s = attack.score(view, candidates, client=k)  # Tensor[M], higher = more likely member
 
@@ -25,16 +25,10 @@ from typing import Optional
 import torch
 
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.registry import Registry
+
+from ..base import Family, NotApplicable  # noqa: F401  (NotApplicable: part of this family's API)
 
 _TARGET_RE = re.compile(r"^client:(\d+)$")
-
-
-class NotApplicable(Exception):
-    """The attack cannot run on this view (e.g. nothing was sent, no server model at c = 1).
-
-    The message is the reason; ``eval/`` records it instead of a number.
-    """
 
 
 def parse_target(target: str) -> tuple[str, Optional[int]]:
@@ -68,17 +62,12 @@ class MembershipAttack:
         return {}
 
 
-_REGISTRY: Registry = Registry("membership attack", MembershipAttack)
-REGISTRY = _REGISTRY.classes  # name -> class, in registration order
-register = _REGISTRY.register  # class decorator; duplicate names are rejected
-attack_names = _REGISTRY.names
-get_attack = _REGISTRY.get  # UserError listing the known names for an unknown one
+FAMILY = Family("membership attack", MembershipAttack)
+register = FAMILY.register  # class decorator; duplicate names are rejected
+names = FAMILY.names
+get = FAMILY.get  # UserError listing the known names for an unknown one
 
 
-def make_attack(name: str, target: str = "server", device: str | torch.device = "cpu", **options) -> MembershipAttack:
+def make(name: str, target: str = "server", device: str | torch.device = "cpu", **options) -> MembershipAttack:
     """An instance of attack ``name`` (an unknown or bad option is a UserError)."""
-    cls = get_attack(name)
-    try:
-        return cls(target=target, device=device, **options)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"membership attack {name!r}: bad options {sorted(options)} ({e})") from None
+    return FAMILY.make(name, target=target, device=device, **options)

@@ -5,7 +5,7 @@ Score ``= -mean_{s, k} |eps_theta(x_s, t_off + s) - eps_k|^2`` over a few local 
 ``s`` of the target's range (server: global ``t >= t_c``; released client model:
 ``t < t_c``) and ``n_noise`` fixed seeded noises per step, the same for every
 candidate. In cut-image the server's inputs are built exactly as it trained
-(``Server.model_inputs``): ``h = sqrt(abar[t_c-1]) x + sqrt(1-abar[t_c-1]) eps1``,
+(``CutImage.server_batch``): ``h = sqrt(abar_h) x + sqrt(1-abar_h) eps1``,
 ``x_s = sqrt(abar'[s]) h + sqrt(1-abar'[s]) eps2``, target ``eps2``; this ``x_s``
 has the marginal ``q(x_t | x)`` at global ``t = t_c + s``.
 """

@@ -9,17 +9,18 @@ candidate ``x`` (pixels in [-1, 1]):
 target                      ``t_off``     ``abar_s[s]``                          clean data
 ==========================  ============  =====================================  ======================
 server, shared-noise        ``t_c``       ``abar[t_c + s]``                      ``x``
-server, cut-image           ``t_c``       ``abar[t_c + s] / abar[t_c - 1]``      ``h = x_{t_c-1}`` of ``x``
+server, cut-image           ``t_c``       ``Cut.tail_abar[s]``                  ``h = x_{t_c-1}`` of ``x``
 client K (released model)   0             ``abar[s]``, ``s < t_c``               ``x``
 ==========================  ============  =====================================  ======================
 
-In cut-image the server trains an ordinary DDPM whose data are the hand-over
-images ``h`` on the tail schedule (``collafuse_privacy.training.Server.model_inputs``):
+The table comes from the protocol (``Protocol.model_range``). In cut-image the server
+trains an ordinary DDPM whose data are the hand-over images ``h`` on the tail schedule
+(``CutImage.server_batch``):
 ``x_t = sqrt(abar_s[s]) h + sqrt(1 - abar_s[s]) eps2``, target ``eps2``, model told
 ``t = t_c + s``. Given ``x`` this ``x_t`` has exactly the marginal
 ``q(x_t | x) = N(sqrt(abar[t]) x, (1 - abar[t]) I)``. ``h`` is drawn from ``x`` with
 fixed seeded noise (``loss``) or replaced by its noise-free mean
-``sqrt(abar[t_c-1]) x`` (``secmi``, ``pia``: their deterministic start).
+``sqrt(abar_h) x`` (``secmi``, ``pia``: their deterministic start).
 """
 
 from __future__ import annotations
@@ -48,27 +49,19 @@ class ModelAttack(MembershipAttack):
         self.model = None
 
     def fit(self, view) -> "ModelAttack":
-        ab = view.abar()  # float64 [T]
-        T, t_c = view.timesteps, view.t_c
-        self.hand_a = 0.0  # abar[t_c - 1] when the clean data are hand-over images
+        try:
+            rng = view.protocol.model_range(self.target_kind)  # the target's part of the chain
+        except ValueError as exc:
+            raise NotApplicable(str(exc)) from None
         if self.target_kind == "server":
-            if t_c >= T:
-                raise NotApplicable("c = 1 (t_c = T): the server owns no timesteps and has no model")
             model = view.server_model(self.device)
             if model is None:
                 raise NotApplicable("the server view holds no trained server model (no checkpoint)")
-            self.t_off, self.conditioning = t_c, view.meta.get("server_conditioning", "none")
-            if view.protocol == "cut-image" and t_c > 0:
-                self.hand_a = float(ab[t_c - 1])
-                self.abar_s = ab[t_c:] / self.hand_a
-            else:
-                self.abar_s = ab[t_c:]
-            self.n_clients = int(view.meta.get("clients", 1))
+            self.conditioning, self.n_clients = view.meta.server_conditioning, view.meta.clients
         else:
-            if t_c == 0:
-                raise NotApplicable(f"c = 0 (t_c = 0): client {self.target_client} owns no timesteps; its model was never trained")
             model = view.client_model(self.target_client, self.device)  # UserError if not released
-            self.t_off, self.conditioning, self.abar_s = 0, "none", ab[:t_c]
+            self.conditioning = "none"
+        self.t_off, self.abar_s, self.hand_a = rng.t_off, rng.abar, rng.hand_a
         self.model = model.eval()
         self.n_steps = len(self.abar_s)
         self.num_class_embeds = getattr(model.config, "num_class_embeds", None)
@@ -90,7 +83,7 @@ class ModelAttack(MembershipAttack):
 
     def noise(self, shape, *key: int) -> torch.Tensor:
         """Fixed noise ``[1, C, H, W]`` shared by all candidates, seeded by ``(seed, *key)``."""
-        from collafuse_privacy.training import generator
+        from collafuse_privacy.rng import generator
 
         return torch.randn((1, *shape), generator=generator(self.seed, 0x3A1A, *key))
 

@@ -10,7 +10,7 @@ fitted better, so the model is more self-consistent on them.
 Adapted to the target's range (see :mod:`.model_attack`): the start is the target's
 lowest step ``s = 0`` (server: global ``t_c``; client: ``t = 0``, the original),
 fed the noise-free ``sqrt(abar_s[0]) data``, where ``data`` is ``x`` or, for the
-cut-image server, the mean ``sqrt(abar[t_c-1]) x`` of its hand-over images. The
+cut-image server, the mean ``sqrt(abar_h) x`` of its hand-over images. The
 error is averaged over the local steps given by ``fractions``.
 """
 

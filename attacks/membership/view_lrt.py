@@ -1,7 +1,7 @@
 """``view-lrt``: membership from the recorded releases themselves (no model).
 
 cut-image (``t_c > 0``): one release of image ``x0`` is ``h ~ N(sqrt(a) x0, (1 - a) I)``
-with ``a = abar[t_c - 1]`` (DESIGN.md §1, §4). For a candidate ``x`` and the ``N``
+with ``a = abar_h`` the hand-over level's ``abar`` (DESIGN.md §1, §4). For a candidate ``x`` and the ``N``
 releases ``h_j`` a client sent, the score is the log likelihood ratio of
 
 * H1: one of the ``N`` releases (unknown which, uniformly) was drawn from ``x``,
@@ -47,17 +47,9 @@ from typing import Optional
 
 import torch
 
+from collafuse_privacy.linalg import BLOCK_ELEMS, chunk_sizes, nearest
+
 from .base import MembershipAttack, NotApplicable, register
-
-# Block of the M x N score matrix computed at once: 2**22 float32 = 16 MiB.
-BLOCK_ELEMS = 1 << 22
-
-
-def _chunk_sizes(m: int, n: int, block: int = BLOCK_ELEMS) -> tuple[int, int]:
-    cm = max(1, min(m, 1024))
-    cn = max(1, min(n, block // cm))
-    return cm, cn
-
 
 def _logsumexp_(blk: torch.Tensor) -> torch.Tensor:
     """Row logsumexp of ``blk`` [m, n], overwriting it. Terms below ``exp(-80)`` of the row
@@ -91,7 +83,7 @@ def gaussian_lrt(
     if col_bias is None:
         col_bias = torch.zeros(N, dtype=x.dtype, device=x.device)
     row_bias = -(a / (2.0 * (1.0 - a))) * (x * x).sum(1)
-    cm, cn = _chunk_sizes(M, N, block)
+    cm, cn = chunk_sizes(M, N, block)
     out = torch.empty(M, dtype=x.dtype, device=x.device)
     ht = h.t()
     for i in range(0, M, cm):
@@ -106,26 +98,6 @@ def gaussian_lrt(
     if aggregate == "logsumexp":
         out -= math.log(N)
     return out
-
-
-@torch.no_grad()
-def min_distance(x: torch.Tensor, r: torch.Tensor, block: int = BLOCK_ELEMS) -> torch.Tensor:
-    """``min_j |x_i - r_j|_2`` for ``x`` ``[M, d]``, ``r`` ``[N, d]`` (chunked matrix products)."""
-    M, N = x.shape[0], r.shape[0]
-    if N == 0:
-        return torch.full((M,), math.inf, dtype=x.dtype, device=x.device)
-    r_sq = (r * r).sum(1)
-    cm, cn = _chunk_sizes(M, N, block)
-    out = torch.empty(M, dtype=x.dtype, device=x.device)
-    rt = r.t()
-    for i in range(0, M, cm):
-        xi = x[i : i + cm]
-        best = None
-        for j in range(0, N, cn):
-            part = torch.addmm(r_sq[j : j + cn].unsqueeze(0), xi, rt[:, j : j + cn], alpha=-2.0).amin(1)
-            best = part if best is None else torch.minimum(best, part)
-        out[i : i + cm] = best + (xi * xi).sum(1)
-    return out.clamp_min(0).sqrt()
 
 
 @torch.no_grad()
@@ -183,25 +155,22 @@ class ViewLRT(MembershipAttack):
         if self.target_kind != "server":
             raise NotApplicable("view-lrt scores the messages the server received, not a model; use target 'server'")
         if len(view) == 0:
-            if view.t_c >= view.timesteps:
+            if view.cut.sends_nothing:
                 raise NotApplicable("nothing crosses the cut at c = 1 (t_c = T): the server received no messages")
             raise NotApplicable("the server view holds no recorded messages")
         dev = self.device
         msgs = view.messages
-        x = msgs["x"].flatten(1).double()
         self.clients = msgs["client"].to(dev)
-        if view.protocol == "shared-noise":
+        if view.protocol.sends_noise:
             self.mode = "exact"
-            ab = view.abar()[msgs["t"]].view(-1, 1)
-            x = (x - (1 - ab).sqrt() * msgs["eps"].flatten(1).double()) / ab.sqrt()
-            self.refs = x.float().to(dev)
-        elif view.t_c == 0:
+            self.refs = view.protocol.recover_x0(msgs).flatten(1).float().to(dev)
+        elif view.cut.sends_clean:
             self.mode = "clean"
-            self.refs = x.float().to(dev)
+            self.refs = msgs["x"].flatten(1).float().to(dev)
         else:
             self.mode = "gaussian"
-            self.a = view.abar_handover()
-            h = x.float().to(dev)
+            self.a = view.cut.abar_handover
+            h = msgs["x"].flatten(1).float().to(dev)
             self.refs = h
             self.col_bias, self.null_used = null_bias(h, self.a, view.public_images()[0] if self.null != "flat" else None,
                                                       self.null)  # fmt: skip
@@ -216,5 +185,5 @@ class ViewLRT(MembershipAttack):
         if refs.shape[0] == 0:  # this client sent nothing: no evidence either way
             return torch.zeros(x.shape[0])
         if self.mode in ("exact", "clean"):
-            return (-min_distance(x, refs)).cpu()
+            return (-nearest(x, refs)[0]).cpu()
         return gaussian_lrt(x, refs, self.a, self.col_bias[sel], self.aggregate).cpu()

@@ -2,7 +2,7 @@
 
 With fresh noise every epoch (cut-image, ``fixed_noise: false``) a client re-sends each of its
 images about ``(1 - c) x epochs`` times, each time ``h = sqrt(a) x0 + sqrt(1-a) eps`` with new
-``eps`` (``a = abar[t_c-1]``, ``s2 = 1 - a``, ``d = C H W``). The server does not know which rows
+``eps`` (``a = Cut.abar_handover``, ``s2 = 1 - a``, ``d = C H W``). The server does not know which rows
 share an image, but distances tell (DESIGN.md §3): for a centre ``m`` (one release, or the mean
 of ``R`` linked releases) and a release ``h_j`` of an image ``x_j``,
 
@@ -47,24 +47,18 @@ import math
 
 import torch
 
-from collafuse_privacy.errors import UserError
+from collafuse_privacy.linalg import pairwise_sqdist
 
 from .base import NotApplicable, ReconstructionAttack, ReconstructionOutput, register
 from .denoiser import denoise, public_images
 from .learned import fitted_denoiser
 
 
-def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared L2 distances ``[n, m]`` between rows of ``a`` [n, d] and ``b`` [m, d] (float64)."""
-    a, b = a.double(), b.double()
-    return ((a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2 * a @ b.T).clamp_min(0)
-
-
 def _distinct(x: torch.Tensor, idx: torch.Tensor, tol: float) -> torch.Tensor:
     """Greedy: keep rows of ``idx`` that are farther than ``tol`` (squared L2) from every kept row."""
     if len(idx) <= 1:
         return idx
-    d = _sqdist(x[idx], x[idx])
+    d = pairwise_sqdist(x[idx], x[idx])
     keep = [0]
     for j in range(1, len(idx)):
         if bool((d[j, keep] > tol).all()):
@@ -83,7 +77,7 @@ def false_link_radius(centres: torch.Tensor, public: torch.Tensor, a: float, n_p
     true one, so the radius errs on the safe side.
     """
     s2, d = 1.0 - a, centres.shape[1]
-    lam = _sqdist(centres, (a**0.5) * public.double()) / s2  # [n, P]
+    lam = pairwise_sqdist(centres, (a**0.5) * public.double()) / s2  # [n, P]
     mean, sd = d + lam, (2 * (d + 2 * lam)).sqrt()
     normal = torch.distributions.Normal(0.0, 1.0)
     lo, hi = torch.zeros_like(cap), cap.clone()
@@ -104,7 +98,7 @@ class Average(ReconstructionAttack):
                  lr: float = 2e-3, r_max: int = 128, device: str = "cpu", seed: int = 0):  # fmt: skip
         super().__init__(device, seed)
         if denoiser not in ("learned", "rescale"):
-            raise UserError(f"average: denoiser must be 'learned' or 'rescale', got {denoiser!r}")
+            raise ValueError(f"average: denoiser must be 'learned' or 'rescale', got {denoiser!r}")
         self.false_links, self.k, self.passes = float(false_links), float(k), max(1, int(passes))
         self.dup_tol, self.denoiser = float(dup_tol), denoiser
         self.options = dict(preset=preset, steps=int(steps), batch_size=int(batch_size), lr=float(lr), r_max=int(r_max))
@@ -113,20 +107,21 @@ class Average(ReconstructionAttack):
 
     def check(self, view) -> None:
         super().check(view)
-        if view.protocol != "cut-image":
-            raise NotApplicable("shared-noise sends eps with every release (exact applies); averaging is for cut-image")
+        if view.protocol.sends_noise:
+            raise NotApplicable(f"{view.protocol.name} sends eps with every release (exact applies); averaging is for "
+                                "releases with fresh noise of their own (cut-image)")
 
     def _fit(self, view) -> None:
         if len(public_images(view)) == 0:
             raise NotApplicable("the view has no public split to calibrate linking on (data.public_fraction = 0)")
-        if self.denoiser == "learned" and view.t_c > 0:
+        if self.denoiser == "learned" and not view.cut.sends_clean:
             self.model, self.cache_hit = fitted_denoiser(view, **self.options, seed=self.seed, device=self.device)
 
     def link(self, view, rows: torch.Tensor) -> list[torch.Tensor]:
         """For each row, the message rows linked to it (distinct releases, the row itself first)."""
         X = view.messages["x"].flatten(1).double()
         client = view.messages["client"]
-        a = view.abar_handover()
+        a = view.cut.abar_handover
         s2, d = 1.0 - a, X.shape[1]
         public = public_images(view).flatten(1).double()
         floor = 1e-6 * d
@@ -145,7 +140,7 @@ class Average(ReconstructionAttack):
                     tau = false_link_radius(centre, public, a, len(pool), self.false_links, cap)
                 else:  # c = 0: clean releases; only copies link
                     tau = torch.zeros(len(pos), dtype=torch.float64)
-                link = _sqdist(centre, P) <= tau.clamp_min(floor).view(-1, 1)
+                link = pairwise_sqdist(centre, P) <= tau.clamp_min(floor).view(-1, 1)
                 new_centre = torch.empty_like(centre)
                 for i, r in enumerate(rows[pos].tolist()):
                     members = pool[link[i]]
@@ -162,7 +157,7 @@ class Average(ReconstructionAttack):
         mean = torch.stack([view.messages["x"][g].double().mean(0) for g in groups]) if len(groups) else \
             torch.empty((0, *shape), dtype=torch.float64)  # fmt: skip
         R = torch.tensor([len(g) for g in groups], dtype=torch.float64)
-        a = view.abar_handover()
+        a = view.cut.abar_handover
         info = {"denoiser": self.denoiser, "false_links": self.false_links, "k": self.k, "passes": self.passes,
                 "mean_releases": float(R.mean()) if len(R) else 0.0,
                 "max_releases": int(R.max()) if len(R) else 0}  # fmt: skip

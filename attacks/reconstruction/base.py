@@ -2,7 +2,7 @@
 
 A reconstruction attack is a class registered by name::
 
-    attack = build("rescale")            # keyword arguments: the method's options
+    attack = make("rescale")             # keyword arguments: the method's options
     attack.fit(view)                     # -> self; trains whatever it needs on the public split
     out = attack.reconstruct(view, rows) # -> ReconstructionOutput
 
@@ -25,15 +25,8 @@ from typing import ClassVar, Optional
 import torch
 
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.registry import Registry
 
-
-class NotApplicable(Exception):
-    """The method does not apply to this view; ``reason`` says why (one line)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+from ..base import Family, NotApplicable  # noqa: F401  (NotApplicable: part of this family's API)
 
 
 @dataclass(frozen=True)
@@ -79,7 +72,7 @@ class ReconstructionAttack:
     # ---- the interface ------------------------------------------------------
     def check(self, view) -> None:
         """Raise :class:`NotApplicable` when the method cannot run on ``view``."""
-        if view.t_c >= view.timesteps:
+        if view.cut.sends_nothing:
             raise NotApplicable("nothing was sent: c = 1 (t_c = T), clients run every denoising step")
         if self.source == "messages" and len(view) == 0:
             raise NotApplicable("the view holds no recorded training messages (record.enabled was off?)")
@@ -117,20 +110,15 @@ class ReconstructionAttack:
 # Registry
 # ---------------------------------------------------------------------------
 
-_REGISTRY: Registry = Registry("reconstruction method", ReconstructionAttack)
-REGISTRY = _REGISTRY.classes  # name -> class, in registration order
-register = _REGISTRY.register  # class decorator; duplicate names are rejected
-available = _REGISTRY.names
-get_method = _REGISTRY.get  # UserError listing the known names for an unknown one
+FAMILY = Family("reconstruction method", ReconstructionAttack)
+register = FAMILY.register  # class decorator; duplicate names are rejected
+names = FAMILY.names
+get = FAMILY.get  # UserError listing the known names for an unknown one
 
 
-def build(name: str, **options) -> ReconstructionAttack:
-    """An instance of method ``name`` with ``options`` (an unknown option is a UserError)."""
-    cls = get_method(name)
-    try:
-        return cls(**options)
-    except TypeError as e:
-        raise UserError(f"reconstruction method {name!r}: bad options {sorted(options)} ({e})") from None
+def make(name: str, **options) -> ReconstructionAttack:
+    """An instance of method ``name`` with ``options`` (an unknown or bad option is a UserError)."""
+    return FAMILY.make(name, **options)
 
 
 # ---------------------------------------------------------------------------
@@ -138,39 +126,14 @@ def build(name: str, **options) -> ReconstructionAttack:
 # ---------------------------------------------------------------------------
 
 
-def abar_table(view) -> torch.Tensor:
-    """``abar`` float64 ``[T + 1]`` indexed by ``level + 1`` (``abar[-1] = 1`` at index 0)."""
-    return torch.cat([torch.ones(1, dtype=torch.float64), view.abar()])
-
-
 def noisy_rows(view, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The selected messages as ``(x [n, C, H, W] float32, level [n] int64)``.
-
-    ``x = sqrt(abar[level]) x0 + sqrt(1 - abar[level]) eps``: in cut-image ``x = h`` at level
-    ``t_c - 1`` (``-1``, i.e. clean, when ``t_c = 0``); in shared-noise ``x = x_t`` at the
-    row's ``t``.
-    """
+    """The selected messages as ``(x [n, C, H, W] float32, level [n] int64)``:
+    ``x = sqrt(abar[level]) x0 + sqrt(1 - abar[level]) eps`` (``Protocol.row_levels``)."""
     x = view.messages["x"][rows].float()
-    if view.protocol == "shared-noise":
-        level = view.messages["t"][rows].long()
-    else:
-        level = torch.full((len(rows),), view.t_c - 1, dtype=torch.long)
-    return x, level
+    return x, view.protocol.row_levels(view.messages)[rows]
 
 
 def handover_rows(view, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-over images the server produced at inference: ``(h [n, C, H, W], level [n])``."""
     h = view.handover["h"][rows].float()
-    return h, torch.full((len(rows),), view.t_c - 1, dtype=torch.long)
-
-
-def levels_to_abar(view, level: torch.Tensor) -> torch.Tensor:
-    """``abar[level]`` float64 ``[n]`` (1.0 at level -1)."""
-    return abar_table(view)[level + 1]
-
-
-def handover_level_range(view) -> tuple[int, int]:
-    """Levels ``[lo, hi]`` the server's received images can be at (shared-noise: ``t_c..T-1``)."""
-    if view.protocol == "shared-noise":
-        return view.t_c, view.timesteps - 1
-    return view.t_c - 1, view.t_c - 1
+    return h, torch.full((len(rows),), view.cut.handover_level, dtype=torch.long)

@@ -32,15 +32,9 @@ from collafuse_privacy.diffusion import q_sample
 from collafuse_privacy.models import build_unet
 
 _CACHE: dict[str, object] = {}
-_PUBLIC: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
 def public_images(view) -> torch.Tensor:
-    """The view's public split ``[P, C, H, W]`` in [-1, 1] (memoised by the data spec and indices)."""
-    key = json.dumps([view.meta.get("data"), view.meta.get("public_indices", [])], sort_keys=True)
-    if key not in _PUBLIC:
-        _PUBLIC[key] = view.public_images()
-    return _PUBLIC[key][0]
+    """The server's public images ``[P, C, H, W]`` in [-1, 1] (held in its view)."""
+    return view.public_images()[0]
 
 
 def _key(tag: str, images: torch.Tensor, options: dict) -> str:
@@ -62,7 +56,6 @@ def cached(tag: str, images: torch.Tensor, options: dict, make: Callable[[], obj
 
 def clear_cache() -> None:
     _CACHE.clear()
-    _PUBLIC.clear()
 
 
 def _build(preset: str, images: torch.Tensor, seed: int):

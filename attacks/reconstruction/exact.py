@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import NotApplicable, ReconstructionAttack, ReconstructionOutput, levels_to_abar, register
+from .base import NotApplicable, ReconstructionAttack, ReconstructionOutput, register
 
 
 @register("exact")
@@ -20,14 +20,11 @@ class Exact(ReconstructionAttack):
 
     def check(self, view) -> None:
         super().check(view)
-        if view.protocol != "shared-noise":
+        if not view.protocol.sends_noise:
             raise NotApplicable(
-                f"{view.protocol} sends no noise with its images; the exact algebra needs eps (shared-noise)"
+                f"{view.protocol.name} sends no noise with its images; the exact algebra needs eps (shared-noise)"
             )
 
     def _reconstruct(self, view, rows: torch.Tensor) -> ReconstructionOutput:
-        x = view.messages["x"][rows].double()
-        eps = view.messages["eps"][rows].double()
-        a = levels_to_abar(view, view.messages["t"][rows].long()).view(-1, 1, 1, 1)
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        x0 = view.protocol.recover_x0(view.messages, rows)
         return ReconstructionOutput(x0.clamp(-1, 1).float(), rows, "messages")

@@ -6,7 +6,7 @@ images: ``x = sqrt(a) x0 + sqrt(1-a) eps`` with fresh noise every step, and trai
 with an MSE it estimates ``E[x0 | x]``, the best reconstruction in MSE under the public
 distribution (DESIGN.md §3).
 
-Levels trained on: cut-image — half of each batch at the hand-over level ``abar[t_c-1]``,
+Levels trained on: cut-image — half of each batch at the hand-over level's ``abar_h``,
 half at a log-uniform signal-to-noise ratio between that of one release and ``r_max`` times it
 (the effective level of an average of up to ``r_max`` independent releases), so the
 ``average`` method reuses the same fit (cached) and differs only by its linking and averaging.
@@ -22,22 +22,21 @@ import math
 
 import torch
 
-from .base import (NotApplicable, ReconstructionAttack, ReconstructionOutput, levels_to_abar, noisy_rows,
-                   register)  # fmt: skip
+from .base import NotApplicable, ReconstructionAttack, ReconstructionOutput, noisy_rows, register
 from .denoiser import cached, denoise, fit_x0_denoiser, public_images
 
 
 def level_sampler(view, r_max: int):
     """``sample(B, gen) -> abar [B] float64`` of the levels the denoiser must handle (see module doc)."""
-    abar = view.abar()
-    if view.protocol == "shared-noise":
-        lo, hi = view.t_c, view.timesteps - 1
+    lo, hi = view.protocol.level_range()
+    if lo < hi:  # rows at many levels (shared-noise: t_c..T-1), each as the protocol drew them
+        abar = view.cut.abar
 
         def sample(n, gen):
             return abar[torch.randint(lo, hi + 1, (n,), generator=gen)]
 
         return sample
-    a_h = view.abar_handover()
+    a_h = view.cut.abar_handover
     log_snr = math.log(a_h / (1 - a_h))
 
     def sample(n, gen):
@@ -55,7 +54,7 @@ def fitted_denoiser(view, preset: str, steps: int, batch_size: int, lr: float, r
     if len(images) == 0:
         raise NotApplicable("the view has no public split to train a denoiser on (data.public_fraction = 0)")
     options = {"preset": preset, "steps": steps, "batch_size": batch_size, "lr": lr, "r_max": r_max, "seed": seed,
-               "device": str(device), "protocol": view.protocol, "t_c": view.t_c, "diffusion": view.meta["diffusion"]}
+               "device": str(device), "protocol": view.protocol.name, "t_c": view.t_c, "diffusion": view.meta.diffusion.__dict__}
 
     def make():
         return fit_x0_denoiser(images, level_sampler(view, r_max), preset, steps, batch_size, lr, seed, device)
@@ -75,7 +74,7 @@ class Learned(ReconstructionAttack):
         self.cache_hit = False
 
     def _fit(self, view) -> None:
-        if view.t_c == 0 and view.protocol == "cut-image":
+        if view.protocol.level_range() == (-1, -1):
             return  # clean images: nothing to denoise
         self.model, self.cache_hit = fitted_denoiser(view, **self.options, seed=self.seed, device=self.device)
 
@@ -83,5 +82,5 @@ class Learned(ReconstructionAttack):
         x, level = noisy_rows(view, rows)
         if self.model is None:
             return ReconstructionOutput(x.clamp(-1, 1), rows, "messages", info={"trained": False})
-        out = denoise(self.model, x, levels_to_abar(view, level))
+        out = denoise(self.model, x, view.cut.abar_at(level))
         return ReconstructionOutput(out, rows, "messages", info={"reused_fit": self.cache_hit, **self.options})

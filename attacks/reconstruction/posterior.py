@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from collafuse_privacy.training import generator
+from collafuse_privacy.rng import generator
 
 from .base import NotApplicable, ReconstructionAttack, ReconstructionOutput, noisy_rows, register
 from .denoiser import ancestral_sample, cached, fit_eps_model, public_images
@@ -24,15 +24,15 @@ from .denoiser import ancestral_sample, cached, fit_eps_model, public_images
 
 def fitted_eps_model(view, preset: str, steps: int, batch_size: int, lr: float, seed: int, device):
     """The (cached) public-data DDPM for levels ``0..top``; ``(model or None, cache_hit)``."""
-    top = view.timesteps - 1 if view.protocol == "shared-noise" else view.t_c - 1
+    top = view.protocol.level_range()[1]  # the noisiest level a received row can be at
     if top < 0:
         return None, False  # c = 0: the server already holds clean images
     images = public_images(view)
     if len(images) == 0:
         raise NotApplicable("the view has no public split to train a diffusion model on (data.public_fraction = 0)")
     options = {"preset": preset, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "top": top,
-               "device": str(device), "diffusion": view.meta["diffusion"]}
-    abar = view.abar()
+               "device": str(device), "diffusion": view.meta.diffusion.__dict__}
+    abar = view.cut.abar
     make = lambda: fit_eps_model(images, abar, 0, top, preset, steps, batch_size, lr, seed, device)  # noqa: E731
     return cached("eps-model", images, options, make)
 
@@ -61,5 +61,5 @@ class Posterior(ReconstructionAttack):
         if self.model is None:
             return ReconstructionOutput(x.clamp(-1, 1), rows, self.source, info={"trained": False})
         gen = generator(self.seed, 0x9057)
-        out = ancestral_sample(self.model, x, level, view.abar(), self.sample_steps, gen)
+        out = ancestral_sample(self.model, x, level, view.cut.abar, self.sample_steps, gen)
         return ReconstructionOutput(out, rows, self.source, info=info)

@@ -3,7 +3,8 @@
 A message holds exactly what the protocol sends (DESIGN.md §1) and nothing
 else: no image ids, no clean images. The in-process :class:`Transport` hands
 messages to the server; a network transport can replace it without touching
-either party, because parties only ever see :class:`Message` objects.
+either party, because parties only ever see :class:`Message` objects, and a
+message travels as its :meth:`Message.tensors` (rebuilt by :func:`from_tensors`).
 
 * ``shared-noise``: ``(x_t, t, eps)`` per image with ``t >= t_c``. Because
   ``eps`` travels, ``x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)`` exactly.
@@ -34,6 +35,7 @@ class Message:
         return sum(v.numel() * v.element_size() for v in self.tensors().values())
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The payload by wire name: ``x`` (the image sent), ``t``, ``eps``, ``labels``."""
         raise NotImplementedError
 
 
@@ -69,6 +71,14 @@ class CutImageMessage(Message):
         if self.labels is not None:
             out["labels"] = self.labels
         return out
+
+
+def from_tensors(client: int, tensors: dict[str, torch.Tensor]) -> Message:
+    """Rebuild a message from its :meth:`Message.tensors` (what a network transport carries)."""
+    labels = tensors.get("labels")
+    if "eps" in tensors:
+        return SharedNoiseMessage(client, labels, x_t=tensors["x"], t=tensors["t"], eps=tensors["eps"])
+    return CutImageMessage(client, labels, h=tensors["x"])
 
 
 class Transport:

@@ -1,0 +1,156 @@
+"""The protocol interface: what a client sends, what the server does with it, and
+what that means for the view (DESIGN.md §1).
+
+A protocol is a class registered by name (``shared-noise``, ``cut-image``), built
+for one :class:`~.cut.Cut` (``make_protocol(kind, cut, fixed_noise)``). Training,
+sampling, the server's view, attacks, accounting and burden ask this object; no
+other module branches on the protocol's name. Adding a protocol means one file
+with a subclass of :class:`Protocol` and its registration (``@register``),
+imported in ``protocol/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import torch
+
+from ..errors import UserError
+from ..registry import Registry
+from .cut import Cut
+from .messages import Message
+
+
+@dataclass(frozen=True)
+class ModelRange:
+    """A target model's part of the chain, in the model's own coordinates.
+
+    Local step ``s = 0..n-1`` is global timestep ``t_off + s``; ``abar[s]`` (float64 ``[n]``)
+    is the noise table of the model's DDPM; its clean data are ``x`` itself (``hand_a = 0``)
+    or, for the cut-image server, the hand-over images
+    ``h = sqrt(hand_a) x + sqrt(1 - hand_a) eps1`` of ``x``.
+    """
+
+    t_off: int
+    abar: torch.Tensor
+    hand_a: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.abar.shape[0])
+
+
+class Protocol:
+    """One way of splitting training and sampling between clients and the server.
+
+    Subclasses set ``name`` (by :func:`register`), ``sends_noise`` (the client's ``eps``
+    travels with the image, so the server recovers ``x0`` exactly) and implement the
+    methods below. ``cut``: where the chain is split; ``fixed_noise``: one release per
+    image (only where the protocol supports it).
+    """
+
+    name: ClassVar[str] = ""
+    sends_noise: ClassVar[bool] = False
+
+    def __init__(self, cut: Cut, fixed_noise: bool = False):
+        self.cut = cut
+        self.fixed_noise = bool(fixed_noise)
+
+    # ---- configuration ------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise :class:`UserError` naming the key when ``cfg`` asks what this protocol cannot do."""
+        if cfg.protocol.fixed_noise:
+            raise UserError(f"config key 'protocol.fixed_noise' applies to protocol.kind=cut-image only "
+                            f"({cls.name} has no hand-over noise to fix)")  # fmt: skip
+
+    # ---- client: what crosses the cut ------------------------------------------------
+    def encode(self, client: int, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, *, ids: torch.Tensor,
+               secret: int, labels: Optional[torch.Tensor] = None) -> Message:  # fmt: skip
+        """The message client ``client`` sends for its images with ``t >= t_c``.
+
+        ``x0`` [n, C, H, W] clean images in [-1, 1], ``t`` [n] their timesteps, ``eps``
+        [n, C, H, W] the client's noise; ``ids`` [n] their ids and ``secret`` the client's
+        secret (client-side only, for fixed noise; never sent); ``labels`` [n] only when
+        the config sends them.
+        """
+        raise NotImplementedError
+
+    # ---- server: training and sampling ------------------------------------------------
+    def server_batch(self, msgs: list[Message], gen: torch.Generator, device) -> tuple[torch.Tensor, ...]:
+        """What the server trains on: ``(x_t, t, target_noise)``, ``t`` global timesteps."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def server_denoise(self, model, x: torch.Tensor, class_labels, gen: torch.Generator) -> torch.Tensor:
+        """The server's part of sampling, ``x_{T-1} -> h = x_{t_c-1}``."""
+        raise NotImplementedError
+
+    # ---- the view --------------------------------------------------------------------
+    def level_range(self) -> tuple[int, int]:
+        """Levels ``[lo, hi]`` the rows the server receives can be at (``-1``: clean)."""
+        raise NotImplementedError
+
+    def row_levels(self, messages: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Level of each recorded row ``[N]`` int64: ``x = sqrt(abar[lvl]) x0 + sqrt(1-abar[lvl]) eps``."""
+        raise NotImplementedError
+
+    def recover_x0(self, messages: dict[str, torch.Tensor], rows=None) -> torch.Tensor:
+        """``x0`` of the selected rows, exactly, where the protocol sends the noise (float64)."""
+        raise ValueError(f"{self.name} sends no noise with its images: x0 cannot be recovered exactly")
+
+    def model_range(self, target: str) -> ModelRange:
+        """The part of the chain the ``"server"`` or ``"client"`` model was trained on.
+
+        Raises ValueError with the reason when that model owns no step.
+        """
+        cut = self.cut
+        if target == "client":
+            if cut.sends_clean:
+                raise ValueError("c = 0 (t_c = 0): the clients own no timesteps; their models were never trained")
+            return ModelRange(0, cut.client_range(), 0.0)
+        if cut.sends_nothing:
+            raise ValueError("c = 1 (t_c = T): the server owns no timesteps and has no model")
+        return self._server_range()
+
+    def _server_range(self) -> ModelRange:
+        raise NotImplementedError
+
+    # ---- accounting and burden ----------------------------------------------------------
+    def release_mu(self, image_shape, releases: int = 1, sensitivity_l2: Optional[float] = None) -> float:
+        """mu-GDP of ``releases`` releases of one image in the server's view (DESIGN.md §4);
+        ``inf`` where the view reveals the image, 0 where nothing is sent."""
+        raise NotImplementedError
+
+    def view_privacy(self, image_shape, releases: int, delta: float) -> tuple[float, float]:
+        """``(mu, epsilon)`` of the server's view of one image released ``releases`` times."""
+        from ..defenses.accounting import gdp_epsilon
+
+        if self.cut.sends_nothing or releases <= 0:
+            return 0.0, 0.0
+        mu = self.release_mu(image_shape, releases)
+        return mu, gdp_epsilon(mu, delta)
+
+    def bytes_per_row(self, image_shape, with_labels: bool = False) -> int:
+        """Bytes a client sends per image that crosses the cut (float32 images, int64 t/labels)."""
+        d = int(math.prod(image_shape))
+        return sum(4 * d if k in ("x", "eps") else 8 for k in self.row_fields()) + (8 if with_labels else 0)
+
+    def row_fields(self) -> tuple[str, ...]:
+        """Wire names of the per-row payload (without labels)."""
+        raise NotImplementedError
+
+
+PROTOCOLS: Registry = Registry("protocol", Protocol)
+register = PROTOCOLS.register
+
+
+def make_protocol(kind: str, cut: Cut, fixed_noise: bool = False) -> Protocol:
+    """The protocol ``kind`` for ``cut`` (UserError listing the known kinds for an unknown one)."""
+    return PROTOCOLS.get(kind)(cut, fixed_noise)
+
+
+def protocol_for(cfg, cut: Optional[Cut] = None) -> Protocol:
+    """The protocol of a config (``protocol.kind`` at ``protocol.cut_ratio``)."""
+    return make_protocol(cfg.protocol.kind, cut or Cut.from_config(cfg), cfg.protocol.fixed_noise)

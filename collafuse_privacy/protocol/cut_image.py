@@ -1,0 +1,97 @@
+"""``cut-image``: the CollaFuse journal version's code, made exact for DDPM (DESIGN.md §1, protocol 2).
+
+The client sends only the hand-over image
+``h = sqrt(abar_h) x0 + sqrt(1 - abar_h) eps1`` at the hand-over level's
+``abar_h`` (``Cut.abar_handover``). The server trains an
+ordinary DDPM whose *data* are the ``h``'s on the tail schedule ``betas[t_c:]``: it
+draws its own ``s`` and ``eps2``, forms ``x_t = sqrt(abar'[s]) h + sqrt(1 - abar'[s]) eps2``
+at global ``t = t_c + s`` and predicts ``eps2``; given ``x0`` this ``x_t`` has exactly
+the marginal ``q(x_t | x0)``, and the server never sees ``x0`` or ``eps1``.
+
+``fixed_noise``: ``eps1`` is fixed per image (a function of the client's secret and the
+image's id, both client-side), so every epoch re-sends the same ``h``: one release per
+image instead of one per epoch (DESIGN.md §4).
+
+One release is a Gaussian mechanism: ``h / sqrt(1 - a)`` has mean ``sqrt(a / (1 - a)) x0``
+and unit noise, so with sensitivity ``D = 2 sqrt(d)`` it is ``mu``-GDP with
+``mu = sqrt(a / (1 - a)) D``; ``R`` independent releases give ``sqrt(R) mu``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..diffusion import q_sample
+from ..rng import generator
+from .base import ModelRange, Protocol, register
+from .messages import CutImageMessage
+
+
+def fixed_handover_noise(ids: torch.Tensor, shape, secret: int) -> torch.Tensor:
+    """``eps1`` ``[n, *shape]`` fixed per image: a function of the client's ``secret`` and the ids."""
+    out = torch.empty((len(ids), *shape))
+    for i, image_id in enumerate(ids.tolist()):
+        out[i] = torch.randn(shape, generator=generator(secret, 0xF1ED, image_id))
+    return out
+
+
+@register("cut-image")
+class CutImage(Protocol):
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        pass  # fixed_noise and target_epsilon both apply
+
+    def handover(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``h = sqrt(abar_h) x0 + sqrt(1-abar_h) noise`` (``x0`` if ``t_c = 0``)."""
+        a = self.cut.abar_handover
+        return (a**0.5) * x0 + ((1 - a) ** 0.5) * noise
+
+    def encode(self, client, x0, t, eps, *, ids, secret, labels=None):
+        if self.fixed_noise:
+            eps = fixed_handover_noise(ids, x0.shape[1:], secret).to(x0.device)
+        return CutImageMessage(client, labels, h=self.handover(x0, eps))
+
+    def server_batch(self, msgs, gen, device):
+        h = torch.cat([m.h for m in msgs])
+        s = torch.randint(0, self.cut.server_steps, (h.shape[0],), generator=gen)
+        target = torch.randn(h.shape, generator=gen).to(device)
+        x_t = q_sample(h, s.to(device), target, self.cut.tail_abar)
+        t = (s + self.cut.t_c).to(device)  # the model is told the global timestep
+        return x_t, t, target
+
+    @torch.no_grad()
+    def server_denoise(self, model, x, class_labels, gen):
+        cut = self.cut
+        sched = cut.tail_scheduler
+        for s in range(cut.server_steps - 1, -1, -1):
+            t = torch.full((x.shape[0],), s + cut.t_c, device=x.device, dtype=torch.long)
+            eps = model(x, t, class_labels=class_labels).sample
+            x = sched.step(eps, s, x, generator=gen).prev_sample
+        if not cut.sends_clean:
+            # The tail DDPM's last step returns E[h | x_{t_c}]; but h = x_{t_c-1} is itself a
+            # noisy level, so it gets the noise of an ordinary step t_c -> t_c-1 (DDPM posterior
+            # variance of the full chain). Without it h is under-dispersed (tests/test_sampling.py).
+            ab = cut.abar
+            var = float(cut.betas[cut.t_c]) * float(1 - ab[cut.t_c - 1]) / float(1 - ab[cut.t_c])
+            x = x + var**0.5 * torch.randn(x.shape, generator=gen).to(x.device)
+        return x
+
+    def level_range(self):
+        return self.cut.handover_level, self.cut.handover_level
+
+    def row_levels(self, messages):
+        return torch.full((len(messages["x"]),), self.cut.handover_level, dtype=torch.long)
+
+    def _server_range(self):
+        cut = self.cut
+        return ModelRange(cut.t_c, cut.tail_abar, 0.0 if cut.sends_clean else cut.abar_handover)
+
+    def release_mu(self, image_shape, releases=1, sensitivity_l2=None):
+        from ..defenses.accounting import release_mu
+
+        if self.cut.sends_nothing or releases <= 0:
+            return 0.0
+        return release_mu(self.cut.abar_handover, image_shape, releases, sensitivity_l2)
+
+    def row_fields(self):
+        return ("x",)

@@ -1,0 +1,92 @@
+"""What a config leaves to be derived before a run starts, as one pure step.
+
+``protocol.target_epsilon`` (DESIGN.md §4) picks the smallest cut ratio whose server view
+meets the budget; the resolved config carries that ``cut_ratio``, so the run directory is
+named from it and ``config.yaml`` records it. Releases per image are fixed before training
+(1 with fixed noise, else the most times an image can be drawn in ``train.steps`` rounds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import Config
+from .data import Dataset, Splits, load_dataset, make_splits
+from .errors import UserError
+from .protocol import Cut, protocol_for
+from .rundir import CutChoice, RunDir
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A config with its derived values, and the data it was derived from."""
+
+    cfg: Config
+    data: Dataset
+    splits: Splits
+    cut_choice: Optional[CutChoice] = None
+
+
+def planned_releases(cfg: Config, splits: Splits) -> int:
+    """Releases per image known before training (see ``defenses.accounting.planned_releases``)."""
+    from .defenses.accounting import epochs_bound, planned_releases, poisson_draws_bound
+
+    n = min(len(m) for m in splits.members)
+    B, R = cfg.train.batch_size, cfg.train.steps
+    if cfg.defense.client_dp.enabled:
+        draws = poisson_draws_bound(R, min(1.0, B / n), n)
+    else:
+        draws = epochs_bound(R, B, n)
+    return planned_releases(cfg.protocol.fixed_noise, draws)
+
+
+def view_delta(cfg: Config) -> float:
+    """delta of the server view's epsilon: ``protocol.target_delta``, else the DP-SGD delta."""
+    p = cfg.protocol
+    return p.target_delta if p.target_delta is not None else cfg.defense.client_dp.delta
+
+
+def resolve_cut(cfg: Config, data: Dataset, splits: Splits, run_dir: Optional[Path] = None) -> tuple[Config, CutChoice]:
+    """``protocol.target_epsilon`` -> the smallest cut whose view meets it.
+
+    A run in ``run_dir`` made for the same target keeps its cut if that still meets the
+    target (more rounds mean more releases with fresh noise) and is refused otherwise.
+    """
+    from .defenses.accounting import smallest_cut
+
+    p, delta, shape = cfg.protocol, view_delta(cfg), tuple(data.shape)
+    releases = planned_releases(cfg, splits)
+    cut = Cut.from_config(cfg)
+    t_c, mu, eps = smallest_cut(cut.abar_table.numpy(), shape, releases, p.target_epsilon, delta)
+    ratio = t_c / cut.T
+    if run_dir is not None and RunDir(run_dir).exists():
+        old = RunDir(run_dir).config()
+        if old.protocol.target_epsilon == p.target_epsilon and old.protocol.cut_ratio != ratio:
+            mu_o, eps_o = protocol_for(old).view_privacy(shape, releases, delta)
+            if eps_o > p.target_epsilon:
+                raise UserError(
+                    f"protocol.target_epsilon={p.target_epsilon:g}: {cfg.train.steps} rounds allow up to {releases} "
+                    f"releases per image, and the run's cut c={old.protocol.cut_ratio:g} then gives epsilon={eps_o:.3g}; "
+                    f"it would need c={ratio:g}: choose another --out"
+                )
+            t_c, mu, eps, ratio = old.t_c, mu_o, eps_o, old.protocol.cut_ratio
+    cfg = dataclasses.replace(cfg, protocol=dataclasses.replace(p, cut_ratio=ratio))
+    message = (f"protocol.target_epsilon={p.target_epsilon:g} (delta={delta:g}, {releases} release(s) per image): "
+               f"cut_ratio={ratio:g} (t_c={t_c} of T={cut.T}) is the smallest cut meeting it, epsilon={eps:.4g}, "
+               f"mu={mu:.4g}" + ("; c=1: nothing crosses the cut" if t_c == cut.T else ""))  # fmt: skip
+    return cfg, CutChoice(target_epsilon=p.target_epsilon, cut_ratio=ratio, t_c=t_c, message=message, delta=delta,
+                          releases_per_image=releases, mu=mu, epsilon=eps)  # fmt: skip
+
+
+def resolve(cfg: Config, run_dir: Optional[Path] = None) -> Resolved:
+    """Load the data, split it, and resolve ``cfg``; everything that can fail on bad input
+    fails here, before a run directory is touched."""
+    data = load_dataset(cfg.data)
+    splits = make_splits(data, cfg.data, cfg.seed)
+    choice = None
+    if cfg.protocol.target_epsilon is not None:
+        cfg, choice = resolve_cut(cfg, data, splits, run_dir)
+    return Resolved(cfg, data, splits, choice)

@@ -1,0 +1,74 @@
+"""The stages of a run, one registry shared by the CLI and sweeps.
+
+Each stage is a plain function ``run(run_dir, cfg, *, device, log, quiet, **options)``
+registered with the options a sweep file may give it (``stages: {NAME: {OPTION: ...}}``);
+the CLI's commands call the same functions. Registration order is the order a sweep
+runs them in: train, sample, evaluate, privacy, reconstruction, membership.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .config import Config
+from .registry import Registry
+
+STAGES: Registry = Registry("stage")
+
+
+def stage(name: str, options: tuple[str, ...] = ()) -> Callable:
+    """Register ``fn`` as stage ``name`` accepting ``options`` (from sweep files)."""
+
+    def deco(fn):
+        fn.options = tuple(options)
+        return STAGES.register(name)(fn)
+
+    return deco
+
+
+@stage("train")
+def train_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True):
+    from .training import train
+
+    return train(cfg, run_dir, device=device, quiet=quiet)
+
+
+@stage("sample", options=("n", "seed"))
+def sample_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True, n=None, seed=None):
+    from .sampling import sample_run
+
+    return sample_run(run_dir, n=n, device=device, seed=seed)
+
+
+@stage("evaluate", options=("n", "extractor", "ends"))
+def evaluate_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True, n=None,
+                   extractor: str = "auto", ends: bool = False):  # fmt: skip
+    from .eval.evaluate import evaluate_run
+
+    return evaluate_run(run_dir, n=n, extractor=extractor, ends=ends, device=device, log=log)
+
+
+@stage("privacy")
+def privacy_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True):
+    from .defenses.privacy import privacy_report
+
+    return privacy_report(run_dir)
+
+
+@stage("reconstruction", options=("methods", "options", "cap"))
+def reconstruction_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True, methods=None,
+                         options=None, cap=None):  # fmt: skip
+    from .eval.reconstruction import DEFAULT_CAP, run_reconstruction
+
+    return run_reconstruction(run_dir, methods=methods, device=device, log=log, options=options,
+                              cap=cap or DEFAULT_CAP)  # fmt: skip
+
+
+@stage("membership", options=("methods", "targets", "options", "cap"))
+def membership_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True, methods=None,
+                     targets=None, options=None, cap=None):  # fmt: skip
+    from .eval.membership import DEFAULT_CAP, run_membership
+
+    return {t: run_membership(run_dir, methods=methods, target=t, device=device, log=log, options=options,
+                              cap=cap or DEFAULT_CAP) for t in (targets or ["server"])}  # fmt: skip

@@ -1,0 +1,103 @@
+"""Analysis of collected cells: the Pareto front of utility against disclosure, its knee,
+and a short plain-language reading computed from the numbers."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+
+from .collect import CellResult
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated when minimising both coordinates."""
+    idx = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            idx.append(i)
+    return sorted(idx, key=lambda i: points[i])
+
+
+def knee(points: list[tuple[float, float]], front: list[int]) -> Optional[int]:
+    """The front point farthest below the chord joining its two ends (axes scaled to [0, 1])."""
+    if len(front) < 3:
+        return None
+    P = np.array([points[i] for i in front], dtype=float)
+    lo, span = P.min(0), np.ptp(P, 0)
+    span[span == 0] = 1.0
+    Q = (P - lo) / span
+    a, b = Q[0], Q[-1]
+    d = b - a
+    dist = np.abs(d[0] * (Q[:, 1] - a[1]) - d[1] * (Q[:, 0] - a[0])) / max(np.hypot(*d), 1e-12)
+    k = int(np.argmax(dist[1:-1])) + 1
+    return front[k]
+
+
+def disclosure_axes(cells: list[CellResult]) -> list[tuple[str, str, Callable[[CellResult], Optional[float]]]]:
+    """(key, axis label, getter) for each disclosure measure; getter None = not available."""
+
+    def mia(c: CellResult):
+        if c.nothing_sent():
+            return 0.01  # nothing crossed the cut: no test beats chance, TPR = FPR
+        best = c.best_membership("server", "tpr1")
+        return best[1]["value"] if best else None
+
+    def ssim(c: CellResult):
+        best = c.best_reconstruction("ssim")
+        return best[1]["value"] if best else None
+
+    def eps(c: CellResult):
+        return c.view_epsilon if c.view_epsilon is not None and not math.isnan(c.view_epsilon) else None
+
+    return [("mia", "membership TPR @ 1% FPR (strongest attack on the server's view)", mia),
+            ("ssim", "reconstruction SSIM of training images (best method)", ssim),
+            ("eps", "formal epsilon of the server's view (GDP, log scale)", eps)]  # fmt: skip
+
+
+def reading(cells: list[CellResult]) -> list[str]:
+    """A short plain-language reading: dominated settings and the knee, per disclosure measure."""
+    lines = []
+    for key, label, get in disclosure_axes(cells)[:2]:
+        pts, names = [], []
+        for c in cells:
+            x = get(c)
+            if x is None or c.fid is None or math.isnan(c.fid):
+                continue
+            pts.append((x, c.fid))
+            names.append(c.label)
+        if len(pts) < 2:
+            lines.append(f"{label}: fewer than two settings have both numbers, so nothing can be compared.")
+            continue
+        front = pareto_front(pts)
+        dominated = [names[i] for i in range(len(pts)) if i not in front]
+        short = label.split(" (")[0]
+        if dominated:
+            lines.append(f"Against {short}, these settings are dominated (another has both lower FID and lower "
+                         f"disclosure): {'; '.join(dominated)}.")  # fmt: skip
+        else:
+            lines.append(f"Against {short}, no setting is dominated: every one trades quality for privacy.")
+        k = knee(pts, front)
+        if k is not None:
+            lines.append(f"The knee of the {short} front is [{names[k]}]: FID {pts[k][1]:.2f} at {short} "
+                         f"{pts[k][0]:.3f}; the front runs from FID {pts[front[0]][1]:.2f} at {pts[front[0]][0]:.3f} "
+                         f"to FID {pts[front[-1]][1]:.2f} at {pts[front[-1]][0]:.3f}.")  # fmt: skip
+    eps = [(c.label, c.view_epsilon) for c in cells if c.view_epsilon is not None and not math.isnan(c.view_epsilon)]
+    finite = [(n, e) for n, e in eps if math.isfinite(e) and e > 0]
+    if eps:
+        if finite:
+            useful = [(n, e) for n, e in finite if e <= 10]
+            lines.append("Formal guarantee for the server's view (GDP, delta as in privacy.json): finite epsilon for "
+                         + "; ".join(f"[{n}] eps={e:.3g}" for n, e in finite) + ". "
+                         + (("Only " + ", ".join(f"[{n}]" for n, _ in useful) + " reach eps <= 10, the range where a "
+                             "guarantee means something; ") if useful else "None reaches eps <= 10, the range where "
+                            "a guarantee means something; ")
+                         + "elsewhere the empirical attacks are the only evidence.")  # fmt: skip
+        else:
+            lines.append("No setting that sends images has a finite formal epsilon for the server's view: "
+                         "the empirical attacks above are the only evidence of privacy.")  # fmt: skip
+    return lines
+
+

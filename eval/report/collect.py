@@ -1,0 +1,191 @@
+"""Collect the headline numbers of runs and sweeps, from their typed metrics files only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from collafuse_privacy.errors import UserError
+from collafuse_privacy.numbers import num
+from collafuse_privacy.rundir import RunDir
+from collafuse_privacy.sweep import read_cell, read_index
+
+
+def _iv(iv) -> Optional[dict]:
+    """An Interval -> {'value', 'lo', 'hi'} floats, or None."""
+    if iv is None:
+        return None
+    return {"value": num(iv.value), "lo": num(iv.lo), "hi": num(iv.hi)}
+
+
+@dataclass
+class CellResult:
+    """Headline numbers of one run, all read from its metrics files."""
+
+    label: str
+    run_dir: Path
+    status: str = "done"
+    error: Optional[str] = None
+    cut_ratio: float = float("nan")
+    t_c: Optional[int] = None
+    protocol: str = ""
+    fixed_noise: bool = False
+    dp: Optional[dict] = None  # client DP-SGD settings and epsilon
+    seed: int = 0
+    fid: Optional[float] = None
+    fid_per_client: list = field(default_factory=list)
+    kid: Optional[float] = None
+    extractor: Optional[str] = None
+    membership: dict = field(default_factory=dict)  # target -> method -> {auc, tpr1, tpr01, applicable, reason}
+    membership_gdp: dict = field(default_factory=dict)  # target -> GDPSection
+    reconstruction: dict = field(default_factory=dict)  # method -> {ssim, psnr, mse, ident, chance, ...}
+    reconstruction_sent: Optional[bool] = None
+    reconstruction_reason: Optional[str] = None
+    view_epsilon: Optional[float] = None
+    view_mu: Optional[float] = None
+    view_delta: Optional[float] = None
+    client_flop_share: Optional[float] = None
+    bytes_per_image: Optional[float] = None
+    paper_kid: Optional[float] = None  # mean over clients: KID(server training images, client members)
+    paper_mse: Optional[float] = None
+    figures: dict = field(default_factory=dict)  # name -> path
+
+    @property
+    def defence(self) -> str:
+        parts = []
+        if self.dp and self.dp.get("enabled"):
+            nm = self.dp.get("noise_multiplier")
+            eps = num(self.dp.get("epsilon"))
+            parts.append(f"DP-SGD (sigma={nm}, eps={eps:.3g})" if nm is not None else "DP-SGD")
+        if self.fixed_noise:
+            parts.append("fixed noise")
+        return " + ".join(parts) or "none"
+
+    def best_membership(self, target: str = "server", key: str = "tpr1") -> Optional[tuple[str, dict]]:
+        """The strongest applicable attack on ``target`` by ``key`` (value, lo, hi)."""
+        return _best(self.membership.get(target, {}), key)
+
+    def best_reconstruction(self, key: str = "ssim") -> Optional[tuple[str, dict]]:
+        """The best reconstruction of *training* images (``inference`` targets the client's
+        generated outputs, a different question, and is left out)."""
+        return _best({n: m for n, m in self.reconstruction.items() if m.get("source", "messages") == "messages"}, key)
+
+    def nothing_sent(self) -> bool:
+        return self.t_c is not None and self.reconstruction_sent is False
+
+    def to_row(self) -> dict:
+        """The headline numbers as plain data (what the report's table shows)."""
+        row = {"label": self.label, "status": self.status, "cut_ratio": self.cut_ratio, "t_c": self.t_c,
+               "protocol": self.protocol, "defence": self.defence, "fid": self.fid, "kid": self.kid,
+               "extractor": self.extractor, "view_epsilon": self.view_epsilon,
+               "client_dp_epsilon": num(self.dp.get("epsilon")) if self.dp and self.dp.get("enabled") else None,
+               "client_flop_share": self.client_flop_share, "bytes_per_image": self.bytes_per_image,
+               "paper_kid": self.paper_kid, "paper_mse": self.paper_mse}  # fmt: skip
+        for target, methods in sorted(self.membership.items()):
+            for name, m in sorted(methods.items()):
+                for key in ("auc", "tpr1"):
+                    row[f"mia[{target}].{name}.{key}"] = m[key]["value"] if m.get(key) else None
+        for name, m in sorted(self.reconstruction.items()):
+            for key in ("ssim", "psnr", "ident"):
+                row[f"recon.{name}.{key}"] = m[key]["value"] if m.get(key) else None
+        return row
+
+
+def _best(methods: dict, key: str) -> Optional[tuple[str, dict]]:
+    """``(name, interval)`` of the method with the largest ``key`` value, skipping missing ones."""
+    scored = [(n, m[key]) for n, m in methods.items() if m.get(key) is not None and not math.isnan(m[key]["value"])]
+    return max(scored, key=lambda nm: nm[1]["value"]) if scored else None
+
+
+def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", error: Optional[str] = None) -> CellResult:
+    """Collect one run's headline numbers from ``metrics/*.json`` (and its config), all validated."""
+    rd = RunDir(run_dir)
+    if not rd.exists() and status != "done":  # a sweep cell that has not started
+        return CellResult(label=label or rd.path.name, run_dir=rd.path, status=status, error=error)
+    cfg = rd.config()
+    r = CellResult(label=label or rd.path.name, run_dir=rd.path, status=status, error=error,
+                   cut_ratio=cfg.protocol.cut_ratio, protocol=cfg.protocol.kind, fixed_noise=cfg.protocol.fixed_noise,
+                   seed=cfg.seed)  # fmt: skip
+    dp = cfg.defense.client_dp
+    if dp.enabled:
+        r.dp = {"enabled": True, "noise_multiplier": dp.noise_multiplier, "target_epsilon": dp.target_epsilon}
+
+    q = rd.metrics("quality")
+    if q is not None:
+        r.extractor = q.extractor
+        own = [x for x in q.runs if abs(x.cut_ratio - r.cut_ratio) < 1e-9]
+        if own:
+            r.fid, r.kid = own[0].pooled.fid, own[0].pooled.kid
+            r.fid_per_client = [c.fid for c in own[0].per_client]
+            r.t_c = own[0].t_c
+        training = [d.training for d in q.disclosure if d.training is not None and d.training.kid is not None]
+        r.paper_kid = float(np.mean([t.kid for t in training])) if training else None
+        r.paper_mse = float(np.mean([t.pixel_mse for t in training])) if training else None
+
+    mem = rd.metrics("membership")
+    for target, res in (mem.targets.items() if mem is not None else []):
+        r.t_c = res.t_c
+        r.membership[target] = {
+            name: {"applicable": m.applicable, "reason": m.reason, "auc": _iv(m.auc), "tpr1": _iv(m.tpr_at_1pct_fpr),
+                   "tpr01": _iv(m.tpr_at_01pct_fpr), "bacc": _iv(m.balanced_accuracy)}
+            for name, m in res.methods.items()
+        }  # fmt: skip
+        r.membership_gdp[target] = res.gdp
+        if res.figure:
+            r.figures[f"roc-{target}"] = rd.path / res.figure
+
+    rec = rd.metrics("reconstruction")
+    if rec is not None:
+        r.t_c = rec.t_c
+        r.reconstruction_sent, r.reconstruction_reason = rec.sent, rec.reason
+        for name, m in rec.methods.items():
+            if m.applicable:
+                r.reconstruction[name] = {"ssim": _iv(m.ssim), "psnr": _iv(m.psnr), "mse": _iv(m.mse),
+                                          "ident": _iv(m.identification), "chance": m.chance, "source": m.source}
+        if rec.figure:
+            r.figures["reconstruction"] = rd.path / rec.figure
+
+    priv = rd.metrics("privacy")
+    if priv is not None:
+        r.view_epsilon, r.view_mu, r.view_delta = priv.view.epsilon, priv.view.mu, priv.view.delta
+        if priv.client_dp.enabled:
+            r.dp = {**(r.dp or {}), "enabled": True, "epsilon": priv.client_dp.epsilon}
+            if priv.client_dp.noise_multiplier is not None:
+                r.dp["noise_multiplier"] = priv.client_dp.noise_multiplier
+        r.t_c = priv.t_c
+
+    b = rd.metrics("burden")
+    if b is not None:
+        r.client_flop_share, r.bytes_per_image, r.t_c = b.sampling_flop_ratio, b.bytes_sent_per_training_image, b.t_c
+    grid = rd.path / "samples" / "grid.png"
+    if grid.is_file():
+        r.figures["samples"] = grid
+    return r
+
+
+def collect(dirs) -> list[CellResult]:
+    """Cells of every sweep directory and every run directory given (each directory once)."""
+    out, seen = [], set()
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise UserError(f"not a directory: {d}")
+        if d.resolve() in seen:
+            continue
+        seen.add(d.resolve())
+        if (d / "sweep.json").is_file():
+            for c in read_index(d).cells:
+                cdir = d / c.dir
+                cell = read_cell(cdir)
+                out.append(read_run(cdir, label=c.label, status=cell.get("status", "pending"), error=cell.get("error")))
+        elif (d / "config.yaml").is_file():
+            out.append(read_run(d))
+        else:
+            raise UserError(f"{d} is neither a run directory (config.yaml) nor a sweep directory (sweep.json)")
+    if not out:
+        raise UserError("no runs found in " + ", ".join(map(str, dirs)))
+    return out

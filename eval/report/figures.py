@@ -1,0 +1,74 @@
+"""The report's own figure: utility against every disclosure measure, Pareto front marked."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from collafuse_privacy.io import save_figure
+
+from .analyse import disclosure_axes, pareto_front
+from .collect import CellResult
+
+
+def tradeoff_figure(cells: list[CellResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_spec = disclosure_axes(cells)
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.2 * len(axes_spec), 4.4), squeeze=False)
+    ext = next((c.extractor for c in cells if c.extractor), "unknown extractor")
+    markers = {"none": "o"}
+    for ax, (key, label, get) in zip(axes[0], axes_spec):
+        pts, names = [], []
+        for c in cells:
+            x = get(c)
+            if x is None or c.fid is None or math.isnan(c.fid):
+                continue
+            if key == "eps":
+                x = x if math.isfinite(x) else np.nan
+            pts.append((x, c.fid))
+            names.append(c)
+        finite_eps = [p[0] for p in pts if key == "eps" and np.isfinite(p[0]) and p[0] > 0]
+        if key == "eps":
+            hi = max(finite_eps) * 30 if finite_eps else 1e3
+            lo = min(finite_eps) / 3 if finite_eps else 1e-1
+            pts = [((hi if not np.isfinite(x) else max(x, lo)), y) for x, y in pts]
+            ax.set_xscale("log")
+            ax.axvline(hi / 1.8, color="0.8", lw=0.8)
+            ax.text(hi, ax.get_ylim()[1], "", ha="right")
+        for (x, y), c in zip(pts, names):
+            ax.scatter([x] * len(c.fid_per_client), c.fid_per_client, s=12, color="C0", alpha=0.25, lw=0)
+            mk = "s" if c.dp and c.dp.get("enabled") else ("D" if c.fixed_noise else markers["none"])
+            ax.scatter([x], [y], s=46, marker=mk, color="C3" if c.dp and c.dp.get("enabled") else "C0", zorder=3,
+                       edgecolor="k", lw=0.5)  # fmt: skip
+            tag = f"c={c.cut_ratio:g}" + (" DP" if c.dp and c.dp.get("enabled") else "") + (" fixed" if c.fixed_noise else "")
+            if key == "mia" and c.nothing_sent():
+                tag += " (nothing sent: chance)"
+            if key == "eps" and c.view_epsilon is not None and not math.isfinite(c.view_epsilon):
+                tag += " (eps=inf)"
+            if key == "eps" and c.view_epsilon == 0:
+                tag += " (eps=0: nothing sent)"
+            ax.annotate(tag, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7.5)
+        if len(pts) >= 2:
+            front = pareto_front(pts)
+            fx, fy = zip(*[pts[i] for i in front])
+            ax.step(fx, fy, where="post", color="C2", lw=1.4, alpha=0.8, label="Pareto front")
+            ax.scatter(fx, fy, s=140, facecolor="none", edgecolor="C2", lw=1.4, zorder=4)
+            ax.legend(loc="upper right", fontsize=8)
+        if key == "mia":
+            ax.axvline(0.01, color="0.6", ls=":", lw=1)
+            ax.text(0.01, 0.02, " chance", transform=ax.get_xaxis_transform(), fontsize=7, color="0.4")
+        ax.set_xlabel(label, fontsize=8.5)
+        ax.set_ylabel(f"pooled FID ({ext}) - lower is better", fontsize=8.5)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Utility vs disclosure across cut ratios and defences (faint dots: per-client FID; "
+                 "square: DP-SGD clients)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+

@@ -1,0 +1,220 @@
+"""Render the report: tables, ``report.md``, a self-contained ``report.html`` (images as
+data URIs, no scripts) and, when Chromium is installed, a screenshot of its first screen."""
+
+from __future__ import annotations
+
+import base64
+import html
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from collafuse_privacy.io import atomic_write_bytes, atomic_write_text
+from collafuse_privacy.numbers import fmt as _fmt
+from collafuse_privacy.numbers import fmt_interval
+
+from .analyse import reading
+from .collect import CellResult, collect
+from .figures import tradeoff_figure
+
+
+def _fmt_iv(iv, spec=".3f") -> str:
+    return fmt_interval(iv, spec)
+
+
+class _Notes:
+    """Numbered footnotes for 'n/a' cells, so long reasons do not widen the tables."""
+
+    def __init__(self):
+        self.items: list[str] = []
+
+    def na(self, reason) -> str:
+        reason = str(reason or "no reason given")
+        if reason not in self.items:
+            self.items.append(reason)
+        return f"n/a [{self.items.index(reason) + 1}]"
+
+
+def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, list[list[str]]]:
+    """Named tables (header row first) of the report; ``notes`` (if given) receives the
+    footnotes of each table: ``{table name: [reason, ...]}``."""
+    mia_notes = _Notes()
+    main = [["setting", "c", "t_c", "protocol", "defence", "FID pooled", "KID pooled", "formal eps (view)",
+             "client FLOP share", "bytes sent / image", "status"]]  # fmt: skip
+    for c in cells:
+        main.append([c.label, _fmt(c.cut_ratio, "g"), str(c.t_c if c.t_c is not None else "n/a"), c.protocol, c.defence,
+                     _fmt(c.fid, ".2f"), _fmt(c.kid, ".4f"), _fmt(c.view_epsilon), _fmt(c.client_flop_share, ".3f"),
+                     _fmt(c.bytes_per_image, ".0f"), c.status + (f": {c.error}" if c.error else "")])  # fmt: skip
+    mia_methods = sorted({m for c in cells for t in c.membership.values() for m in t})
+    targets = sorted({t for c in cells for t in c.membership})
+    mia = [["setting", "target"] + [f"{m} AUC" for m in mia_methods] + [f"{m} TPR@1%FPR" for m in mia_methods]
+           + ["GDP bound TPR@1%FPR"]]  # fmt: skip
+    for c in cells:
+        for t in targets:
+            res = c.membership.get(t)
+            if res is None:
+                continue
+            row = [c.label, t]
+            for key in ("auc", "tpr1"):
+                for m in mia_methods:
+                    mm = res.get(m)
+                    if mm is None:
+                        row.append("not run")
+                    elif not mm.get("applicable", True):
+                        row.append(mia_notes.na(mm.get("reason")))
+                    else:
+                        row.append(_fmt_iv(mm.get(key)))
+            gdp = c.membership_gdp.get(t)
+            row.append(_fmt(gdp.tpr_bound_at_1pct_fpr, ".3f") if gdp is not None else "n/a")
+            mia.append(row)
+    rec_methods = sorted({m for c in cells for m in c.reconstruction})
+    rec = [["setting"] + [f"{m} SSIM" for m in rec_methods] + [f"{m} PSNR dB" for m in rec_methods]
+           + [f"{m} ident." for m in rec_methods] + ["chance ident."]]  # fmt: skip
+    for c in cells:
+        if c.reconstruction_sent is None:
+            continue
+        if not c.reconstruction_sent:
+            rec.append([c.label] + ["nothing sent"] * (3 * len(rec_methods)) + ["-"])
+            continue
+        row = [c.label]
+        for key, spec in (("ssim", ".3f"), ("psnr", ".1f"), ("ident", ".3f")):
+            row += [_fmt_iv(c.reconstruction.get(m, {}).get(key), spec) if m in c.reconstruction else "n/a" for m in rec_methods]
+        chances = [v.get("chance") for v in c.reconstruction.values() if v.get("chance") is not None]
+        row.append(_fmt(chances[0], ".4f") if chances else "n/a")
+        rec.append(row)
+    paper = [["setting", "KID(server training images, client data)", "pixel MSE over pairs",
+              "ours: best TPR@1%FPR", "ours: best SSIM"]]  # fmt: skip
+    for c in cells:
+        bm, br = c.best_membership(), c.best_reconstruction()
+        paper.append([c.label, _fmt(c.paper_kid, ".4f"), _fmt(c.paper_mse, ".4f"),
+                      f"{_fmt(bm[1]['value'], '.3f')} ({bm[0]})" if bm else "n/a",
+                      f"{_fmt(br[1]['value'], '.3f')} ({br[0]})" if br else "n/a"])  # fmt: skip
+    if notes is not None:
+        notes["membership"] = mia_notes.items
+    return {"settings": main, "membership": mia, "reconstruction": rec, "paper": paper}
+
+
+def _md_table(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5em auto;max-width:1280px;color:#222;padding:0 1em}
+h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.82em;margin:.6em 0;display:block;overflow-x:auto}
+td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;white-space:nowrap}th{background:#f4f4f4}
+img{max-width:100%;border:1px solid #eee}.fig{margin:.5em 0}.grid{display:flex;flex-wrap:wrap;gap:12px}
+.grid figure{margin:0;max-width:420px}figcaption{font-size:.8em;color:#555}p.lead{color:#444;margin:.3em 0 .8em}ul.notes{font-size:.8em;color:#555;list-style:none;padding-left:.5em}"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def write_report(dirs, out: Optional[str | Path] = None, screenshot: bool = True,
+                 log: Callable[[str], None] = print) -> dict:  # fmt: skip
+    """Collect, plot and write ``report.md`` / ``report.html`` / ``figures/``; returns paths and rows."""
+    dirs = [Path(d) for d in dirs]
+    cells = collect(dirs)
+    out = Path(out) if out else dirs[0]
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    tradeoff = fig_dir / "tradeoff.png"
+    tradeoff_figure(cells, tradeoff)
+    copied: dict[str, list[tuple[str, Path]]] = {"roc": [], "reconstruction": [], "samples": []}
+    for i, c in enumerate(cells):
+        for name, p in c.figures.items():
+            if not Path(p).is_file():
+                continue
+            kind = "roc" if name.startswith("roc") else name
+            dst = fig_dir / f"{i:02d}-{name.replace(':', '')}.png"
+            atomic_write_bytes(dst, Path(p).read_bytes())
+            copied.setdefault(kind, []).append((f"{c.label} ({name})" if kind == "roc" else c.label, dst))
+    notes: dict = {}
+    tabs = tables(cells, notes)
+    words = reading(cells)
+    ext = next((c.extractor for c in cells if c.extractor), None)
+    title = "CollaFuse privacy report: " + ", ".join(d.name for d in dirs)
+    lead = (f"{len(cells)} settings. Utility: FID/KID of collaborative samples against each client's held-out "
+            f"images ({ext or 'no quality metrics found'}). Disclosure: what an honest-but-curious server "
+            "infers from its view alone (membership and reconstruction attacks, scored against ground truth "
+            "with bootstrap 95% intervals), and the formal GDP epsilon of that view.")  # fmt: skip
+    sections = [("Trade-off", None), ("Reading", None), ("Settings", "settings"), ("Membership inference", "membership"),
+                ("Reconstruction", "reconstruction"), ("The paper's disclosure figures beside ours", "paper")]  # fmt: skip
+
+    md = [f"# {title}", "", lead, "", "![trade-off](figures/tradeoff.png)", "", "## Reading", ""]
+    md += [f"- {w}" for w in words]
+    for head, key in sections[2:]:
+        md += ["", f"## {head}", "", _md_table(tabs[key])]
+        md += [""] + [f"[{i + 1}] {n}  " for i, n in enumerate(notes.get(key, []))]
+    for kind, head in (("roc", "ROC curves (log-log, with the GDP bound)"), ("reconstruction", "Reconstructions"),
+                       ("samples", "Samples per client")):  # fmt: skip
+        if copied.get(kind):
+            md += ["", f"## {head}", ""] + [f"![{lab}](figures/{p.name})" for lab, p in copied[kind]]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p class='lead'>{html.escape(lead)}</p>",
+            f"<div class='fig'><img alt='trade-off plot' src='{_data_uri(tradeoff)}'></div>",
+            "<h2>Reading</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"]  # fmt: skip
+    for head, key in sections[2:]:
+        foot = "".join(f"<li>[{i + 1}] {html.escape(n)}</li>" for i, n in enumerate(notes.get(key, [])))
+        body.append(f"<h2>{html.escape(head)}</h2>{_html_table(tabs[key])}"
+                    + (f"<ul class='notes'>{foot}</ul>" if foot else ""))  # fmt: skip
+    for kind, head in (("roc", "ROC curves (log-log, with the GDP bound)"), ("reconstruction", "Reconstructions"),
+                       ("samples", "Samples per client")):  # fmt: skip
+        if copied.get(kind):
+            figs = "".join(f"<figure><img alt='{html.escape(lab)}' src='{_data_uri(p)}'><figcaption>{html.escape(lab)}"
+                           f"</figcaption></figure>" for lab, p in copied[kind])  # fmt: skip
+            body.append(f"<h2>{html.escape(head)}</h2><div class='grid'>{figs}</div>")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<link rel='icon' href='data:,'><style>{CSS}</style></head><body>{''.join(body)}</body></html>")  # fmt: skip
+    atomic_write_text(out / "report.html", page)
+    result = {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),
+              "figures": sorted(str(p) for p in fig_dir.glob("*.png")), "rows": [c.to_row() for c in cells],
+              "reading": words}  # fmt: skip
+    if screenshot:
+        result["screenshot"] = screenshot_report(out / "report.html", out / "report-screenshot.png", log)
+    return result
+
+
+def chromium_path() -> Optional[str]:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+def screenshot_report(page: Path, png: Path, log: Callable[[str], None] = print) -> dict:
+    """First screen of the report in headless Chromium, and its console errors (if Chromium is installed)."""
+    exe = chromium_path()
+    if exe is None:
+        log("no Chromium found: skipped the report screenshot (install Debian's 'chromium' to get one)")
+        return {"taken": False, "reason": "chromium not installed"}
+    with tempfile.TemporaryDirectory() as profile:
+        tmp_png = Path(profile) / "shot.png"
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--hide-scrollbars",
+               "--window-size=1366,900", f"--screenshot={tmp_png}", Path(page).resolve().as_uri()]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            log(f"Chromium screenshot failed: {exc}")
+            return {"taken": False, "reason": str(exc)}
+        console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+        if not tmp_png.is_file():
+            log(f"Chromium produced no screenshot (exit {proc.returncode})")
+            return {"taken": False, "reason": f"chromium exit {proc.returncode}", "console": console}
+        atomic_write_bytes(png, tmp_png.read_bytes())
+    log(f"screenshot of the report's first screen: {png} ({len(console)} console messages)")
+    return {"taken": True, "path": str(png), "console_messages": console}
