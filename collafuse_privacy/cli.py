@@ -215,10 +215,10 @@ def _embedded(name: str) -> Path:
     return Path(str(resources.files("collafuse_privacy.configs").joinpath(name)))
 
 
-def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool):
+def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool, seeds=None):
     from .sweep import load_sweep, run_sweep
 
-    sw = load_sweep(sweep_file, out, device=device)
+    sw = load_sweep(sweep_file, out, device=device, seeds=seeds)
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if jobs is None:  # demo: one cell per core, one thread each (faster than two threads per cell here)
         import os
@@ -237,12 +237,14 @@ def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool):
 @click.option("--config", "sweep_file", type=click.Path(), required=True, help="Sweep YAML: base (or config) + grid (+ include, stages).")
 @click.option("--out", type=click.Path(), required=True, help="Sweep directory; each cell is a run in OUT/cells/<hash>. Rerunning resumes.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Cells run in parallel processes.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Train every setting with K seeds (default: the sweep file's 'seeds', else 1).")
 @DEVICE
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def sweep(sweep_file, out, jobs, device, quiet):
+def sweep(sweep_file, out, jobs, seeds, device, quiet):
     """Run a grid of runs (train, sample, evaluate, attacks, privacy), skipping finished cells."""
-    index, _ = _sweep_and_report(sweep_file, Path(out), jobs, device, quiet, report=False)
+    index, _ = _sweep_and_report(sweep_file, Path(out), jobs, device, quiet, report=False, seeds=seeds)
     failed = [c for c in index.cells if c.status != "done"]
     click.echo(str(Path(out) / "sweep.json"))
     if failed:

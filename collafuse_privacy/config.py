@@ -115,6 +115,16 @@ class ClientDPConfig:
 
 
 @dataclass(frozen=True)
+class SecretsConfig:
+    # The clients' randomness (their split, t/eps draws, batch order, row order of their messages,
+    # fixed hand-over noise, DP-SGD noise) comes from a secret drawn from the OS when the run is
+    # created and kept in clients/secrets.json, which the server never sees. true: derive it from
+    # `seed` instead, so a run is reproducible from its config alone (tests, the demo) -- but then
+    # a server that guesses the seed could rebuild all of it; every report says so.
+    derive_from_seed: bool = False
+
+
+@dataclass(frozen=True)
 class DefenseConfig:
     client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
 
@@ -131,6 +141,7 @@ class Config:
     record: RecordConfig = field(default_factory=RecordConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
 
     # ---- derived quantities -------------------------------------------------
     @property

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .client_secrets import Secrets, secrets_for
 from .config import Config
 from .data import Dataset, Splits, load_dataset, make_splits
 from .errors import UserError
@@ -27,20 +28,24 @@ class Resolved:
     cfg: Config
     data: Dataset
     splits: Splits
+    secrets: Secrets
     cut_choice: Optional[CutChoice] = None
 
 
-def planned_releases(cfg: Config, splits: Splits) -> int:
-    """Releases per image known before training (see ``defenses.accounting.planned_releases``)."""
-    from .defenses.accounting import epochs_bound, planned_releases, poisson_draws_bound
+def planned_releases(cfg: Config, n_members: list[int], steps: Optional[int] = None) -> tuple[int, float]:
+    """Releases per image known before training (``defenses.accounting.planned_releases``), and the
+    probability that the bound fails (Poisson sampling: a union bound over the images; 0 for the
+    epochs of a seeded batcher, which is certain). ``steps``: rounds (default ``train.steps``)."""
+    from .defenses.accounting import POISSON_TAIL, epochs_bound, planned_releases, poisson_draws_bound
 
-    n = min(len(m) for m in splits.members)
-    B, R = cfg.train.batch_size, cfg.train.steps
+    n = min(n_members)
+    B, R = cfg.train.batch_size, cfg.train.steps if steps is None else steps
     if cfg.defense.client_dp.enabled:
-        draws = poisson_draws_bound(R, min(1.0, B / n), n)
+        draws, fail = poisson_draws_bound(R, min(1.0, B / n), n), POISSON_TAIL
     else:
-        draws = epochs_bound(R, B, n)
-    return planned_releases(cfg.protocol.fixed_noise, draws)
+        draws, fail = epochs_bound(R, B, n), 0.0
+    releases = planned_releases(cfg.protocol.fixed_noise, draws)
+    return releases, (0.0 if cfg.protocol.fixed_noise else fail)
 
 
 def view_delta(cfg: Config) -> float:
@@ -58,7 +63,7 @@ def resolve_cut(cfg: Config, data: Dataset, splits: Splits, run_dir: Optional[Pa
     from .defenses.accounting import smallest_cut
 
     p, delta, shape = cfg.protocol, view_delta(cfg), tuple(data.shape)
-    releases = planned_releases(cfg, splits)
+    releases, fail = planned_releases(cfg, [len(m) for m in splits.members])
     cut = Cut.from_config(cfg)
     t_c, mu, eps = smallest_cut(cut.abar_table.numpy(), shape, releases, p.target_epsilon, delta)
     ratio = t_c / cut.T
@@ -74,19 +79,26 @@ def resolve_cut(cfg: Config, data: Dataset, splits: Splits, run_dir: Optional[Pa
                 )
             t_c, mu, eps, ratio = old.t_c, mu_o, eps_o, old.protocol.cut_ratio
     cfg = dataclasses.replace(cfg, protocol=dataclasses.replace(p, cut_ratio=ratio))
-    message = (f"protocol.target_epsilon={p.target_epsilon:g} (delta={delta:g}, {releases} release(s) per image): "
+    message = (f"protocol.target_epsilon={p.target_epsilon:g} (delta={delta:g}"
+               + (f" + {fail:g}, the chance that Poisson sampling draws an image more often" if fail else "")
+               + f", {releases} release(s) per image): "
                f"cut_ratio={ratio:g} (t_c={t_c} of T={cut.T}) is the smallest cut meeting it, epsilon={eps:.4g}, "
                f"mu={mu:.4g}" + ("; c=1: nothing crosses the cut" if t_c == cut.T else ""))  # fmt: skip
     return cfg, CutChoice(target_epsilon=p.target_epsilon, cut_ratio=ratio, t_c=t_c, message=message, delta=delta,
                           releases_per_image=releases, mu=mu, epsilon=eps)  # fmt: skip
 
 
-def resolve(cfg: Config, run_dir: Optional[Path] = None) -> Resolved:
-    """Load the data, split it, and resolve ``cfg``; everything that can fail on bad input
-    fails here, before a run directory is touched."""
+def resolve(cfg: Config, run_dir: Optional[Path] = None, secrets: Optional[Secrets] = None) -> Resolved:
+    """Load the data, split it with the clients' secret, and resolve ``cfg``; everything that
+    can fail on bad input fails here, before a run directory is touched.
+
+    ``secrets``: those of the run in ``run_dir`` when it has some, else ``secrets`` (a sweep's,
+    or the run an ``evaluate`` sibling belongs to), else new ones (``client_secrets.py``).
+    """
     data = load_dataset(cfg.data)
-    splits = make_splits(data, cfg.data, cfg.seed)
+    s = secrets_for(cfg, run_dir, secrets)
+    splits = make_splits(data, cfg.data, s.split)
     choice = None
     if cfg.protocol.target_epsilon is not None:
         cfg, choice = resolve_cut(cfg, data, splits, run_dir)
-    return Resolved(cfg, data, splits, choice)
+    return Resolved(cfg, data, splits, s, choice)

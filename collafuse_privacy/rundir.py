@@ -85,6 +85,22 @@ class ViewMeta:
 
 
 @dataclass(frozen=True)
+class RecordStats:
+    """``server_view/record.json``: rows the server received in training and rows recorded
+    (``record.max_items`` caps the latter; attacks see only what was recorded)."""
+
+    received: int
+    recorded: int
+    max_items: int
+    dtype: str
+    schema: int = SCHEMA
+
+    @property
+    def not_recorded(self) -> int:
+        return self.received - self.recorded
+
+
+@dataclass(frozen=True)
 class TrainRow:
     """One round of ``metrics/train.jsonl``."""
 
@@ -107,17 +123,24 @@ class ReleasePrivacy:
     epsilon: float
 
 
+VIEW_ADJACENCY = ("replace-one: one image of a client replaced by any other image of the pixel domain "
+                  "(L2 sensitivity 2 sqrt(d))")
+DPSGD_ADJACENCY = "add/remove one image of the client's member set (Opacus' accountant, Poisson sampling)"
+
+
 @dataclass(frozen=True)
 class ViewPrivacy:
     mu: float
     epsilon: float
-    delta: float
+    delta: float  # includes delta_release_bound
     releases_per_image: int
     fixed_noise: bool
     per_release: ReleasePrivacy
     epochs: float
     sensitivity_l2: float
     note: str
+    delta_release_bound: float = 0.0  # the probability that the bound on releases per image fails
+    adjacency: str = VIEW_ADJACENCY
 
 
 @dataclass(frozen=True)
@@ -155,6 +178,7 @@ class ClientDPReport:
     noise_multiplier: Optional[float] = None
     sample_rate: Optional[float] = None
     clients: list[ClientDPEntry] = field(default_factory=list)
+    adjacency: str = DPSGD_ADJACENCY
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,7 @@ class PrivacyReport:
     view: ViewPrivacy
     client_dp: ClientDPReport
     cut_choice: Optional[CutChoice] = None
+    secrets_derived_from_seed: bool = False  # then a server that guesses the seed could rebuild them
     schema: int = SCHEMA
 
 
@@ -265,13 +290,25 @@ class MembershipMethod:
     seconds: float = 0.0
     reason: Optional[str] = None
     auc: Optional[Interval] = None
-    balanced_accuracy: Optional[Interval] = None
+    balanced_accuracy: Optional[Interval] = None  # threshold chosen on a calibration half, scored on the other
     tpr_at_1pct_fpr: Optional[Interval] = None
     tpr_at_01pct_fpr: Optional[Interval] = field(default=None, metadata={"key": "tpr_at_0.1pct_fpr"})
+    unresolved: dict[str, str] = field(default_factory=dict)  # statistic -> why it is not given
     settings: dict = field(default_factory=dict)
     nan_scores: int = 0
     per_client_auc: Optional[dict[str, Interval]] = None
     exceeds_worst_case_gdp_bound: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class BestMethod:
+    """The strongest method, chosen on one half of the candidates and scored on the other."""
+
+    method: str
+    selected_by: str
+    auc: Interval
+    tpr_at_1pct_fpr: Optional[Interval] = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -307,6 +344,8 @@ class MembershipResult:
     n_boot: int = 0
     gdp: Optional[GDPSection] = None
     gdp_note: Optional[str] = None
+    best: Optional[BestMethod] = None
+    record: Optional[RecordStats] = None
     scores: Optional[str] = None
     figure: Optional[str] = None
 
@@ -346,6 +385,16 @@ class ReconstructionMethod:
 
 
 @dataclass(frozen=True)
+class BestReconstruction:
+    """The best method on training images, chosen on one half of the scored rows and scored on the other."""
+
+    method: str
+    selected_by: str
+    ssim: Interval
+    psnr: Interval
+
+
+@dataclass(frozen=True)
 class ReconstructionReport:
     protocol: str
     cut_ratio: float
@@ -360,6 +409,8 @@ class ReconstructionReport:
     reason: Optional[str] = None
     n_scored: int = 0
     n_handover: int = 0
+    best: Optional[BestReconstruction] = None
+    record: Optional[RecordStats] = None
     figure: Optional[str] = None
     schema: int = SCHEMA
 
@@ -443,6 +494,13 @@ class RunDir:
     @property
     def public_path(self) -> Path:
         return self.view_dir / "public.safetensors"
+
+    @property
+    def record_path(self) -> Path:
+        return self.view_dir / "record.json"
+
+    def record(self) -> Optional[RecordStats]:
+        return read_json(self.record_path, RecordStats) if self.record_path.is_file() else None
 
     @property
     def metrics_dir(self) -> Path:

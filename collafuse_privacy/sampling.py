@@ -17,7 +17,9 @@ from typing import Optional
 
 import torch
 
+from .client_secrets import read_secrets
 from .config import Config
+from .errors import UserError
 from .io import atomic_write_bytes, load_tensors, save_tensors
 from .models import load_unet
 from .party import resolve_device
@@ -43,11 +45,13 @@ def _chunks(n: int, size: int):
         yield a, min(n, a + size)
 
 
-def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, device, batch_size: int = 256):
+def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, device, batch_size: int = 256,
+                         client_secrets: Optional[list[int]] = None):  # fmt: skip
     """``n`` samples per client. Returns ``(samples [K, n, C, S, S], handover [K, n, ...] or None)``.
 
     The server draws ``x_{T-1}`` and runs its part (``Protocol.server_denoise``) down to the
-    hand-over image; each client finishes with its own model (``client_denoise``).
+    hand-over image from ``seed``; each client finishes with its own model (``client_denoise``)
+    and its own randomness, from its secret and ``seed``.
     """
     proto = protocol_for(cfg)
     cut, K = proto.cut, len(clients)
@@ -68,7 +72,7 @@ def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, 
                 handovers[k, a:b] = proto.server_denoise(server, x, labels, server_gen).cpu()
     out = torch.empty(K, n, C, S, S)
     for k, model in enumerate(clients):
-        gen = generator(seed, 12, k)
+        gen = generator(client_secrets[k], 12, seed) if client_secrets is not None else generator(seed, 12, k)
         for a, b in _chunks(n, batch_size):
             h = handovers[k, a:b].to(device) if handovers is not None else torch.randn((b - a, C, S, S), generator=gen).to(device)
             out[k, a:b] = client_denoise(model, cut, h, gen).cpu() if not cut.sends_clean else h.clamp(-1, 1).cpu()
@@ -120,7 +124,11 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
     dev = resolve_device(device)
     server, clients, step = load_models(run_dir, cfg, dev)
     seed = cfg.seed if seed is None else seed
-    samples, handovers = collaborative_sample(server, clients, cfg, n, seed, dev, cfg.sample.batch_size)
+    secrets = read_secrets(run_dir)
+    if secrets is None:
+        raise UserError(f"{run_dir} has no clients/secrets.json (a run made by an older version): retrain it")
+    own = [secrets.client(k, cfg.seed) for k in range(len(clients))]
+    samples, handovers = collaborative_sample(server, clients, cfg, n, seed, dev, cfg.sample.batch_size, own)
     K = len(clients)
     nrow = max(1, int(round(n**0.5)))
     for k in range(K):

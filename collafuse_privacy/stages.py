@@ -28,10 +28,10 @@ def stage(name: str, options: tuple[str, ...] = ()) -> Callable:
 
 
 @stage("train")
-def train_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True):
+def train_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True, secrets=None):
     from .training import train
 
-    return train(cfg, run_dir, device=device, quiet=quiet)
+    return train(cfg, run_dir, device=device, quiet=quiet, secrets=secrets)
 
 
 @stage("sample", options=("n", "seed"))

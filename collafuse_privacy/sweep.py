@@ -46,7 +46,7 @@ from .errors import UserError
 from .io import atomic_write_json, atomic_write_text
 from .stages import STAGES
 
-TOP_KEYS = {"name", "base", "config", "grid", "include", "stages"}
+TOP_KEYS = {"name", "base", "config", "grid", "include", "stages", "seeds"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ class Cell:
     @property
     def label(self) -> str:
         return short_label(self.overrides)
+
+    @property
+    def setting(self) -> str:
+        return short_label({k: v for k, v in self.overrides.items() if k != "seed"})
 
 
 @dataclass
@@ -109,6 +113,7 @@ class IndexCell:
     dir: str
     overrides: dict
     label: str
+    setting: str = ""  # the label without the training seed
     status: str = "pending"
     error: Optional[str] = None
     seconds: dict = field(default_factory=dict)
@@ -136,8 +141,13 @@ def _write_index(out: Path, index: SweepIndex) -> None:
     write_json(out / "sweep.json", index)
 
 
-def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None) -> Sweep:
-    """Parse and validate a sweep file; every cell's config is checked before anything runs."""
+def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None, seeds: Optional[int] = None) -> Sweep:
+    """Parse and validate a sweep file; every cell's config is checked before anything runs.
+
+    ``seeds`` (or the file's ``seeds:``): every setting is trained with that many seeds
+    (its ``seed``, ``seed + 1``, ...), so the report can give intervals across training
+    randomness beside the bootstrap over candidates.
+    """
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -172,6 +182,14 @@ def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None) 
 
     combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
     combos += [dict(i) for i in include]
+    n_seeds = raw.get("seeds", 1) if seeds is None else seeds
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise UserError(f"sweep file {path}: 'seeds' must be a whole number >= 1, got {n_seeds!r}")
+    if n_seeds > 1:
+        if any("seed" in c for c in combos):
+            raise UserError(f"sweep file {path}: 'seeds' replicates every cell over seeds; do not also vary 'seed'")
+        seed0 = int(base.get("seed", 0))
+        combos = [{**c, "seed": seed0 + i} for c in combos for i in range(n_seeds)]
     out = Path(out)
     cells, seen = [], set()
     for combo in combos:
@@ -252,7 +270,7 @@ def _pending(status: dict, stages: dict, full_hash: str) -> list[str]:
 
 
 def run_cell(cell: Cell, stages: dict, threads: Optional[int] = None, quiet: bool = True,
-             log: Callable[[str], None] = print) -> dict:  # fmt: skip
+             log: Callable[[str], None] = print, secrets=None) -> dict:  # fmt: skip
     """Run (or resume) every stage of one cell; never raises for a failing stage.
 
     Returns the cell's status record (also in ``<cell>/cell.json``).
@@ -277,8 +295,9 @@ def run_cell(cell: Cell, stages: dict, threads: Optional[int] = None, quiet: boo
         log(f"[{cell.label}] {stage}")
         t0 = time.perf_counter()
         try:
+            extra = {"secrets": None if cfg.secrets.derive_from_seed else secrets} if stage == "train" else {}
             STAGES.get(stage)(run_dir, cfg, device=cfg.device, log=lambda m: log(f"[{cell.label}] {m}"), quiet=quiet,
-                              **opts)  # fmt: skip
+                              **opts, **extra)  # fmt: skip
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - a failed cell must not stop the sweep
@@ -300,57 +319,78 @@ def run_cell(cell: Cell, stages: dict, threads: Optional[int] = None, quiet: boo
 
 
 def _run_cell_job(args) -> dict:
-    cell, stages, threads = args
-    return run_cell(cell, stages, threads=threads, quiet=True, log=lambda m: print(m, flush=True))
+    cell, stages, threads, secrets = args
+    return run_cell(cell, stages, threads=threads, quiet=True, log=lambda m: print(m, flush=True), secrets=secrets)
 
 
-def _prepare_extractors(cells: list[Cell], opts: dict, log: Callable[[str], None]) -> None:
+def _prepare_extractors(cells: list[Cell], opts: dict, log: Callable[[str], None], secrets) -> None:
     """Train (or find cached) the offline FID classifier once per data/split, before
     parallel cells would each train the same one."""
+    from .client_secrets import secrets_for
     from .data import load_dataset, make_splits
     from .eval.features import get_extractor
 
     seen = set()
     for cell in cells:
         cfg = from_dict(cell.config)
-        key = (json.dumps(cell.config["data"], sort_keys=True), cfg.seed)
+        try:
+            split = secrets_for(cfg, cell.dir, secrets if not cfg.secrets.derive_from_seed else None).split
+        except UserError:
+            continue  # the cell's own train stage reports it
+        key = (json.dumps(cell.config["data"], sort_keys=True), split)
         if key in seen:
             continue
         seen.add(key)
         try:
             ds = load_dataset(cfg.data)
-            _, note = get_extractor(opts.get("extractor", "auto"), dataset=ds, splits=make_splits(ds, cfg.data, cfg.seed))
+            _, note = get_extractor(opts.get("extractor", "auto"), dataset=ds, splits=make_splits(ds, cfg.data, split))
             log(note)
         except UserError:
             pass  # the cell's own evaluate stage reports it
+
+
+def sweep_secrets(out: Path, cells: list[Cell]):
+    """One set of OS secrets for the cells that use them (``OUT/clients/secrets.json``, kept):
+    every setting of the sweep then sees the same split, and cells differ only in what the
+    sweep varies (and, per training seed, in the clients' draws). None when no cell needs them."""
+    from .client_secrets import Secrets, make_secrets, read_secrets, write_secrets
+
+    if all(c.config["secrets"]["derive_from_seed"] for c in cells):
+        return None
+    s = read_secrets(out)
+    if s is None:
+        s = make_secrets(from_dict({**cells[0].config, "secrets": {"derive_from_seed": False}}))
+        write_secrets(out, s)
+    return s if isinstance(s, Secrets) else None
 
 
 def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, quiet: bool = False) -> dict:
     """Run every cell (resuming), write ``OUT/sweep.json``; returns it."""
     out = sweep.out
     out.mkdir(parents=True, exist_ok=True)
-    entries = [IndexCell(id=c.id, dir=os.path.relpath(c.dir, out), overrides=c.overrides, label=c.label)
-               for c in sweep.cells]  # fmt: skip
+    entries = [IndexCell(id=c.id, dir=os.path.relpath(c.dir, out), overrides=c.overrides, label=c.label,
+                         setting=c.setting) for c in sweep.cells]  # fmt: skip
     _write_index(out, SweepIndex(sweep.name, sweep.stages, entries))
     todo = [c for c in sweep.cells
             if _pending(read_cell(Path(c.dir)), sweep.stages, config_hash(from_dict(c.config), full=True))]
     log(f"sweep '{sweep.name}': {len(sweep.cells)} cells, {len(sweep.cells) - len(todo)} already done -> {out}")
     # DP-SGD cells cost about twice as much: start them first so they do not finish last alone
     todo.sort(key=lambda c: not c.config["defense"]["client_dp"]["enabled"])
+    secrets = sweep_secrets(out, sweep.cells)
     if jobs <= 1 or len(todo) <= 1:
         for i, cell in enumerate(todo):
             log(f"cell {i + 1}/{len(todo)}: {cell.label}")
-            run_cell(cell, sweep.stages, quiet=quiet, log=log)
+            run_cell(cell, sweep.stages, quiet=quiet, log=log, secrets=secrets)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         if "evaluate" in sweep.stages:
-            _prepare_extractors(todo, sweep.stages["evaluate"], log)
+            _prepare_extractors(todo, sweep.stages["evaluate"], log, secrets)
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            list(pool.map(_run_cell_job, [(c, sweep.stages, threads) for c in todo]))
+            list(pool.map(_run_cell_job, [(c, sweep.stages, threads, secrets) for c in todo]))
     import dataclasses
 
     for i, c in enumerate(sweep.cells):

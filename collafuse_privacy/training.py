@@ -38,6 +38,7 @@ from .party import Batcher, Party, resolve_device
 from .protocol import Cut, Message, Protocol, Transport, protocol_for
 from .resolve import Resolved, resolve
 from .rng import generator
+from .client_secrets import Secrets, read_secrets, write_secrets
 from .rundir import RunDir, ViewMeta, open_run
 from .view import ViewRecorder, write_public
 
@@ -53,7 +54,8 @@ class Client:
     party: Party
     gen: torch.Generator  # t and eps draws
     batcher: Batcher  # or defenses.dp_sgd.PoissonSampler for DP clients
-    secret: int  # seeds what only the client may know (fixed hand-over noise)
+    secret: int  # the client's secret: seeds everything only it may know (client_secrets.py)
+    order: torch.Generator  # the order of the rows in its messages
     sends: Optional[torch.Tensor] = None  # [n] int64: times each member image crossed the cut
 
 
@@ -101,15 +103,22 @@ class Trainer:
     def __init__(self, resolved: Resolved, run_dir: Path, device: torch.device, quiet: bool = False):
         cfg = self.cfg = resolved.cfg
         self.run_dir, self.rd, self.device, self.quiet = Path(run_dir), RunDir(run_dir), device, quiet
-        self.data, self.cut_choice = resolved.data, resolved.cut_choice
+        self.data, self.cut_choice, self.secrets = resolved.data, resolved.cut_choice, resolved.secrets
         self.cut = Cut.from_config(cfg)
         self.protocol = protocol_for(cfg, self.cut)
         self.t_c, self.T = self.cut.t_c, self.cut.T
-        torch.manual_seed(cfg.seed)  # model initialisation
         C, S = self.data.shape[0], cfg.data.image_size
-        server_model = build_unet(cfg.model.preset, S, C, server_class_embeds(cfg, self.data.num_classes))
-        client_models = [build_unet(cfg.model.client_model_preset, S, C) for _ in range(cfg.data.clients)]
+        secret = [self.secrets.client(k, cfg.seed) for k in range(cfg.data.clients)]
+        with torch.random.fork_rng(devices=[]):  # model initialisation: the server's from the seed, each
+            torch.manual_seed(cfg.seed)  # client's from its own secret
+            server_model = build_unet(cfg.model.preset, S, C, server_class_embeds(cfg, self.data.num_classes))
+            client_models = []
+            for k in range(cfg.data.clients):
+                torch.manual_seed(secret[k])
+                client_models.append(build_unet(cfg.model.client_model_preset, S, C))
         self.resumed = open_run(cfg, self.run_dir)
+        if read_secrets(self.run_dir) is None:
+            write_secrets(self.run_dir, self.secrets)
         self.splits = self._splits(resolved.splits)
         server_party = Party(server_model, cfg, device)
         self.server = Server(server_party, self.protocol, cfg.model.server_conditioning, generator(cfg.seed, 1))
@@ -119,12 +128,13 @@ class Trainer:
         for k, model in enumerate(client_models):
             ids = torch.tensor(self.splits.members[k], dtype=torch.long)
             party = Party(model, cfg, device)
-            batcher = Batcher(len(ids), generator(cfg.seed, 3, k))
+            batcher = Batcher(len(ids), generator(secret[k], 3))
             if self.dp_on:
-                batcher = self._make_private(k, party, len(ids))
+                batcher = self._make_private(k, party, len(ids), secret[k])
             self.clients.append(Client(k=k, images=self.data.images[ids].to(device),
                                        labels=self.data.labels[ids].to(device), ids=ids, party=party,
-                                       gen=generator(cfg.seed, 2, k), batcher=batcher, secret=cfg.seed,
+                                       gen=generator(secret[k], 2), batcher=batcher, secret=secret[k],
+                                       order=generator(secret[k], 5),
                                        sends=torch.zeros(len(ids), dtype=torch.long)))  # fmt: skip
         rec = cfg.record
         self.recorder = ViewRecorder(self.run_dir, rec.max_items if rec.enabled else 0, rec.shard_size, rec.dtype)
@@ -158,18 +168,19 @@ class Trainer:
             x_t = q_sample(x0[local], t[local], eps[local], cut.abar)
             row["client_loss"].append(c.party.train_step(x_t, t[local], eps[local]))
             row["client_n"].append(int(local.sum()))
-            # 3. what crosses the cut for t >= t_c (DESIGN.md §1)
+            # 3. what crosses the cut for t >= t_c (DESIGN.md §1), its rows in a uniformly random
+            #    order: neither the draw order nor the order of the client's data is sent
             n_remote = int(remote.sum())
             row["sent"].append(n_remote)
             if n_remote == 0:
                 continue
-            labels = y[remote] if cfg.model.server_conditioning == "labels" else None
-            sent_ids = ids[remote.cpu()]
-            msg = self.protocol.encode(c.k, x0[remote], t[remote], eps[remote], ids=sent_ids, secret=c.secret,
-                                       labels=labels)  # fmt: skip
+            rows = torch.nonzero(remote.cpu()).flatten()[torch.randperm(n_remote, generator=c.order)]
+            r = rows.to(dev)
+            labels = y[r] if cfg.model.server_conditioning == "labels" else None
+            msg = self.protocol.encode(c.k, x0[r], t[r], eps[r], ids=ids[rows], secret=c.secret, labels=labels)
             self.transport.send(msg)
-            self.recorder.attach_truth(sent_ids)
-            sent = pos[remote.cpu()]
+            self.recorder.attach_truth(ids[rows])
+            sent = pos[rows]
             c.sends.index_add_(0, sent, torch.ones_like(sent))
         # 4. the server steps on what it received this round
         row["server_loss"], row["server_n"] = self.server.train_step()
@@ -228,6 +239,7 @@ class Trainer:
         state = {
             "server_gen": self.server.gen.get_state(),
             "client_gens": [c.gen.get_state() for c in self.clients],
+            "order_gens": [c.order.get_state() for c in self.clients],
             "batchers": [c.batcher.state_dict() for c in self.clients],
             "release_counts": [c.sends.clone() for c in self.clients],
             "recorder": self.recorder.state_dict(),
@@ -245,8 +257,9 @@ class Trainer:
         d, state = loaded
         try:
             self.server.gen.set_state(state["server_gen"])
-            for c, g, b in zip(self.clients, state["client_gens"], state["batchers"]):
+            for c, g, o, b in zip(self.clients, state["client_gens"], state["order_gens"], state["batchers"]):
                 c.gen.set_state(g)
+                c.order.set_state(o)
                 c.batcher.load_state_dict(b)
             counts = state.get("release_counts")
             self.counts_complete = counts is not None  # checkpoints from before counting
@@ -290,7 +303,7 @@ class Trainer:
             client_preset=cfg.model.client_preset, clients=cfg.data.clients, data_name=cfg.data.name,
             image_shape=list(self.data.shape), public_images=len(self.splits.public)))  # fmt: skip
 
-    def _make_private(self, k: int, party: Party, n: int):
+    def _make_private(self, k: int, party: Party, n: int, secret: int):
         """Opacus DP-SGD for client ``k`` (``n`` members); returns its Poisson sampler."""
         from .defenses.accounting import dp_sgd_noise_multiplier
         from .defenses.dp_sgd import PoissonSampler
@@ -308,9 +321,9 @@ class Trainer:
             sample_rate=q,
             accountant=dp.accountant,
             grad_sample_mode=dp.grad_sample_mode,
-            generator=generator(cfg.seed, 4, k, device=self.device),
+            generator=generator(secret, 4, device=self.device),
         )
-        return PoissonSampler(n, q, generator(cfg.seed, 3, k))
+        return PoissonSampler(n, q, generator(secret, 3))
 
     def _check_dp_budget(self) -> None:
         """Refuse to train past ``defense.client_dp.target_epsilon``."""
@@ -357,8 +370,12 @@ class Trainer:
         return report
 
 
-def train(cfg: Config, run_dir: str | Path, device: str = "auto", quiet: bool = False, on_round=None) -> dict:
-    """Resolve ``cfg``, then train (or resume) the run in ``run_dir``; returns a small summary."""
-    resolved = resolve(cfg, Path(run_dir))
+def train(cfg: Config, run_dir: str | Path, device: str = "auto", quiet: bool = False, on_round=None,
+          secrets: Optional[Secrets] = None) -> dict:  # fmt: skip
+    """Resolve ``cfg``, then train (or resume) the run in ``run_dir``; returns a small summary.
+
+    ``secrets``: the clients' secrets for a new run (default: new ones, ``client_secrets.py``).
+    """
+    resolved = resolve(cfg, Path(run_dir), secrets)
     trainer = Trainer(resolved, Path(run_dir), resolve_device(device), quiet=quiet)
     return trainer.train(on_round=on_round)

@@ -44,12 +44,14 @@ class ViewRecorder:
     """
 
     def __init__(self, run_dir: Path, max_items: int, shard_size: int, dtype: str = "float32"):
+        self.rd = RunDir(run_dir)
         self.view_dir = Path(run_dir) / "server_view" / "train"
         self.truth_dir = Path(run_dir) / "ground_truth" / "train"
         self.max_items = max_items
         self.shard_size = shard_size
         self.dtype = getattr(torch, dtype)
         self.count = 0  # rows written or buffered
+        self.received = 0  # rows received, recorded or not
         self.round = 0
         self._buf: list[dict[str, torch.Tensor]] = []
         self._ids: list[torch.Tensor] = []
@@ -59,6 +61,7 @@ class ViewRecorder:
         self._last_round = 0
 
     def receive(self, msg: Message) -> None:
+        self.received += len(msg)
         keep = max(0, min(len(msg), self.max_items - self.count))
         self._last_kept = keep
         if keep == 0:
@@ -86,7 +89,15 @@ class ViewRecorder:
             self.flush()
         self.round += 1
 
+    def write_stats(self) -> None:
+        """``server_view/record.json``: how many received rows were recorded."""
+        from .rundir import RecordStats, write_json
+
+        write_json(self.rd.record_path, RecordStats(received=self.received, recorded=self.count,
+                                                    max_items=self.max_items, dtype=str(self.dtype).split(".")[-1]))
+
     def flush(self) -> None:
+        self.write_stats()
         if not self._buf:
             return
         keys = self._buf[0].keys()
@@ -99,11 +110,12 @@ class ViewRecorder:
 
     def state_dict(self) -> dict:
         assert not self._buf, "flush before checkpointing"
-        return {"count": self.count, "round": self.round}
+        return {"count": self.count, "round": self.round, "received": self.received}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore, dropping shards written after the checkpoint (an interrupted tail)."""
         self.count, self.round = int(state["count"]), int(state["round"])
+        self.received = int(state.get("received", self.count))
         for d in (self.view_dir, self.truth_dir):
             if d.is_dir():
                 for f in d.iterdir():
@@ -145,6 +157,7 @@ class ServerView:
     messages: dict[str, torch.Tensor] = field(default_factory=dict)
     handover: Optional[dict[str, torch.Tensor]] = None
     public: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    record: Optional[object] = None  # rundir.RecordStats: rows received vs recorded
     server_state: Optional[dict[str, torch.Tensor]] = None
     run_dir: Optional[Path] = None
     released_clients: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -224,8 +237,8 @@ class ServerView:
                 released[int(k)] = load_tensors(f)
         elif release_clients:
             raise UserError(f"{rd.path} has no checkpoint yet; train first")
-        return cls(meta=meta, messages=msgs, handover=handover, public=public, server_state=server_state,
-                   run_dir=rd.path, released_clients=released)  # fmt: skip
+        return cls(meta=meta, messages=msgs, handover=handover, public=public, record=rd.record(),
+                   server_state=server_state, run_dir=rd.path, released_clients=released)  # fmt: skip
 
     def __len__(self) -> int:
         return int(self.messages["x"].shape[0]) if self.messages else 0

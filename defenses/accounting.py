@@ -99,7 +99,10 @@ def epochs_bound(rounds: int, batch: int, n_members: int) -> int:
     return int(math.ceil(rounds * batch / n_members - 1e-12))
 
 
-def poisson_draws_bound(rounds: int, sample_rate: float, n_members: int, tail: float = 1e-6) -> int:
+POISSON_TAIL = 1e-6  # failure probability of poisson_draws_bound: it is added to the view's delta
+
+
+def poisson_draws_bound(rounds: int, sample_rate: float, n_members: int, tail: float = POISSON_TAIL) -> int:
     """Draws of the most-drawn image under Poisson sampling (rate ``q`` per round), a bound
     that holds for all ``n_members`` images at once with probability ``>= 1 - tail``
     (union bound over the images of the Binomial(rounds, q) upper tail)."""

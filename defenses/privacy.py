@@ -22,7 +22,13 @@ from ..config import Config
 from ..errors import UserError
 from ..numbers import fmt
 from ..rundir import ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, RunDir, ViewPrivacy
-from .accounting import INF, dp_sgd_epsilon, epochs_bound, planned_releases, poisson_draws_bound, sensitivity
+from ..resolve import planned_releases
+from .accounting import INF, dp_sgd_epsilon, sensitivity
+
+
+SEED_SECRETS_WARNING = ("secrets.derive_from_seed: the clients' secrets were derived from the config's seed, so a "
+                        "server that guesses the seed could rebuild their split, noise and DP noise: these numbers "
+                        "hold only for a server that cannot (a reproducibility setting, not a deployment)")
 
 
 def compute_privacy(
@@ -45,7 +51,7 @@ def compute_privacy(
     from ..protocol import protocol_for
     from ..resolve import view_delta
 
-    p, dp = cfg.protocol, cfg.defense.client_dp
+    p = cfg.protocol
     proto = protocol_for(cfg)
     cut = proto.cut
     delta = view_delta(cfg)
@@ -53,11 +59,9 @@ def compute_privacy(
     if release_counts is not None:
         counted = max((int(c.max()) if len(c) else 0) for c in release_counts)
         releases = (1 if counted > 0 else 0) if p.fixed_noise else counted
-        how = "counted during training"
+        how, fail = "counted during training", 0.0
     else:
-        draws = (poisson_draws_bound(steps, min(1.0, B / n_min), n_min) if dp.enabled
-                 else epochs_bound(steps, B, n_min))  # fmt: skip
-        releases = planned_releases(p.fixed_noise, draws)
+        releases, fail = planned_releases(cfg, n_members, steps)
         how = "bound from the rounds run (counts not recorded)"
     mu, eps = proto.view_privacy(image_shape, releases, delta)
     mu1, eps1 = proto.view_privacy(image_shape, 1, delta)
@@ -75,11 +79,12 @@ def compute_privacy(
             f"{releases} release(s) per image ({'fixed noise: re-sends repeat the same h' if p.fixed_noise else how}) "
             "compose to sqrt(R) * mu"
         )
-    view = ViewPrivacy(mu=mu, epsilon=eps, delta=delta, releases_per_image=releases, fixed_noise=p.fixed_noise,
+    view = ViewPrivacy(mu=mu, epsilon=eps, delta=delta + fail, releases_per_image=releases, fixed_noise=p.fixed_noise,
                        per_release=ReleasePrivacy(mu1, eps1), epochs=steps * B / n_min if n_min else 0.0,
-                       sensitivity_l2=D, note=note)  # fmt: skip
+                       sensitivity_l2=D, note=note, delta_release_bound=fail)  # fmt: skip
     return PrivacyReport(protocol=p.kind, cut_ratio=p.cut_ratio, t_c=cut.t_c, timesteps=cut.T, step=steps, view=view,
-                         client_dp=_client_dp(cfg, dp_states, n_members, cut.t_c), cut_choice=cut_choice)  # fmt: skip
+                         client_dp=_client_dp(cfg, dp_states, n_members, cut.t_c), cut_choice=cut_choice,
+                         secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
 
 
 def _client_dp(cfg: Config, dp_states, n_members, t_c) -> ClientDPReport:
@@ -150,9 +155,13 @@ def format_privacy(report: PrivacyReport) -> str:
         f"  {'this run':24s} {v.releases_per_image:>9d} {f(v.mu):>11s} {f(v.epsilon):>11s} {f(v.delta, 'g'):>9s}",
         f"  fixed noise: {'yes' if v.fixed_noise else 'no'}; epochs run: {f(v.epochs, '.3g')}",
         f"  {v.note}",
+        f"  adjacency: {v.adjacency}"
+        + (f"; delta includes {v.delta_release_bound:g}, the chance that the release bound fails" if v.delta_release_bound else ""),
     ]
     if report.cut_choice is not None:
         lines.append(f"  cut chosen by protocol.target_epsilon: {report.cut_choice.message}")
+    if report.secrets_derived_from_seed:
+        lines.append(f"  {SEED_SECRETS_WARNING}")
     if dp.enabled:
         lines.append(f"client DP-SGD ({dp.accountant}, delta = {f(dp.delta, 'g')}, max_grad_norm = "
                      f"{f(dp.max_grad_norm, 'g')}, grad_sample_mode = {dp.grad_sample_mode}):")  # fmt: skip
@@ -161,6 +170,7 @@ def format_privacy(report: PrivacyReport) -> str:
             lines.append(f"  {c.client:>8d} {f(c.epsilon):>10s} {f(c.noise_multiplier):>8s} {f(c.sample_rate):>8s} "
                          f"{c.steps:>7d}")  # fmt: skip
         lines.append(f"  {dp.note}")
+        lines.append(f"  adjacency: {dp.adjacency} (not the view's replace-one: the two epsilons answer different questions)")
     else:
         lines.append(f"client DP-SGD: off ({dp.note})")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
+from collafuse_privacy.client_secrets import read_secrets
 from collafuse_privacy.config import with_overrides
 from collafuse_privacy.data import load_dataset
 from collafuse_privacy.io import load_tensors
@@ -92,7 +93,8 @@ def evaluate_run(
                 continue
             sib = run_dir.parent / f"{run_dir.name}-{tag}"
             log(f"training the c = {c:g} end of the sweep in {sib} (same data, seed and steps; resumable)")
-            train(with_overrides(cfg, [f"protocol.cut_ratio={c}", "protocol.target_epsilon=null"]), sib, device=dev)
+            train(with_overrides(cfg, [f"protocol.cut_ratio={c}", "protocol.target_epsilon=null"]), sib, device=dev,
+                  secrets=read_secrets(run_dir))  # the same clients: the same split and draws
             runs[c] = sib
     quality_runs = []
     for c in sorted(runs):

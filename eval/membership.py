@@ -46,13 +46,13 @@ from collafuse_privacy.io import atomic_write_bytes, save_figure
 from collafuse_privacy.linalg import nearest
 from collafuse_privacy.numbers import fmt_interval, num, to_json
 from collafuse_privacy.party import resolve_device
-from collafuse_privacy.rundir import GDPSection, MembershipMethod, MembershipReport, MembershipResult, RunDir
+from collafuse_privacy.rundir import BestMethod, GDPSection, MembershipMethod, MembershipReport, MembershipResult, RunDir
 from collafuse_privacy.typed import Schema, from_data
 from collafuse_privacy.view import ServerView
 
 from .ground_truth import load_ground_truth, message_image_ids
 from .roc import auc as roc_auc
-from .roc import membership_metrics, roc_curve, tpr_band
+from .roc import calibration_halves, membership_metrics, resolvable, roc_curve, tpr_at_fpr, tpr_band
 from .stats import bootstrap
 
 DEFAULT_CAP = 200  # members and as many held-out images per client
@@ -138,7 +138,8 @@ def gdp_section(view: ServerView, ids_recorded: np.ndarray, member_dist: np.ndar
         mu_actual_median=mus["actual_median"], tpr_bound_at_1pct_fpr=bound["worst", 0.01],
         tpr_bound_at_01pct_fpr=bound["worst", 0.001], tpr_bound_at_1pct_fpr_actual=bound["actual", 0.01],
         tpr_bound_at_01pct_fpr_actual=bound["actual", 0.001],
-        mu_actual_uses="max over sampled members of the distance to the nearest public/held-out image",
+        mu_actual_uses="a heuristic, not a bound: the max over sampled members of the distance to the nearest "
+                       "public/held-out image, in place of the worst-case sensitivity 2 sqrt(d)",
         sensitivity_worst=sensitivity(shape) if releases else None, distance_median=dmed, distance_max=dmax)
 
 
@@ -216,9 +217,10 @@ def run_membership(
             log(f"  {name}: {n_nan} of {len(s)} scores are NaN; they count as the lowest score")
             s = np.where(np.isnan(s), -np.inf, s)
         scores[name] = s
-        m = membership_metrics(s, labels, n_boot=n_boot, seed=seed)
-        entry = {"applicable": True, **{k: v.to_dict() for k, v in m.items()}, "seconds": seconds,
-                 "settings": to_json(attack.describe()), "nan_scores": n_nan}  # fmt: skip
+        m, unresolved = membership_metrics(s, labels, n_boot=n_boot, seed=seed)
+        entry = {"applicable": True, **{k: (v.to_dict() if v is not None else None) for k, v in m.items()},
+                 "unresolved": unresolved, "seconds": seconds, "settings": to_json(attack.describe()),
+                 "nan_scores": n_nan}  # fmt: skip
         if len(clients) > 1:
             entry["per_client_auc"] = {
                 str(k): bootstrap(roc_auc, s[owner == k], labels[owner == k], n_boot=min(n_boot, 200), seed=seed,
@@ -228,7 +230,8 @@ def run_membership(
         methods_out[name] = entry
         fpr, tpr, _ = roc_curve(s, labels)
         curves[name] = (fpr, tpr, m["auc"].value)
-        log(f"  {name}: AUC {m['auc']}, TPR@1%FPR {m['tpr_at_1pct_fpr']} ({seconds:.1f} s)")
+        log(f"  {name}: AUC {m['auc']}, TPR@1%FPR {m['tpr_at_1pct_fpr'] or unresolved.get('tpr_at_1pct_fpr')} "
+            f"({seconds:.1f} s)")
 
     n_non = int((1 - labels).sum())
     gdp, gdp_note = None, None
@@ -259,9 +262,13 @@ def run_membership(
         caps={"members_per_client": cap, "nonmembers_per_client": cap,
               "per_client": {str(k): v for k, v in cand["per_client"].items()}, "seed": seed},
         min_resolvable_fpr=(1.0 / n_non) if n_non else None,
-        tpr_interpolation="linear between ROC vertices (top of vertical segments); below 1/n_nonmembers set by the "
-                          "FPR=0 vertex",
-        n_boot=n_boot, gdp=gdp, gdp_note=gdp_note, scores=scores_rel, figure=fig_rel)  # fmt: skip
+        tpr_interpolation="linear between ROC vertices (top of vertical segments); TPR at an FPR below "
+                          "1/n_nonmembers is not reported (not resolvable)",
+        n_boot=n_boot, gdp=gdp, gdp_note=gdp_note, best=best_method(scores, labels, n_boot, seed), record=view.record,
+        scores=scores_rel, figure=fig_rel)  # fmt: skip
+    if view.record is not None and view.record.not_recorded and kind == "server":
+        log(f"  note: the server received {view.record.received} rows, {view.record.not_recorded} of them were not "
+            f"recorded (record.max_items={view.record.max_items}); attacks saw {view.record.recorded}")
     _plot(run_dir / fig_rel, curves, result, target, n_non)
 
     old = rd.metrics("membership") if rd.metrics_path("membership").is_file() else None
@@ -269,6 +276,26 @@ def run_membership(
     targets[target] = result
     rd.write_metrics("membership", MembershipReport(targets=targets))
     return result
+
+
+def best_method(scores: dict[str, np.ndarray], labels: np.ndarray, n_boot: int, seed: int) -> Optional[BestMethod]:
+    """The strongest method, chosen on a calibration half of the candidates by TPR at 1% FPR (AUC
+    where that half cannot resolve 1%), and scored on the other half: a best-of over several
+    methods chosen on the scored data itself would be biased upwards."""
+    if not scores:
+        return None
+    cal, ev = calibration_halves(labels, seed)
+    by_tpr = resolvable(0.01, int((labels[cal] == 0).sum()))
+    key = (lambda s: (tpr_at_fpr(s[cal], labels[cal], 0.01), roc_auc(s[cal], labels[cal]))) if by_tpr else \
+        (lambda s: (roc_auc(s[cal], labels[cal]),))  # fmt: skip
+    name = max(scores, key=lambda n: key(scores[n]))
+    s, y = scores[name][ev], labels[ev]
+    kw = dict(n_boot=n_boot, seed=seed, strata=y)
+    tpr = bootstrap(lambda a, b: tpr_at_fpr(a, b, 0.01), s, y, **kw) if resolvable(0.01, int((y == 0).sum())) else None
+    return BestMethod(method=name, selected_by=f"{'TPR at 1% FPR' if by_tpr else 'AUC'} on a calibration half "
+                      f"({len(cal)} candidates), scored on the other half ({len(ev)})",
+                      auc=bootstrap(roc_auc, s, y, **kw), tpr_at_1pct_fpr=tpr,
+                      note="" if tpr is not None else "TPR at 1% FPR is not resolvable on the held-out half")  # fmt: skip
 
 
 def _method(entry: dict) -> MembershipMethod:
@@ -290,8 +317,8 @@ def _plot(path: Path, curves: dict, result: MembershipResult, target: str, n_non
         ax.step(fpr[keep], tpr[keep], where="post", lw=1.5, label=f"{name} (AUC {a:.3f})")
     gdp = result.gdp
     if gdp is not None:
-        for mu, style, lab in ((gdp.mu_worst, "--", "GDP bound, worst case"),
-                               (gdp.mu_actual, "-.", "GDP, actual max distance")):  # fmt: skip
+        for mu, style, lab in ((gdp.mu_worst, "--", "GDP bound (worst case)"),
+                               (gdp.mu_actual, "-.", "GDP at the actual max distance: heuristic, not a bound")):
             if math.isfinite(mu):
                 ax.plot(grid, gdp_tpr(grid, mu), style, color="black", lw=1, label=f"{lab} (mu={mu:.3g})")
             elif mu == float("inf"):
@@ -310,20 +337,33 @@ def _plot(path: Path, curves: dict, result: MembershipResult, target: str, n_non
 
 def format_membership(result: MembershipResult, target: str) -> str:
     """A plain-text table of one target's results."""
-    f = lambda iv: fmt_interval(iv, ".3f", missing="-")  # noqa: E731
+    f = lambda iv, why=None: fmt_interval(iv, ".3f") if iv is not None else ("not resolvable" if why else "-")  # noqa: E731
     lines = [f"membership inference [{target}]: {result.protocol}, c = {result.cut_ratio:g} "
              f"(t_c = {result.t_c}), {result.n_members} members vs {result.n_nonmembers} held-out"]  # fmt: skip
-    head = f"{'method':<10} {'AUC':<24} {'bal. acc.':<24} {'TPR@1%FPR':<24} {'TPR@0.1%FPR':<24} {'s':>6}"
+    head = f"{'method':<10} {'AUC':<24} {'bal. acc. (held-out)':<24} {'TPR@1%FPR':<24} {'TPR@0.1%FPR':<24} {'s':>6}"
     lines += [head, "-" * len(head)]
     for name, m in result.methods.items():
         if not m.applicable:
             lines.append(f"{name:<10} not applicable: {m.reason}")
             continue
-        lines.append(f"{name:<10} {f(m.auc):<24} {f(m.balanced_accuracy):<24} "
-                     f"{f(m.tpr_at_1pct_fpr):<24} {f(m.tpr_at_01pct_fpr):<24} {m.seconds:>6.1f}")  # fmt: skip
+        u = m.unresolved
+        lines.append(f"{name:<10} {f(m.auc):<24} {f(m.balanced_accuracy, u.get('balanced_accuracy')):<24} "
+                     f"{f(m.tpr_at_1pct_fpr, u.get('tpr_at_1pct_fpr')):<24} "
+                     f"{f(m.tpr_at_01pct_fpr, u.get('tpr_at_0.1pct_fpr')):<24} {m.seconds:>6.1f}")  # fmt: skip
+    notes = sorted({why for m in result.methods.values() for why in m.unresolved.values()})
+    lines += [f"  {why}" for why in notes]
+    if result.best is not None:
+        b = result.best
+        lines.append(f"strongest: {b.method} (chosen by {b.selected_by}): AUC {f(b.auc)}, TPR@1%FPR "
+                     f"{f(b.tpr_at_1pct_fpr, b.note)}")  # fmt: skip
     gdp = result.gdp
     if gdp is not None:
-        lines.append(f"GDP bound: mu worst {num(gdp.mu_worst):.4g} (releases/image {gdp.releases_per_image}), "
-                     f"actual (max distance) {num(gdp.mu_actual):.4g}; TPR@1%FPR <= {gdp.tpr_bound_at_1pct_fpr:.4g}")
+        lines.append(f"GDP bound: mu worst {num(gdp.mu_worst):.4g} (releases/image {gdp.releases_per_image}); "
+                     f"TPR@1%FPR <= {gdp.tpr_bound_at_1pct_fpr:.4g}; heuristic mu at the actual max distance "
+                     f"{num(gdp.mu_actual):.4g}")  # fmt: skip
+    if result.record is not None and result.record.not_recorded:
+        r = result.record
+        lines.append(f"the server received {r.received} rows; {r.not_recorded} were not recorded "
+                     f"(record.max_items = {r.max_items}) and no attack saw them")  # fmt: skip
     lines.append(f"-> {result.scores}, {result.figure}")
     return "\n".join(lines)

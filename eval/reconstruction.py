@@ -37,6 +37,7 @@ numbers as the string ``"inf"``)::
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -105,9 +106,12 @@ def summarise(values, seed: int = 0) -> dict:
 
 
 def score_method(recon: torch.Tensor, truth: torch.Tensor, found: torch.Tensor, chance: np.ndarray,
-                 device: str = "cpu", seed: int = 0) -> dict:  # fmt: skip
-    """Summaries of one method: per-image scores of ``recon`` vs ``truth`` [n, C, H, W]."""
+                 device: str = "cpu", seed: int = 0, per_image: Optional[dict] = None) -> dict:  # fmt: skip
+    """Summaries of one method: per-image scores of ``recon`` vs ``truth`` [n, C, H, W]
+    (``per_image``, if given, receives the per-image SSIM and PSNR)."""
     sim = image_similarity(recon, truth, lpips_net="alex", device=device)
+    if per_image is not None:
+        per_image.update(ssim=sim.ssim.numpy(), psnr=sim.psnr.numpy())
     return {
         "n": int(len(recon)),
         "mse": summarise(sim.mse.numpy(), seed),
@@ -243,7 +247,9 @@ def run_reconstruction(
     result["n_handover"] = int(len(ho_rows))
 
     outputs: dict[str, object] = {}
+    per_image: dict[str, dict] = {}  # method -> per-image SSIM / PSNR of the scored training rows, in `rows` order
     result["methods"] = {}
+    result["record"] = to_json(dataclasses.asdict(view.record)) if view.record is not None else None
     for name in names:
         attack = make(name, device=dev, seed=seed, **options.get(name, {}))
         t0 = time.perf_counter()
@@ -260,10 +266,14 @@ def run_reconstruction(
             sel = torch.tensor([pos[r] for r in out.rows.tolist()], dtype=torch.long)
             entry = {"applicable": True, "source": "messages"}
             found = torch.zeros(len(out.rows), dtype=torch.bool)
+            guess = out.identify  # a sample, where the method samples; its posterior mean is scored below
             for k in torch.unique(client[out.rows]).tolist():
                 m = client[out.rows] == k
-                found[m] = nearest_is_true(out.images[m], ds.images[members[k]], true_idx[sel[m]])
-            entry.update(score_method(out.images, truth[sel], found, chance_rows[sel.numpy()], dev, seed))
+                found[m] = nearest_is_true(guess[m], ds.images[members[k]], true_idx[sel[m]])
+            scores: dict = {}
+            entry.update(score_method(out.images, truth[sel], found, chance_rows[sel.numpy()], dev, seed, scores))
+            order = torch.argsort(sel)
+            per_image[name] = {k: v[order.numpy()] for k, v in scores.items()} if len(sel) == len(rows) else {}
             if out.groups is not None:
                 entry["linking"] = _linking(out.groups, out.rows, ids, client)
         else:
@@ -279,7 +289,7 @@ def run_reconstruction(
                 cand_rows = torch.nonzero(hc == k).flatten()  # the client's samples, in order
                 where = {int(r): j for j, r in enumerate(cand_rows.tolist())}
                 tidx = torch.tensor([where[int(r)] for r in out.rows[m].tolist()], dtype=torch.long)
-                found[m] = nearest_is_true(out.images[m], ho_truth[cand_rows], tidx)
+                found[m] = nearest_is_true(out.identify[m], ho_truth[cand_rows], tidx)
                 chance[m.numpy()] = 1.0 / len(cand_rows)
             entry = {"applicable": True, "source": "handover"}
             entry.update(score_method(out.images, ho_truth[out.rows], found, chance, dev, seed))
@@ -289,11 +299,29 @@ def run_reconstruction(
         outputs[name] = out
         log(f"{name}: {seconds:.1f}s, PSNR {fmt_interval(entry['psnr'], '.4g')}, SSIM {fmt_interval(entry['ssim'], '.4g')}")
 
+    result["best"] = best_reconstruction(per_image, seed)
     result["figure"] = None
     if figure:
         result["figure"] = FIGURE
         _figure(run_dir, view, ds, ids, rows, ho_rows, ho_truth, outputs)
     return _write(rd, result, log)
+
+
+def best_reconstruction(per_image: dict[str, dict], seed: int) -> Optional[dict]:
+    """The best method on training images by SSIM, chosen on one half of the scored rows (seeded)
+    and scored on the other: choosing on the scored rows would bias a best-of upwards."""
+    per_image = {k: v for k, v in per_image.items() if v}
+    if not per_image:
+        return None
+    n = len(next(iter(per_image.values()))["ssim"])
+    if n < 4:
+        return None
+    perm = np.random.default_rng([seed, 0xBE57]).permutation(n)
+    sel, ev = perm[: n // 2], perm[n // 2 :]
+    name = max(per_image, key=lambda m: float(np.mean(per_image[m]["ssim"][sel])))
+    return {"method": name, "selected_by": f"mean SSIM on half of the scored rows ({len(sel)}), scored on the "
+            f"other half ({len(ev)})", "ssim": summarise(per_image[name]["ssim"][ev], seed),
+            "psnr": summarise(per_image[name]["psnr"][ev], seed)}  # fmt: skip
 
 
 def _write(rd: RunDir, result: dict, log, say: str = "") -> ReconstructionReport:

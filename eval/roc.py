@@ -14,13 +14,16 @@ From First Principles": report TPR at low FPR on a log-log ROC).
   achievable. Below ``FPR = 1 / n_nonmembers`` this is determined by the
   ``FPR = 0`` vertex (how many members outscore every non-member): such FPRs are
   not resolved by the sample, which :func:`membership_metrics` records.
-* :func:`balanced_accuracy`: ``max over thresholds of (TPR + 1 - FPR) / 2``.
+* balanced accuracy: the threshold is chosen on a calibration half (:func:`calibration_halves`),
+  the accuracy measured on the other half (:func:`membership_metrics`).
 
 Intervals: stratified bootstrap (members and non-members resampled within their
 class, :func:`collafuse_privacy.eval.stats.bootstrap`), percentile 95%.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -82,22 +85,72 @@ def tpr_at_fpr(scores, labels, fpr_target: float) -> float:
     return float(interp_tpr(fpr, tpr, fpr_target)[0])
 
 
-def balanced_accuracy(scores, labels) -> float:
-    fpr, tpr, _ = roc_curve(scores, labels)
-    return float(np.max((tpr + 1.0 - fpr) / 2.0))
+def best_threshold(scores, labels) -> float:
+    """The threshold (``score >= threshold`` = member) of the largest balanced accuracy."""
+    fpr, tpr, thresholds = roc_curve(scores, labels)
+    return float(thresholds[int(np.argmax((tpr + 1.0 - fpr) / 2.0))])
 
 
-def membership_metrics(scores, labels, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Interval]:
-    """AUC, balanced accuracy, TPR at 1% and 0.1% FPR, each an :class:`Interval`."""
+def balanced_accuracy_at(scores, labels, threshold: float) -> float:
+    """``(TPR + TNR) / 2`` of the test ``score >= threshold``."""
+    s, y = _check(scores, labels)
+    pred = s >= threshold
+    return 0.5 * (float(pred[y].mean()) + float((~pred[~y]).mean()))
+
+
+def calibration_halves(labels, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of the rows ``(calibrate, evaluate)``, each holding half of the members
+    and half of the non-members (seeded): thresholds and best-of choices are made on the first and
+    scored on the second, never on the same data."""
+    y = np.asarray(labels).astype(bool)
+    rng = np.random.default_rng([seed, 0xCA11B])
+    cal, ev = [], []
+    for cls in (True, False):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        cal.append(idx[: len(idx) // 2])
+        ev.append(idx[len(idx) // 2 :])
+    return np.sort(np.concatenate(cal)), np.sort(np.concatenate(ev))
+
+
+def resolvable(fpr_target: float, n_nonmembers: int) -> bool:
+    """Whether ``n_nonmembers`` resolve a false-positive rate of ``fpr_target`` (at least one of them)."""
+    return n_nonmembers > 0 and fpr_target * n_nonmembers >= 1.0 - 1e-9
+
+
+FPR_TARGETS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
+
+
+def membership_metrics(scores, labels, n_boot: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[dict[str, Optional[Interval]], dict[str, str]]:  # fmt: skip
+    """AUC, balanced accuracy and TPR at 1% and 0.1% FPR as :class:`Interval`s, and the reasons
+    for those that cannot be given.
+
+    * TPR at an FPR below ``1 / n_nonmembers`` is not resolved by the sample: ``None`` and the reason.
+    * Balanced accuracy: the threshold is chosen on a calibration half of the candidates and the
+      accuracy measured on the other half (bootstrap over that half, threshold fixed), so with no
+      signal it is centred on 0.5 rather than biased upwards by choosing on the scored data.
+    """
     s, y = _check(scores, labels)
     y = y.astype(np.int64)
+    n_non = int((y == 0).sum())
     kw = dict(n_boot=n_boot, seed=seed, level=level, strata=y)
-    return {
-        "auc": bootstrap(auc, s, y, **kw),
-        "balanced_accuracy": bootstrap(balanced_accuracy, s, y, **kw),
-        "tpr_at_1pct_fpr": bootstrap(lambda a, b: tpr_at_fpr(a, b, 0.01), s, y, **kw),
-        "tpr_at_0.1pct_fpr": bootstrap(lambda a, b: tpr_at_fpr(a, b, 0.001), s, y, **kw),
-    }
+    out: dict[str, Optional[Interval]] = {"auc": bootstrap(auc, s, y, **kw)}
+    notes: dict[str, str] = {}
+    cal, ev = calibration_halves(y, seed)
+    if min(y[cal].sum(), (1 - y[cal]).sum(), y[ev].sum(), (1 - y[ev]).sum()) > 0:
+        th = best_threshold(s[cal], y[cal])
+        out["balanced_accuracy"] = bootstrap(lambda a, b: balanced_accuracy_at(a, b, th), s[ev], y[ev],
+                                             **{**kw, "strata": y[ev]})  # fmt: skip
+    else:
+        out["balanced_accuracy"] = None
+        notes["balanced_accuracy"] = "too few candidates to calibrate a threshold on one half and score the other"
+    for key, f in FPR_TARGETS.items():
+        if resolvable(f, n_non):
+            out[key] = bootstrap(lambda a, b, f=f: tpr_at_fpr(a, b, f), s, y, **kw)
+        else:
+            out[key] = None
+            notes[key] = f"not resolvable: FPR {f:g} needs at least {int(np.ceil(1 / f))} non-members, there are {n_non}"
+    return out, notes
 
 
 def tpr_band(scores, labels, fpr_grid, n_boot: int = 500, seed: int = 0, level: float = 0.95):

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny CollaFuse runs on scikit-learn digits (8x8) with micro UNets."""
 
 import os
+from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,8 @@ from collafuse_privacy.config import load_config
 
 # Two threads on this 2-core machine; OMP_NUM_THREADS wins when set (parallel test jobs).
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+CONFIGS = Path(str(resources.files("collafuse_privacy.configs")))
 
 TINY = [
     "data.name=digits",
@@ -22,6 +26,7 @@ TINY = [
     "record.shard_size=16",
     "sample.n=4",
     "device=cpu",
+    "secrets.derive_from_seed=true",  # reproducible from the seed (tests/test_secrets.py covers the default)
 ]
 
 

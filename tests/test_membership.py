@@ -149,6 +149,9 @@ def test_candidates_never_sent_are_at_chance(tiny_run):
     sent = set(recorded_image_ids(run).tolist())
     view = ServerView.load(run)
     attack = make("view-lrt").fit(view)
+    res = run_membership(run, methods=["view-lrt"], n_boot=NB, log=lambda m: None)
+    assert res.record.recorded == 60 and res.record.not_recorded > 0  # stated in the output ...
+    assert f"{res.record.not_recorded} were not recorded" in format_membership(res, "server")  # ... and the table
     out = {}
     for group in ("unsent", "sent"):
         scores, labels = [], []
@@ -174,6 +177,7 @@ def test_no_attack_beats_the_worst_case_gdp_bound(tiny_run):
     gdp = res["gdp"]
     assert gdp["releases_per_image"] == 1
     assert gdp["tpr_bound_at_1pct_fpr"] < 0.2  # not trivially 1: the test can fail
+    assert "heuristic, not a bound" in gdp["mu_actual_uses"]
     for name, m in res["methods"].items():
         assert m["applicable"], name
         assert m["exceeds_worst_case_gdp_bound"] is False, name
@@ -234,8 +238,11 @@ def test_run_membership_files_and_targets(tiny_run):
     assert set(res["methods"]) == set(names())
     for name, m in res["methods"].items():
         assert m["applicable"], name
-        for key in ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
+        for key in ("auc", "balanced_accuracy"):
             assert set(m[key]) == {"value", "lo", "hi", "level", "n_boot"}
+        # 90 non-members resolve neither 1% nor 0.1% FPR: no number, a reason
+        for key in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
+            assert m[key] is None and "not resolvable" in m["unresolved"][key]
         assert m["seconds"] >= 0
     assert res["n_members"] == res["n_nonmembers"] == 90
     assert (run / res["figure"]).is_file()

@@ -178,6 +178,14 @@ def test_metrics_json_figure_and_cap(tiny_run, tmp_path):
     assert "rescale" in text and "not applicable" in text
 
 
+def test_sampling_methods_score_the_posterior_mean_and_identify_with_a_sample(tiny_run):
+    view = ServerView.load(tiny_run(*C02))
+    out = make("posterior", steps=5, sample_steps=3, n_samples=3).fit(view).reconstruct(view, torch.arange(6))
+    assert out.sample is not None and out.sample.shape == out.images.shape
+    assert not torch.equal(out.identify, out.images) and torch.equal(out.identify, out.sample)
+    assert out.info["n_samples"] == 3
+
+
 def test_learned_is_reproducible(tiny_run):
     view = ServerView.load(tiny_run(*C02))
     rows = torch.arange(10)

@@ -12,7 +12,7 @@ from collafuse_privacy.cli import main
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.eval.report import collect, knee, pareto_front, write_report
 from collafuse_privacy.numbers import Interval
-from collafuse_privacy.rundir import (BurdenReport, ClientDisclosure, ClientDPReport, ClientQuality, DisclosureFigures,
+from collafuse_privacy.rundir import (BestMethod, BestReconstruction, BurdenReport, ClientDisclosure, ClientDPReport, ClientQuality, DisclosureFigures,
                                       GDPSection, MembershipMethod, MembershipReport, MembershipResult, PooledQuality,
                                       PrivacyReport, QualityReport, QualityRun, ReconstructionMethod,
                                       ReconstructionReport, ReleasePrivacy, RunDir, ViewPrivacy)
@@ -43,12 +43,14 @@ def fake_run(root: Path, name: str, c: float, fid: float, tpr: float, ssim: floa
                      tpr_bound_at_1pct_fpr=1.0, tpr_bound_at_01pct_fpr=1.0)
     rd.write_metrics("membership", MembershipReport(targets={"server": MembershipResult(
         protocol="cut-image", cut_ratio=c, t_c=t_c, timesteps=100, fixed_noise=False, n_members=10, n_nonmembers=10,
-        methods={"view-lrt": method}, gdp=gdp)}))
+        methods={"view-lrt": method}, gdp=gdp,
+        best=BestMethod("view-lrt", "a calibration half", auc=iv(0.5 + tpr / 2), tpr_at_1pct_fpr=iv(tpr)) if sent else None)}))
     rd.write_metrics("reconstruction", ReconstructionReport(
         protocol="cut-image", cut_ratio=c, t_c=t_c, timesteps=100, fixed_noise=False, sent=sent, n_rows=10, cap=10,
         seed=0, reason=None if sent else "c = 1: nothing was sent",
         methods={"rescale": ReconstructionMethod(True, ssim=iv(ssim), psnr=iv(10 + 20 * ssim), mse=iv(1 - ssim),
-                                                 identification=iv(ssim), chance=0.01)} if sent else {}))
+                                                 identification=iv(ssim), chance=0.01)} if sent else {},
+        best=BestReconstruction("rescale", "half of the rows", ssim=iv(ssim), psnr=iv(10 + 20 * ssim)) if sent else None))
     rd.write_metrics("privacy", PrivacyReport(
         protocol="cut-image", cut_ratio=c, t_c=t_c, timesteps=100, step=1,
         view=ViewPrivacy(mu=float("inf") if c == 0 else 3.0, epsilon=float(eps), delta=1e-5, releases_per_image=1,

@@ -5,7 +5,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from collafuse_privacy.eval.roc import auc, balanced_accuracy, interp_tpr, membership_metrics, roc_curve, tpr_at_fpr
+from collafuse_privacy.eval.roc import (auc, best_threshold, calibration_halves, interp_tpr, membership_metrics,
+                                       roc_curve, tpr_at_fpr)  # fmt: skip
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -21,12 +22,42 @@ def test_roc_and_auc_match_sklearn(seed):
     assert abs(auc(s, y) - roc_auc_score(y, s)) < 1e-12
 
 
-def test_balanced_accuracy_is_best_threshold():
+def test_best_threshold_is_the_best_balanced_accuracy():
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, 200)
     s = rng.normal(size=200) + y
-    brute = max(((s >= t)[y == 1].mean() + (s < t)[y == 0].mean()) / 2 for t in np.r_[s, np.inf])
-    assert abs(balanced_accuracy(s, y) - brute) < 1e-12
+    bacc = lambda t: ((s >= t)[y == 1].mean() + (s < t)[y == 0].mean()) / 2  # noqa: E731
+    brute = max(bacc(t) for t in np.r_[s, np.inf])
+    assert abs(bacc(best_threshold(s, y)) - brute) < 1e-12
+
+
+def test_calibration_halves_are_disjoint_stratified_and_seeded():
+    y = np.r_[np.ones(41), np.zeros(60)].astype(int)
+    a, b = calibration_halves(y, seed=3)
+    assert not set(a) & set(b) and len(a) + len(b) == len(y)
+    assert y[a].sum() == 20 and (1 - y[a]).sum() == 30
+    assert np.array_equal(a, calibration_halves(y, seed=3)[0]) and not np.array_equal(a, calibration_halves(y, 4)[0])
+
+
+def test_balanced_accuracy_without_signal_is_at_chance():
+    """Scores independent of membership: the threshold is chosen on one half and the accuracy
+    measured on the other, so its interval covers 0.5 about 95% of the time (choosing the
+    threshold on the scored data pushes the interval above 0.5 in most runs)."""
+    covered = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        y = np.r_[np.ones(300), np.zeros(300)].astype(int)
+        m, _ = membership_metrics(rng.normal(size=600), y, n_boot=200, seed=seed)
+        covered += m["balanced_accuracy"].lo <= 0.5 <= m["balanced_accuracy"].hi
+    assert covered >= 16, covered
+
+
+def test_tpr_below_the_resolution_of_the_sample_is_not_a_number():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(600), np.zeros(600)].astype(int)
+    m, notes = membership_metrics(rng.normal(size=1200) + y, y, n_boot=100)
+    assert m["tpr_at_1pct_fpr"] is not None
+    assert m["tpr_at_0.1pct_fpr"] is None and "1000 non-members, there are 600" in notes["tpr_at_0.1pct_fpr"]
 
 
 def test_tpr_at_fpr_interpolates_linearly_between_vertices():
@@ -48,9 +79,11 @@ def test_metrics_intervals():
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(300), np.zeros(300)].astype(int)
     s = rng.normal(size=600) + 1.0 * y
-    m = membership_metrics(s, y, n_boot=200)
+    m, notes = membership_metrics(s, y, n_boot=200)
+    assert set(notes) == {"tpr_at_0.1pct_fpr"}  # 300 non-members resolve 1% but not 0.1%
     for k, iv in m.items():
-        assert iv.lo <= iv.value <= iv.hi, k
+        if iv is not None:
+            assert iv.lo <= iv.value <= iv.hi, k
     # AUC of N(1,1) vs N(0,1) is Phi(1/sqrt(2)) = 0.760
     assert m["auc"].lo < 0.760 < m["auc"].hi
     assert abs(auc(-s, y) - (1 - auc(s, y))) < 1e-12

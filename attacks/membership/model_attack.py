@@ -9,7 +9,7 @@ candidate ``x`` (pixels in [-1, 1]):
 target                      ``t_off``     ``abar_s[s]``                          clean data
 ==========================  ============  =====================================  ======================
 server, shared-noise        ``t_c``       ``abar[t_c + s]``                      ``x``
-server, cut-image           ``t_c``       ``Cut.tail_abar[s]``                  ``h = x_{t_c-1}`` of ``x``
+server, cut-image           ``t_c``       ``Cut.tail_abar[s]``                   ``h = x_{t_c-1}`` of ``x``
 client K (released model)   0             ``abar[s]``, ``s < t_c``               ``x``
 ==========================  ============  =====================================  ======================
 
@@ -18,9 +18,10 @@ trains an ordinary DDPM whose data are the hand-over images ``h`` on the tail sc
 (``CutImage.server_batch``):
 ``x_t = sqrt(abar_s[s]) h + sqrt(1 - abar_s[s]) eps2``, target ``eps2``, model told
 ``t = t_c + s``. Given ``x`` this ``x_t`` has exactly the marginal
-``q(x_t | x) = N(sqrt(abar[t]) x, (1 - abar[t]) I)``. ``h`` is drawn from ``x`` with
-fixed seeded noise (``loss``) or replaced by its noise-free mean
-``sqrt(abar_h) x`` (``secmi``, ``pia``: their deterministic start).
+``q(x_t | x) = N(sqrt(abar[t]) x, (1 - abar[t]) I)``. ``h`` is drawn from ``x`` with fixed
+seeded noise shared by every candidate (:meth:`ModelAttack.data`), and ``secmi`` and ``pia``
+start from the candidate at the target's lowest level (:meth:`ModelAttack.start`), on the
+distribution the target was trained on.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ from typing import Optional
 import torch
 
 from .base import MembershipAttack, NotApplicable
+
+
+# The papers attack DDPMs with T = 1000 linear betas from 1e-4 to 0.02 (Ho et al. 2020); their
+# timesteps are mapped to the target by noise level, not by index (:meth:`ModelAttack.level_of`).
+PAPER_T = 1000
+
+
+def paper_abar() -> torch.Tensor:
+    """``abar[t]`` float64 ``[1000]`` of the papers' schedule."""
+    betas = torch.linspace(1e-4, 0.02, PAPER_T, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, 0)
 
 
 def local_steps(n: int, fractions) -> list[int]:
@@ -77,9 +89,33 @@ class ModelAttack(MembershipAttack):
     def ab(self, s: int) -> float:
         return float(self.abar_s[s])
 
-    def clean_data(self, x: torch.Tensor) -> torch.Tensor:
-        """Noise-free clean data of the model's DDPM for candidates ``x``."""
-        return x * math.sqrt(self.hand_a) if self.hand_a else x
+    def level_of(self, t_paper: int) -> int:
+        """The target's local step at the noise level of the papers' timestep ``t_paper``: the one
+        whose ``abar_s`` is nearest in log signal-to-noise ratio to ``abar[t_paper]`` of the papers'
+        schedule (a step index means nothing across schedules; a noise level does). Clipped to the
+        target's range: a range that does not reach that level gives its nearest end."""
+        a = float(paper_abar()[int(t_paper)])
+        snr = torch.log(self.abar_s / (1 - self.abar_s).clamp_min(1e-300))
+        return int(torch.argmin((snr - math.log(a / (1 - a))).abs()))
+
+    def data(self, x: torch.Tensor, key: int = 0) -> torch.Tensor:
+        """The target's clean data for candidates ``x``: ``x`` itself, or for the cut-image server
+        the hand-over image ``h = sqrt(hand_a) x + sqrt(1 - hand_a) eps1`` it was trained on,
+        with seeded noise ``eps1`` shared by every candidate."""
+        if not self.hand_a:
+            return x
+        eps1 = self.noise(x.shape[1:], 1, key).to(x.device)
+        return math.sqrt(self.hand_a) * x + math.sqrt(1 - self.hand_a) * eps1
+
+    def start(self, x: torch.Tensor, key: int = 0) -> torch.Tensor:
+        """Candidates at the target's lowest level ``s = 0``, on the distribution it was trained on:
+        ``x_0 = sqrt(abar_s[0]) data(x) + sqrt(1 - abar_s[0]) eps`` with seeded noise shared by every
+        candidate. For a client model (``abar_s[0]`` = 1 - beta_0) this is the papers' clean ``x_0``
+        up to one step of noise; for the server, whose first level ``t_c`` is noisy, it is the only
+        point of its range that it ever saw (a noise-free ``sqrt(abar) x`` would be off its distribution)."""
+        a0 = self.ab(0)
+        eps = self.noise(x.shape[1:], 2, 0x57A7, key).to(x.device)
+        return math.sqrt(a0) * self.data(x, key) + math.sqrt(1 - a0) * eps
 
     def noise(self, shape, *key: int) -> torch.Tensor:
         """Fixed noise ``[1, C, H, W]`` shared by all candidates, seeded by ``(seed, *key)``."""

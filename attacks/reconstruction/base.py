@@ -39,6 +39,9 @@ class ReconstructionOutput:
     ``groups``: optional, for linking methods: ``groups[i]`` ``[R_i]`` int64 are the message
     rows ``images[i]`` was built from (``rows[i]`` among them).
     ``info``: method diagnostics (JSON-serialisable numbers and strings).
+    ``sample``: for methods that sample (``posterior``, ``inference``), one sample per row; then
+    ``images`` is the mean of several samples (the posterior mean: the server's best statement in
+    MSE), and identification uses the sample (a mean of digits is no digit).
     """
 
     images: torch.Tensor
@@ -46,6 +49,12 @@ class ReconstructionOutput:
     source: str = "messages"
     groups: Optional[list[torch.Tensor]] = None
     info: dict = field(default_factory=dict)
+    sample: Optional[torch.Tensor] = None
+
+    @property
+    def identify(self) -> torch.Tensor:
+        """What the nearest-private-image identification uses: a sample where there is one."""
+        return self.sample if self.sample is not None else self.images
 
     def __post_init__(self):
         if self.images.dim() != 4 or self.rows.dim() != 1 or len(self.images) != len(self.rows):

@@ -52,7 +52,7 @@ def disclosure_axes(cells: list[CellResult]) -> list[tuple[str, str, Callable[[C
     def eps(c: CellResult):
         return c.view_epsilon if c.view_epsilon is not None and not math.isnan(c.view_epsilon) else None
 
-    return [("mia", "membership TPR @ 1% FPR (strongest attack on the server's view)", mia),
+    return [("mia", "membership TPR @ 1% FPR (strongest attack on the server's view, chosen on a held-out half)", mia),
             ("ssim", "reconstruction SSIM of training images (best method)", ssim),
             ("eps", "formal epsilon of the server's view (GDP, log scale)", eps)]  # fmt: skip
 
@@ -101,3 +101,42 @@ def reading(cells: list[CellResult]) -> list[str]:
     return lines
 
 
+
+
+def across_seeds(cells: list[CellResult]) -> list[dict]:
+    """Settings trained with several seeds: the mean of each headline number over the seeds with a
+    95% t-interval (training randomness), beside the median width of the per-seed bootstrap
+    intervals (candidate sampling). One dict per setting with at least two finished seeds."""
+    from scipy import stats
+
+    groups: dict[str, list[CellResult]] = {}
+    for c in cells:
+        if c.status == "done":
+            groups.setdefault(c.setting or c.label, []).append(c)
+    out = []
+    for setting, cs in groups.items():
+        if len(cs) < 2:
+            continue
+        row = {"setting": setting, "seeds": len(cs)}
+        for key, get in (("fid", lambda c: (c.fid, None)),
+                         ("tpr1", lambda c: _iv_of(c.best_membership("server", "tpr1"))),
+                         ("auc", lambda c: _iv_of(c.best_membership("server", "auc"))),
+                         ("ssim", lambda c: _iv_of(c.best_reconstruction("ssim")))):  # fmt: skip
+            vals = [get(c) for c in cs]
+            xs = np.array([v for v, _ in vals if v is not None and math.isfinite(v)], dtype=float)
+            widths = [w for _, w in vals if w is not None and math.isfinite(w)]
+            if len(xs) >= 2:
+                half = float(stats.t.ppf(0.975, len(xs) - 1) * xs.std(ddof=1) / math.sqrt(len(xs)))
+                row[key] = {"mean": float(xs.mean()), "lo": float(xs.mean() - half), "hi": float(xs.mean() + half),
+                            "bootstrap_width": float(np.median(widths)) if widths else None}  # fmt: skip
+            else:
+                row[key] = None
+        out.append(row)
+    return out
+
+
+def _iv_of(best) -> tuple[Optional[float], Optional[float]]:
+    if not best:
+        return None, None
+    iv = best[1]
+    return iv["value"], iv["hi"] - iv["lo"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,6 +27,7 @@ class CellResult:
 
     label: str
     run_dir: Path
+    setting: str = ""  # the label without the training seed (cells of one setting differ only in it)
     status: str = "done"
     error: Optional[str] = None
     cut_ratio: float = float("nan")
@@ -52,6 +52,10 @@ class CellResult:
     bytes_per_image: Optional[float] = None
     paper_kid: Optional[float] = None  # mean over clients: KID(server training images, client members)
     paper_mse: Optional[float] = None
+    membership_best: dict = field(default_factory=dict)  # target -> {method, auc, tpr1, selected_by}
+    reconstruction_best: Optional[dict] = None  # {method, ssim, psnr, selected_by}
+    not_recorded: Optional[int] = None  # rows the server received that the view did not record
+    secrets_derived_from_seed: bool = False
     figures: dict = field(default_factory=dict)  # name -> path
 
     @property
@@ -66,13 +70,19 @@ class CellResult:
         return " + ".join(parts) or "none"
 
     def best_membership(self, target: str = "server", key: str = "tpr1") -> Optional[tuple[str, dict]]:
-        """The strongest applicable attack on ``target`` by ``key`` (value, lo, hi)."""
-        return _best(self.membership.get(target, {}), key)
+        """The strongest attack on ``target``, as chosen on a calibration half of the candidates and
+        scored on the other (``metrics/membership.json`` ``best``): ``(method, interval)``."""
+        best = self.membership_best.get(target)
+        if not best or best.get(key) is None:
+            return None
+        return best["method"], best[key]
 
     def best_reconstruction(self, key: str = "ssim") -> Optional[tuple[str, dict]]:
-        """The best reconstruction of *training* images (``inference`` targets the client's
-        generated outputs, a different question, and is left out)."""
-        return _best({n: m for n, m in self.reconstruction.items() if m.get("source", "messages") == "messages"}, key)
+        """The best reconstruction of *training* images, chosen on half of the scored rows and scored
+        on the other half (``inference`` targets the client's generated outputs, a different
+        question, and is left out)."""
+        b = self.reconstruction_best
+        return (b["method"], b[key]) if b and b.get(key) is not None else None
 
     def nothing_sent(self) -> bool:
         return self.t_c is not None and self.reconstruction_sent is False
@@ -95,21 +105,17 @@ class CellResult:
         return row
 
 
-def _best(methods: dict, key: str) -> Optional[tuple[str, dict]]:
-    """``(name, interval)`` of the method with the largest ``key`` value, skipping missing ones."""
-    scored = [(n, m[key]) for n, m in methods.items() if m.get(key) is not None and not math.isnan(m[key]["value"])]
-    return max(scored, key=lambda nm: nm[1]["value"]) if scored else None
-
-
-def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", error: Optional[str] = None) -> CellResult:
+def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", error: Optional[str] = None,
+             setting: Optional[str] = None) -> CellResult:  # fmt: skip
     """Collect one run's headline numbers from ``metrics/*.json`` (and its config), all validated."""
     rd = RunDir(run_dir)
+    label = label or rd.path.name
     if not rd.exists() and status != "done":  # a sweep cell that has not started
-        return CellResult(label=label or rd.path.name, run_dir=rd.path, status=status, error=error)
+        return CellResult(label=label, run_dir=rd.path, setting=setting or label, status=status, error=error)
     cfg = rd.config()
-    r = CellResult(label=label or rd.path.name, run_dir=rd.path, status=status, error=error,
+    r = CellResult(label=label, run_dir=rd.path, setting=setting or label, status=status, error=error,
                    cut_ratio=cfg.protocol.cut_ratio, protocol=cfg.protocol.kind, fixed_noise=cfg.protocol.fixed_noise,
-                   seed=cfg.seed)  # fmt: skip
+                   seed=cfg.seed, secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
     dp = cfg.defense.client_dp
     if dp.enabled:
         r.dp = {"enabled": True, "noise_multiplier": dp.noise_multiplier, "target_epsilon": dp.target_epsilon}
@@ -131,10 +137,17 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
         r.t_c = res.t_c
         r.membership[target] = {
             name: {"applicable": m.applicable, "reason": m.reason, "auc": _iv(m.auc), "tpr1": _iv(m.tpr_at_1pct_fpr),
-                   "tpr01": _iv(m.tpr_at_01pct_fpr), "bacc": _iv(m.balanced_accuracy)}
+                   "tpr01": _iv(m.tpr_at_01pct_fpr), "bacc": _iv(m.balanced_accuracy),
+                   "unresolved": {"tpr1": m.unresolved.get("tpr_at_1pct_fpr"),
+                                  "tpr01": m.unresolved.get("tpr_at_0.1pct_fpr")}}
             for name, m in res.methods.items()
         }  # fmt: skip
         r.membership_gdp[target] = res.gdp
+        if res.best is not None:
+            r.membership_best[target] = {"method": res.best.method, "auc": _iv(res.best.auc),
+                                         "tpr1": _iv(res.best.tpr_at_1pct_fpr), "selected_by": res.best.selected_by}
+        if res.record is not None and target == "server":
+            r.not_recorded = res.record.not_recorded
         if res.figure:
             r.figures[f"roc-{target}"] = rd.path / res.figure
 
@@ -146,6 +159,11 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
             if m.applicable:
                 r.reconstruction[name] = {"ssim": _iv(m.ssim), "psnr": _iv(m.psnr), "mse": _iv(m.mse),
                                           "ident": _iv(m.identification), "chance": m.chance, "source": m.source}
+        if rec.best is not None:
+            r.reconstruction_best = {"method": rec.best.method, "ssim": _iv(rec.best.ssim), "psnr": _iv(rec.best.psnr),
+                                     "selected_by": rec.best.selected_by}
+        if rec.record is not None:
+            r.not_recorded = rec.record.not_recorded
         if rec.figure:
             r.figures["reconstruction"] = rd.path / rec.figure
 
@@ -181,7 +199,8 @@ def collect(dirs) -> list[CellResult]:
             for c in read_index(d).cells:
                 cdir = d / c.dir
                 cell = read_cell(cdir)
-                out.append(read_run(cdir, label=c.label, status=cell.get("status", "pending"), error=cell.get("error")))
+                out.append(read_run(cdir, label=c.label, status=cell.get("status", "pending"), error=cell.get("error"),
+                                    setting=c.setting or c.label))  # fmt: skip
         elif (d / "config.yaml").is_file():
             out.append(read_run(d))
         else:

@@ -15,13 +15,21 @@ from collafuse_privacy.io import atomic_write_bytes, atomic_write_text
 from collafuse_privacy.numbers import fmt as _fmt
 from collafuse_privacy.numbers import fmt_interval
 
-from .analyse import reading
+from .analyse import across_seeds, reading
 from .collect import CellResult, collect
 from .figures import tradeoff_figure
 
 
 def _fmt_iv(iv, spec=".3f") -> str:
     return fmt_interval(iv, spec)
+
+
+ADJACENCY_NOTE = ("formal eps (view): GDP of what crosses the cut under replace-one adjacency (one image replaced by "
+                  "any other, L2 sensitivity 2 sqrt(d)); the client DP-SGD eps in the defence column is Opacus' "
+                  "add/remove adjacency: the two answer different questions and are not comparable")
+SECRETS_NOTE = ("These runs derived the clients' secrets from the config's seed (secrets.derive_from_seed, for "
+                "reproducibility): a server that guesses the seed could rebuild their split and noise, so the "
+                "numbers hold only for a server that cannot.")
 
 
 class _Notes:
@@ -40,17 +48,21 @@ class _Notes:
 def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, list[list[str]]]:
     """Named tables (header row first) of the report; ``notes`` (if given) receives the
     footnotes of each table: ``{table name: [reason, ...]}``."""
-    mia_notes = _Notes()
+    mia_notes, main_notes = _Notes(), _Notes()
     main = [["setting", "c", "t_c", "protocol", "defence", "FID pooled", "KID pooled", "formal eps (view)",
-             "client FLOP share", "bytes sent / image", "status"]]  # fmt: skip
+             "client FLOP share", "bytes sent / image", "rows not recorded", "status"]]  # fmt: skip
     for c in cells:
+        eps = _fmt(c.view_epsilon)
+        if c.view_epsilon is not None:
+            eps += " " + main_notes.na(ADJACENCY_NOTE)[4:]
         main.append([c.label, _fmt(c.cut_ratio, "g"), str(c.t_c if c.t_c is not None else "n/a"), c.protocol, c.defence,
-                     _fmt(c.fid, ".2f"), _fmt(c.kid, ".4f"), _fmt(c.view_epsilon), _fmt(c.client_flop_share, ".3f"),
-                     _fmt(c.bytes_per_image, ".0f"), c.status + (f": {c.error}" if c.error else "")])  # fmt: skip
+                     _fmt(c.fid, ".2f"), _fmt(c.kid, ".4f"), eps, _fmt(c.client_flop_share, ".3f"),
+                     _fmt(c.bytes_per_image, ".0f"), _fmt(c.not_recorded, "d"),
+                     c.status + (f": {c.error}" if c.error else "")])  # fmt: skip
     mia_methods = sorted({m for c in cells for t in c.membership.values() for m in t})
     targets = sorted({t for c in cells for t in c.membership})
     mia = [["setting", "target"] + [f"{m} AUC" for m in mia_methods] + [f"{m} TPR@1%FPR" for m in mia_methods]
-           + ["GDP bound TPR@1%FPR"]]  # fmt: skip
+           + ["strongest (chosen on a held-out half): TPR@1%FPR", "GDP bound TPR@1%FPR"]]  # fmt: skip
     for c in cells:
         for t in targets:
             res = c.membership.get(t)
@@ -64,8 +76,13 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
                         row.append("not run")
                     elif not mm.get("applicable", True):
                         row.append(mia_notes.na(mm.get("reason")))
+                    elif mm.get(key) is None and (mm.get("unresolved") or {}).get(key):
+                        row.append("not resolvable " + mia_notes.na(mm["unresolved"][key])[4:])
                     else:
                         row.append(_fmt_iv(mm.get(key)))
+            best = c.membership_best.get(t)
+            row.append(f"{_fmt_iv(best['tpr1'])} ({best['method']})" if best and best.get("tpr1") else
+                       (f"n/a ({best['method']})" if best else "n/a"))  # fmt: skip
             gdp = c.membership_gdp.get(t)
             row.append(_fmt(gdp.tpr_bound_at_1pct_fpr, ".3f") if gdp is not None else "n/a")
             mia.append(row)
@@ -85,15 +102,23 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
         row.append(_fmt(chances[0], ".4f") if chances else "n/a")
         rec.append(row)
     paper = [["setting", "KID(server training images, client data)", "pixel MSE over pairs",
-              "ours: best TPR@1%FPR", "ours: best SSIM"]]  # fmt: skip
+              "ours: strongest TPR@1%FPR (held-out)", "ours: best SSIM (held-out)"]]  # fmt: skip
     for c in cells:
         bm, br = c.best_membership(), c.best_reconstruction()
         paper.append([c.label, _fmt(c.paper_kid, ".4f"), _fmt(c.paper_mse, ".4f"),
                       f"{_fmt(bm[1]['value'], '.3f')} ({bm[0]})" if bm else "n/a",
                       f"{_fmt(br[1]['value'], '.3f')} ({br[0]})" if br else "n/a"])  # fmt: skip
+    seeds = [["setting", "seeds", "FID pooled: mean [95% across seeds]", "strongest TPR@1%FPR",
+              "strongest AUC", "best SSIM", "median bootstrap width (TPR / AUC / SSIM)"]]  # fmt: skip
+    for g in across_seeds(cells):
+        cell = lambda key, spec=".3f": ("n/a" if g.get(key) is None else  # noqa: E731
+                                        f"{_fmt(g[key]['mean'], spec)} [{_fmt(g[key]['lo'], spec)}, {_fmt(g[key]['hi'], spec)}]")
+        widths = " / ".join(_fmt((g.get(k) or {}).get("bootstrap_width"), ".3f") for k in ("tpr1", "auc", "ssim"))
+        seeds.append([g["setting"], str(g["seeds"]), cell("fid", ".2f"), cell("tpr1"), cell("auc"), cell("ssim"), widths])
     if notes is not None:
         notes["membership"] = mia_notes.items
-    return {"settings": main, "membership": mia, "reconstruction": rec, "paper": paper}
+        notes["settings"] = main_notes.items
+    return {"settings": main, "membership": mia, "reconstruction": rec, "paper": paper, "seeds": seeds}
 
 
 def _md_table(rows: list[list[str]]) -> str:
@@ -147,9 +172,14 @@ def write_report(dirs, out: Optional[str | Path] = None, screenshot: bool = True
     lead = (f"{len(cells)} settings. Utility: FID/KID of collaborative samples against each client's held-out "
             f"images ({ext or 'no quality metrics found'}). Disclosure: what an honest-but-curious server "
             "infers from its view alone (membership and reconstruction attacks, scored against ground truth "
-            "with bootstrap 95% intervals), and the formal GDP epsilon of that view.")  # fmt: skip
+            "with bootstrap 95% intervals over candidates; the strongest method of each family is chosen on one "
+            "half of the candidates and scored on the other), and the formal GDP epsilon of that view.")  # fmt: skip
+    if any(c.secrets_derived_from_seed for c in cells):
+        lead += " " + SECRETS_NOTE
     sections = [("Trade-off", None), ("Reading", None), ("Settings", "settings"), ("Membership inference", "membership"),
                 ("Reconstruction", "reconstruction"), ("The paper's disclosure figures beside ours", "paper")]  # fmt: skip
+    if len(tabs["seeds"]) > 1:
+        sections.append(("Across training seeds (training randomness beside the candidate bootstrap)", "seeds"))
 
     md = [f"# {title}", "", lead, "", "![trade-off](figures/tradeoff.png)", "", "## Reading", ""]
     md += [f"- {w}" for w in words]

@@ -1,0 +1,64 @@
+"""Positive and negative controls of the model-based membership attacks (issue 12).
+
+``configs/positive-control.yaml``: the server trains at c = 0 on about 22 members per client for
+500 epochs and memorises them. Every model attack must find them (AUC >= 0.9, members scoring
+higher: a flipped sign would give AUC <= 0.1), and must be at chance on two sets of images the
+model never saw. ``benchmarks/positive_control.py`` prints the published-style table.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from collafuse_privacy.attacks.membership import make
+from collafuse_privacy.config import load_config
+from collafuse_privacy.data import load_dataset
+from collafuse_privacy.eval.roc import auc
+from collafuse_privacy.eval.stats import bootstrap
+from collafuse_privacy.training import train
+from collafuse_privacy.view import ServerView
+
+from conftest import CONFIGS
+
+MODEL_ATTACKS = ["loss", "secmi", "pia"]
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pc") / "run"
+    cfg = load_config(CONFIGS / "positive-control.yaml")
+    train(cfg, run, device="cpu", quiet=True)
+    return run, cfg
+
+
+def _unseen(run, cfg, n=200, seed=0):
+    """Images of the dataset the run never loaded (data.max_images keeps 100 of 1,797)."""
+    full = load_dataset(dataclasses.replace(cfg.data, max_images=None))
+    # the run's images are a subset of the full set: find them, and keep the others
+    d = torch.cdist(full.images.flatten(1), load_dataset(cfg.data).images.flatten(1)).amin(1)
+    others = torch.nonzero(d > 0).flatten()
+    pick = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(seed))[:n]]
+    return full.images[pick]
+
+
+def test_every_model_attack_finds_the_members_of_a_model_that_memorised(memorised):
+    run, cfg = memorised
+    from collafuse_privacy.eval.membership import run_membership
+
+    res = run_membership(run, methods=MODEL_ATTACKS, n_boot=200, log=lambda m: None)
+    for name in MODEL_ATTACKS:
+        m = res.methods[name]
+        assert m.applicable and m.auc.value >= 0.9, (name, m.auc)
+
+
+def test_the_same_attacks_are_at_chance_on_images_the_model_never_saw(memorised):
+    run, cfg = memorised
+    view = ServerView.load(run)
+    unseen = _unseen(run, cfg)
+    y = np.r_[np.ones(100), np.zeros(100)].astype(int)  # two halves of never-seen images
+    for name in MODEL_ATTACKS:
+        s = make(name).fit(view).score(view, unseen).numpy()
+        iv = bootstrap(auc, s, y, n_boot=300, strata=y)
+        assert iv.lo <= 0.5 <= iv.hi, (name, iv)
