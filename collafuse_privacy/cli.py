@@ -22,8 +22,16 @@ class CliError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+def os_error_line(exc: OSError) -> str:
+    """``OSError`` as one line naming the path: permission denied, disk full, not a directory."""
+    what = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, getattr(exc, "filename2", None)) if p]
+    return f"{what}: {' -> '.join(str(p) for p in paths)}" if paths else what
+
+
 def user_errors(fn):
-    """Turn UserError (and an interrupt) into one line; keep tracebacks for real bugs."""
+    """Turn UserError, an OS error (permissions, a full disk) and an interrupt into one line;
+    keep tracebacks for real bugs."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -31,6 +39,8 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as exc:
             raise CliError(str(exc)) from None
+        except OSError as exc:
+            raise CliError(os_error_line(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
             sys.exit(130)
@@ -48,8 +58,24 @@ DEVICE = click.option(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="collafuse-privacy")
-def main() -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="torch threads of this command (default: the machine's cores; `sweep --jobs J` gives each "
+                   "cell N // J). Set explicitly, so no command oversubscribes the CPU.")
+def main(threads) -> None:
     """CollaFuse split diffusion, and what an honest-but-curious server learns."""
+    set_threads(threads)
+
+
+def set_threads(threads=None) -> int:
+    """Set torch's intra-op threads (``threads``, else the cores this process may use); returns them."""
+    import os
+
+    import torch
+
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, int(threads)))
+    return torch.get_num_threads()
 
 
 def _load_cfg(config, overrides, device):
@@ -66,19 +92,22 @@ def _train(cfg, out, quiet):
     from .rundir import default_run_dir
     from .training import Trainer
 
+    from .lock import locked
+
     resolved = resolve(cfg, Path(out) if out else None)  # protocol.target_epsilon -> the cut, before naming the run
     run_dir = Path(out) if out else default_run_dir(resolved.cfg)
-    trainer = Trainer(resolved, run_dir, resolve_device(cfg.device), quiet=quiet)
-    what = f"resuming at round {trainer.step}" if trainer.resumed else "new run"
-    click.echo(
-        f"run directory: {run_dir} ({what}; t_c = {trainer.cfg.t_c} of T = {cfg.diffusion.timesteps}, device {trainer.device})",
-        err=True,
-    )
-    summary = trainer.train()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} exists and is not a folder")
+    with locked(run_dir):
+        trainer = Trainer(resolved, run_dir, resolve_device(cfg.device), quiet=quiet)
+        what = f"resuming at round {trainer.step}" if trainer.resumed else "new run"
+        click.echo(f"run directory: {run_dir} ({what}; t_c = {trainer.cfg.t_c} of T = {cfg.diffusion.timesteps}, "
+                   f"device {trainer.device})", err=True)  # fmt: skip
+        summary = trainer.train()
     click.echo(
         f"trained {summary['steps']} rounds in {summary['seconds']:.0f} s; "
-        f"the server received {summary['messages']} messages ({summary['bytes_sent'] / 1e6:.1f} MB), "
-        f"{summary['recorded']} images recorded in server_view/",
+        f"the server received {summary['messages']} messages ({summary['bytes_sent'] / 1e6:.1f} MB, "
+        f"{summary['received']} images), {summary['recorded']} of them recorded in server_view/",
         err=True,
     )
     return run_dir

@@ -43,8 +43,9 @@ class Secrets:
 
     @property
     def split(self) -> int:
-        """Seed of the public / client / member / held-out split."""
-        return mix("split", self.root)
+        """Seed of the public / client / member / held-out split (derived from the seed: the seed
+        itself, so that such runs keep the split, and with it the FID extractor, they always had)."""
+        return self.root if self.derived_from_seed else mix("split", self.root)
 
     def client(self, k: int, seed: int) -> int:
         """Client ``k``'s secret for training seed ``seed``."""
@@ -54,7 +55,7 @@ class Secrets:
 def make_secrets(cfg: Config) -> Secrets:
     """Fresh secrets for a new run: from the OS, or from ``seed`` with ``secrets.derive_from_seed``."""
     if cfg.secrets.derive_from_seed:
-        return Secrets(root=mix("derived-from-seed", cfg.seed), derived_from_seed=True)
+        return Secrets(root=int(cfg.seed), derived_from_seed=True)
     return Secrets(root=_os_secrets.randbits(62), derived_from_seed=False)
 
 

@@ -86,6 +86,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
+    memory_check: bool = True  # refuse a run whose memory estimate exceeds the machine's (resources.py)
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,9 @@ def validate(cfg: Config) -> Config:
                 "or 'defense.client_dp.target_epsilon'"
             )
     PROTOCOLS.get(cfg.protocol.kind).check_config(cfg)  # what only some protocols can do
+    from .diffusion import make_scheduler
+
+    make_scheduler(cfg.diffusion)  # a schedule that does not end near pure noise is refused here
     return cfg
 
 

@@ -157,16 +157,52 @@ def _image_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
-                im = im.convert(mode)
-                w, h = im.size
-                s = min(w, h)  # centre crop to a square, then resize
-                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                im = im.resize((size, size), Image.BICUBIC)
-                a = np.asarray(im, dtype=np.float32) / 255.0
+                im.load()
+                a = _high_depth(im, f, mode, size) if im.mode in HIGH_DEPTH_MODES else _eight_bit(im, mode, size)
+        except UserError:
+            raise
         except Exception:
             raise UserError(f"{f} is not a readable image") from None
         out[i] = torch.from_numpy(a.reshape(size, size, -1)).permute(2, 0, 1)
     return out, torch.tensor(labels, dtype=torch.int64)
+
+
+# 16-bit and 32-bit integer and float greyscale: Pillow's convert("L") would saturate or zero them
+HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+def _square_resize(im, size: int):
+    from PIL import Image
+
+    w, h = im.size
+    s = min(w, h)  # centre crop to a square, then resize
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return im.resize((size, size), Image.BICUBIC)
+
+
+def _eight_bit(im, mode: str, size: int) -> np.ndarray:
+    """8-bit images: ``[size, size(, C)]`` float32 in [0, 1]."""
+    return np.asarray(_square_resize(im.convert(mode), size), dtype=np.float32) / 255.0
+
+
+def _high_depth(im, path, mode: str, size: int) -> np.ndarray:
+    """16-bit integer images scaled by 65535, float images taken as they are when they lie in
+    [0, 1]; anything else is refused naming the file (never silently saturated or zeroed)."""
+    from PIL import Image
+
+    a = np.asarray(im)
+    if im.mode == "F":
+        if not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0:
+            raise UserError(f"{path}: a float image with values in [{np.nanmin(a):.3g}, {np.nanmax(a):.3g}]; "
+                            "float images must lie in [0, 1] (or convert it to 8 or 16 bits)")  # fmt: skip
+        x = a.astype(np.float32)
+    else:
+        if a.min() < 0 or a.max() > 65535:
+            raise UserError(f"{path}: a {im.mode} image with values in [{a.min()}, {a.max()}], beyond 16 bits; "
+                            "convert it to 8 or 16 bits")  # fmt: skip
+        x = a.astype(np.float32) / 65535.0
+    x = np.array(_square_resize(Image.fromarray(x, mode="F"), size), dtype=np.float32)
+    return np.repeat(x[..., None], 3, axis=2) if mode == "RGB" else x
 
 
 def _read_attributes(path: Path, column: Optional[str]) -> dict[str, str]:

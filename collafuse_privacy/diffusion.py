@@ -12,18 +12,36 @@ import torch
 from diffusers import DDPMScheduler
 
 from .config import DiffusionConfig
+from .errors import UserError
+
+
+# Linear betas scaled to a small T are capped here: beyond it a step destroys most of the
+# signal at once and the tail's abar falls to ~1e-9 (T = 20), where predicting x0 divides by
+# sqrt(abar) ~ 3e-5 and sampling explodes. With the cap, T = 20 ends at abar ~ 2e-5; T >= 40
+# (every setting of the demo and the default run) is untouched.
+MAX_LINEAR_BETA = 0.5
+# The chain must end near pure noise: sampling starts from N(0, I).
+MAX_FINAL_ABAR = 1e-2
 
 
 def make_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
     """Full-chain ``DDPMScheduler``. Linear betas are scaled by ``1000 / T`` so
     that ``T = 1000`` is the standard DDPM schedule and smaller ``T`` still ends
-    near pure noise; ``cosine`` is diffusers' ``squaredcos_cap_v2``."""
+    near pure noise (capped at :data:`MAX_LINEAR_BETA`); ``cosine`` is diffusers'
+    ``squaredcos_cap_v2``. A schedule whose last ``abar`` is not near 0 is refused."""
     T = cfg.timesteps
     if cfg.schedule == "linear":
         scale = 1000.0 / T
-        betas = torch.linspace(cfg.beta_start * scale, min(cfg.beta_end * scale, 0.999), T, dtype=torch.float64)
-        return DDPMScheduler(num_train_timesteps=T, trained_betas=betas.tolist(), clip_sample=True)
-    return DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+        betas = torch.linspace(cfg.beta_start * scale, cfg.beta_end * scale, T, dtype=torch.float64)
+        betas = betas.clamp(max=MAX_LINEAR_BETA)
+        sched = DDPMScheduler(num_train_timesteps=T, trained_betas=betas.tolist(), clip_sample=True)
+    else:
+        sched = DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    last = float(torch.prod(1.0 - sched.betas.double()))
+    if last > MAX_FINAL_ABAR:
+        raise UserError(f"config key 'diffusion.timesteps'={T} is too few for the {cfg.schedule} schedule: its chain "
+                        f"ends at abar = {last:.3g}, not near pure noise (at most {MAX_FINAL_ABAR:g}); raise it")
+    return sched
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:

@@ -39,9 +39,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:  # a full disk names no file: name it
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
@@ -120,3 +122,12 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail now, with the folder named, if ``folder`` cannot be written (before a long computation)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".writable.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)

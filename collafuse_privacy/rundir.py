@@ -36,7 +36,7 @@ from .numbers import Interval
 from .typed import Schema, from_data, to_data
 
 SCHEMA = 1  # version of every JSON file below; bump on an incompatible change
-SWEEP_MARKERS = {"cell.json", "error.log"}
+SWEEP_MARKERS = {"cell.json", "error.log", ".lock"}  # may precede a run in its folder
 
 
 # ---------------------------------------------------------------------------
@@ -348,6 +348,7 @@ class MembershipResult:
     record: Optional[RecordStats] = None
     scores: Optional[str] = None
     figure: Optional[str] = None
+    files: dict[str, str] = field(default_factory=dict)  # sha256 of the scores and the figure
 
 
 @dataclass(frozen=True)
@@ -412,6 +413,7 @@ class ReconstructionReport:
     best: Optional[BestReconstruction] = None
     record: Optional[RecordStats] = None
     figure: Optional[str] = None
+    files: dict[str, str] = field(default_factory=dict)  # sha256 of the figure
     schema: int = SCHEMA
 
 
@@ -550,15 +552,6 @@ class RunDir:
     def latest(self) -> Optional[LatestCheckpoint]:
         path = self.ckpt_dir / "latest.json"
         return read_json(path, LatestCheckpoint) if path.is_file() else None
-
-    def require_latest(self) -> LatestCheckpoint:
-        latest = self.latest()
-        if latest is None:
-            raise UserError(f"{self.path} has no checkpoint yet; run train first")
-        return latest
-
-    def latest_dir(self) -> Path:
-        return self.ckpt_dir / self.require_latest().dir
 
     def write_latest(self, latest: LatestCheckpoint) -> None:
         write_json(self.ckpt_dir / "latest.json", latest)

@@ -12,15 +12,17 @@ output is the final image.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .lock import locks_run
 from .client_secrets import read_secrets
 from .config import Config
 from .errors import UserError
-from .io import atomic_write_bytes, load_tensors, save_tensors
+from .io import atomic_write_bytes, check_writable, load_tensors, save_tensors
 from .models import load_unet
 from .party import resolve_device
 from .protocol import Cut, protocol_for
@@ -29,15 +31,76 @@ from .rundir import RunDir
 
 
 @torch.no_grad()
-def client_denoise(model, cut: Cut, h: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Run the client's steps ``t = t_c-1 .. 0`` from ``h``; returns ``x0`` in [-1, 1]."""
+def client_denoise(model, cut: Cut, h: torch.Tensor, gen: torch.Generator, clamp: bool = True) -> torch.Tensor:
+    """Run the client's steps ``t = t_c-1 .. 0`` from ``h``; returns ``x0`` (in [-1, 1] with ``clamp``)."""
     sched = cut.scheduler()
     x = h
     for s in range(cut.t_c - 1, -1, -1):
         t = torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
         eps = model(x, t).sample
         x = sched.step(eps, s, x, generator=gen).prev_sample
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if clamp else x
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    """What the images looked like before the final clamp to [-1, 1] (a model that diverged
+    hides behind it): per client the largest ``|x|`` and the share of pixels outside [-1, 1],
+    non-finite values anywhere, and the hand-over images' largest ``|h|`` against the range a
+    hand-over image can take (``Cut.handover_range``)."""
+
+    max_abs: list[float]
+    outside: list[float]
+    non_finite: int
+    handover_max_abs: Optional[float] = None
+    handover_range: Optional[float] = None
+
+    def problem(self) -> Optional[str]:
+        """Why these samples must not be scored, or None."""
+        if self.non_finite:
+            return f"the samples hold {self.non_finite} non-finite values (NaN or inf): the models diverged"
+        worst = max(self.max_abs) if self.max_abs else 0.0
+        if worst > 1.0 + 1e-4 and max(self.outside) > 0.01:
+            return (f"{max(self.outside):.1%} of the pixels leave [-1, 1] before the final clamp (max |x| = {worst:.3g}): "
+                    "a metric of clamped pixels would describe the clamp, not the model")  # fmt: skip
+        if self.handover_max_abs is not None and self.handover_max_abs > 2 * self.handover_range:
+            return (f"the server's hand-over images reach |h| = {self.handover_max_abs:.3g}, far outside the range a "
+                    f"hand-over image takes (about {self.handover_range:.3g}): the server's model diverged")
+        return None
+
+
+@dataclass(frozen=True)
+class SamplesManifest:
+    """``samples/manifest.json``, written last by ``sample``: which samples belong together
+    (sha256 of every file of the unit, the hand-over images included) and their stats. Missing
+    or not matching: the samples were cut off by an interruption."""
+
+    step: int
+    n: int
+    seed: int
+    files: dict[str, str]
+    stats: SampleStats
+    schema: int = 1
+
+
+def read_samples(run_dir: str | Path) -> tuple[dict[int, torch.Tensor], SamplesManifest]:
+    """The clients' samples ``{k: [n, C, H, W]}`` of the last complete ``sample``, checked."""
+    from .checkpoint import sha256
+    from .rundir import read_json
+
+    run_dir = Path(run_dir)
+    mpath = run_dir / "samples" / "manifest.json"
+    if not mpath.is_file():
+        raise UserError(f"{run_dir} has no complete samples (samples/manifest.json is missing: never sampled, "
+                        "or a `sample` was interrupted): run `collafuse-privacy sample`")  # fmt: skip
+    manifest = read_json(mpath, SamplesManifest)
+    for rel, digest in manifest.files.items():
+        f = run_dir / rel
+        if not f.is_file() or sha256(f) != digest:
+            raise UserError(f"{f} does not belong to the last complete sample (an interrupted `sample`?): rerun sample")
+    out = {int(Path(rel).stem.split("-")[1]): load_tensors(run_dir / rel)["x0"]
+           for rel in manifest.files if rel.startswith("samples/client-")}  # fmt: skip
+    return out, manifest
 
 
 def _chunks(n: int, size: int):
@@ -75,23 +138,40 @@ def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, 
         gen = generator(client_secrets[k], 12, seed) if client_secrets is not None else generator(seed, 12, k)
         for a, b in _chunks(n, batch_size):
             h = handovers[k, a:b].to(device) if handovers is not None else torch.randn((b - a, C, S, S), generator=gen).to(device)
-            out[k, a:b] = client_denoise(model, cut, h, gen).cpu() if not cut.sends_clean else h.clamp(-1, 1).cpu()
+            out[k, a:b] = client_denoise(model, cut, h, gen, clamp=False).cpu() if not cut.sends_clean else h.cpu()
     return out, handovers
+
+
+def sample_stats(raw: torch.Tensor, handovers: Optional[torch.Tensor], cut: Cut) -> SampleStats:
+    """:class:`SampleStats` of samples ``[K, n, ...]`` before their final clamp."""
+    flat = raw.flatten(1).double()
+    finite = torch.isfinite(flat)
+    non_finite = int((~finite).sum()) + (int((~torch.isfinite(handovers)).sum()) if handovers is not None else 0)
+    a = torch.where(finite, flat.abs(), torch.zeros_like(flat))
+    return SampleStats(max_abs=[float(v) for v in a.amax(1)], outside=[float(v) for v in (a > 1).double().mean(1)],
+                       non_finite=non_finite,
+                       handover_max_abs=float(torch.nan_to_num(handovers.abs(), nan=0.0, posinf=0.0).max())
+                       if handovers is not None else None,
+                       handover_range=cut.handover_range if handovers is not None else None)  # fmt: skip
 
 
 def load_models(run_dir: Path, cfg: Config, device, ema: bool = True):
     """Server and client models from the run's latest checkpoint (EMA weights by default)."""
+    from .checkpoint import check_finite, verified_step_dir
+
     rd = RunDir(run_dir)
-    latest = rd.require_latest()
-    d = rd.ckpt_dir / latest.dir
     suffix = "_ema" if ema else ""
+    names = [f"server{suffix}.safetensors"] + [f"client-{k}{suffix}.safetensors" for k in range(cfg.data.clients)]
+    d, _ = verified_step_dir(rd, names)
     shape = rd.meta().shape
-    server = load_unet(cfg.model.preset, shape, load_tensors(d / f"server{suffix}.safetensors"), f"checkpoint {d}")
-    clients = [load_unet(cfg.model.client_model_preset, shape, load_tensors(d / f"client-{k}{suffix}.safetensors"),
-                         f"checkpoint {d}") for k in range(cfg.data.clients)]  # fmt: skip
+    weights = [load_tensors(d / n) for n in names]
+    for n, w in zip(names, weights):
+        check_finite(w, d / n)
+    server = load_unet(cfg.model.preset, shape, weights[0], f"checkpoint {d}")
+    clients = [load_unet(cfg.model.client_model_preset, shape, w, f"checkpoint {d}") for w in weights[1:]]
     for m in [server] + clients:
         m.to(device).eval()
-    return server, clients, latest.step
+    return server, clients, int(d.name.split("-")[-1])
 
 
 def save_grid(path: Path, images: torch.Tensor, nrow: int, min_tile: int = 48) -> None:
@@ -111,6 +191,7 @@ def save_grid(path: Path, images: torch.Tensor, nrow: int, min_tile: int = 48) -
     atomic_write_bytes(path, buf.getvalue())
 
 
+@locks_run
 def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto", seed: Optional[int] = None) -> dict:
     """Collaborative samples for every client of a trained run.
 
@@ -128,21 +209,40 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
     if secrets is None:
         raise UserError(f"{run_dir} has no clients/secrets.json (a run made by an older version): retrain it")
     own = [secrets.client(k, cfg.seed) for k in range(len(clients))]
-    samples, handovers = collaborative_sample(server, clients, cfg, n, seed, dev, cfg.sample.batch_size, own)
+    rd = RunDir(run_dir)
+    for folder in (run_dir / "samples", rd.view_dir / "handover"):  # nothing is computed for a folder we cannot write
+        folder.mkdir(parents=True, exist_ok=True)
+        check_writable(folder)
+    raw, handovers = collaborative_sample(server, clients, cfg, n, seed, dev, cfg.sample.batch_size, own)
+    cut = Cut.from_config(cfg)
+    stats = sample_stats(raw, handovers, cut)
+    samples = raw.clamp(-1, 1)
+    # One unit: the manifest goes first and comes back last, naming every file of this sample.
+    (run_dir / "samples" / "manifest.json").unlink(missing_ok=True)
     K = len(clients)
     nrow = max(1, int(round(n**0.5)))
+    files = []
     for k in range(K):
         save_tensors(run_dir / "samples" / f"client-{k}.safetensors", {"x0": samples[k]}, {"step": str(step)})
+        files.append(f"samples/client-{k}.safetensors")
         save_grid(run_dir / "samples" / f"grid-client-{k}.png", samples[k], nrow)
     show = min(n, 16)
     save_grid(run_dir / "samples" / "grid.png", samples[:, :show].reshape(-1, *samples.shape[2:]), show)
     if handovers is not None:
         client = torch.arange(K).repeat_interleave(n)
         save_tensors(
-            run_dir / "server_view" / "handover" / "sample.safetensors",
+            rd.view_dir / "handover" / "sample.safetensors",
             {"h": handovers.reshape(-1, *handovers.shape[2:]), "client": client},
-            {"step": str(step), "level": str(Cut.from_config(cfg).handover_level)},
+            {"step": str(step), "level": str(cut.handover_level)},
         )
-        if not Cut.from_config(cfg).sends_clean:
+        files.append("server_view/handover/sample.safetensors")
+        if not cut.sends_clean:
             save_grid(run_dir / "samples" / "handover.png", handovers[:, :show].reshape(-1, *handovers.shape[2:]).clamp(-1, 1), show)
-    return {"run_dir": str(run_dir), "n": n, "clients": K, "step": step, "t_c": cfg.t_c}
+    else:
+        (rd.view_dir / "handover" / "sample.safetensors").unlink(missing_ok=True)
+    from .checkpoint import sha256
+    from .rundir import write_json
+
+    write_json(run_dir / "samples" / "manifest.json",
+               SamplesManifest(step=step, n=n, seed=seed, files={f: sha256(run_dir / f) for f in files}, stats=stats))
+    return {"run_dir": str(run_dir), "n": n, "clients": K, "step": step, "t_c": cfg.t_c, "problem": stats.problem()}

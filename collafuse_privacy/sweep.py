@@ -26,8 +26,8 @@ resumes unfinished ones (training resumes from its last checkpoint). A cell whos
 full config changed since its stages ran (``train.steps`` raised, say) reruns them:
 training extends from its checkpoint, the later stages are recomputed. A cell that
 fails is recorded with its error (``cell.json`` and ``error.log``) and the others go
-on. ``jobs > 1`` runs cells in parallel processes, each with ``cores // jobs`` torch
-threads. The stages come from one registry (``stages.py``) shared with the CLI.
+on. ``jobs > 1`` runs cells in parallel processes, each with ``threads // jobs`` torch
+threads (``--threads``, default the cores). The stages come from one registry (``stages.py``) shared with the CLI.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Callable, Optional
 from .config import apply_overrides, config_hash, from_dict, read_yaml
 from .errors import UserError
 from .io import atomic_write_json, atomic_write_text
+from .lock import locked
 from .stages import STAGES
 
 TOP_KEYS = {"name", "base", "config", "grid", "include", "stages", "seeds"}
@@ -281,6 +282,11 @@ def run_cell(cell: Cell, stages: dict, threads: Optional[int] = None, quiet: boo
         torch.set_num_threads(threads)
     run_dir = Path(cell.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run_dir):
+        return _run_cell(cell, stages, run_dir, quiet, log, secrets)
+
+
+def _run_cell(cell: Cell, stages: dict, run_dir: Path, quiet: bool, log, secrets) -> dict:
     status = read_cell(run_dir)
     cfg = from_dict(cell.config)
     full = config_hash(cfg, full=True)
@@ -366,8 +372,12 @@ def sweep_secrets(out: Path, cells: list[Cell]):
 
 def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, quiet: bool = False) -> dict:
     """Run every cell (resuming), write ``OUT/sweep.json``; returns it."""
+    with locked(sweep.out):
+        return _run_sweep(sweep, jobs, log, quiet)
+
+
+def _run_sweep(sweep: Sweep, jobs: int, log: Callable[[str], None], quiet: bool) -> "SweepIndex":
     out = sweep.out
-    out.mkdir(parents=True, exist_ok=True)
     entries = [IndexCell(id=c.id, dir=os.path.relpath(c.dir, out), overrides=c.overrides, label=c.label,
                          setting=c.setting) for c in sweep.cells]  # fmt: skip
     _write_index(out, SweepIndex(sweep.name, sweep.stages, entries))
@@ -388,7 +398,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, q
         if "evaluate" in sweep.stages:
             _prepare_extractors(todo, sweep.stages["evaluate"], log, secrets)
 
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        import torch
+
+        threads = max(1, torch.get_num_threads() // jobs)  # the command's threads (--threads), divided
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             list(pool.map(_run_cell_job, [(c, sweep.stages, threads, secrets) for c in todo]))
     import dataclasses

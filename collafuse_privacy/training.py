@@ -21,6 +21,7 @@ and draws its batch by Poisson sampling at rate ``train.batch_size / members``.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ class Trainer:
         self.t_c, self.T = self.cut.t_c, self.cut.T
         C, S = self.data.shape[0], cfg.data.image_size
         secret = [self.secrets.client(k, cfg.seed) for k in range(cfg.data.clients)]
+        from .resources import check_memory
+
         with torch.random.fork_rng(devices=[]):  # model initialisation: the server's from the seed, each
             torch.manual_seed(cfg.seed)  # client's from its own secret
             server_model = build_unet(cfg.model.preset, S, C, server_class_embeds(cfg, self.data.num_classes))
@@ -116,6 +119,9 @@ class Trainer:
             for k in range(cfg.data.clients):
                 torch.manual_seed(secret[k])
                 client_models.append(build_unet(cfg.model.client_model_preset, S, C))
+                if k == 0:  # before building the others: refuse a run that cannot fit in memory
+                    check_memory(cfg, self.data.images.element_size() * self.data.images.numel(), server_model,
+                                 client_models[0], tuple(self.data.shape))  # fmt: skip
         self.resumed = open_run(cfg, self.run_dir)
         if read_secrets(self.run_dir) is None:
             write_secrets(self.run_dir, self.secrets)
@@ -200,10 +206,26 @@ class Trainer:
         total = cfg.train.steps
         t0 = time.perf_counter()
         bar = tqdm(total=total, initial=min(self.step, total), desc="train", disable=self.quiet, dynamic_ncols=True)
+        try:
+            self._loop(bar, total, on_round)
+        finally:
+            bar.close()  # before any message (an error, Ctrl-C) is printed
+        if self.step == total and self.rd.latest() is None:
+            self.save_checkpoint()
+        self.write_privacy()
+        return {"run_dir": str(self.run_dir), "steps": self.step, "seconds": time.perf_counter() - t0,
+                "messages": self.transport.messages, "bytes_sent": self.transport.bytes,
+                "server_params": num_params(self.server.party.model),
+                "client_params": num_params(self.clients[0].party.model), "recorded": self.recorder.count,
+                "received": self.recorder.received}  # fmt: skip
+
+    def _loop(self, bar, total: int, on_round) -> None:
+        cfg = self.cfg
         ema_s = ema_c = None
         while self.step < total:
             r0 = time.perf_counter()
             row = self.train_round()
+            self._check_losses(row)
             row["seconds"] = round(time.perf_counter() - r0, 4)
             append_jsonl(self.rd.train_log_path, [row])
             cl = [x for x in row["client_loss"] if x is not None]
@@ -219,14 +241,19 @@ class Trainer:
                 self.save_checkpoint()
             if on_round is not None:
                 on_round(self.step)
-        bar.close()
-        if self.step == total and self.rd.latest() is None:
-            self.save_checkpoint()
-        self.write_privacy()
-        return {"run_dir": str(self.run_dir), "steps": self.step, "seconds": time.perf_counter() - t0,
-                "messages": self.transport.messages, "bytes_sent": self.transport.bytes,
-                "server_params": num_params(self.server.party.model),
-                "client_params": num_params(self.clients[0].party.model), "recorded": self.recorder.count}  # fmt: skip
+
+    def _check_losses(self, row: dict) -> None:
+        """A non-finite loss ends training at this round: nothing of it is saved, the last
+        checkpoint stays the resume point."""
+        losses = [("server", row["server_loss"])] + [(f"client {k}", x) for k, x in enumerate(row["client_loss"])]
+        for who, x in losses:
+            if x is not None and not math.isfinite(x):
+                last = self.rd.latest()
+                raise UserError(
+                    f"round {row['step']}: the {who} loss is {x}; training stopped, nothing of this round was saved "
+                    f"({'the last checkpoint is round ' + str(last.step) if last else 'no checkpoint yet'}). The same "
+                    "config will diverge again: lower train.lr or check the data"
+                )
 
     # ---- checkpoints ----------------------------------------------------------
     def parties(self) -> list[tuple[str, Party]]:
@@ -254,7 +281,9 @@ class Trainer:
         if loaded is None:
             self._rewind(0)
             return
-        d, state = loaded
+        d, state, note = loaded
+        if note and not self.quiet:
+            print(note, file=sys.stderr)
         try:
             self.server.gen.set_state(state["server_gen"])
             for c, g, o, b in zip(self.clients, state["client_gens"], state["order_gens"], state["batchers"]):
@@ -376,6 +405,9 @@ def train(cfg: Config, run_dir: str | Path, device: str = "auto", quiet: bool = 
 
     ``secrets``: the clients' secrets for a new run (default: new ones, ``client_secrets.py``).
     """
-    resolved = resolve(cfg, Path(run_dir), secrets)
-    trainer = Trainer(resolved, Path(run_dir), resolve_device(device), quiet=quiet)
-    return trainer.train(on_round=on_round)
+    from .lock import locked
+
+    resolved = resolve(cfg, Path(run_dir), secrets)  # bad input fails here, before the folder exists
+    with locked(run_dir):
+        trainer = Trainer(resolved, Path(run_dir), resolve_device(device), quiet=quiet)
+        return trainer.train(on_round=on_round)

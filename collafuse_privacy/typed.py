@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from typing import Any
 
 from .errors import UserError
 from .numbers import num, to_json
+
+
+_EXP = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class Schema:
@@ -67,8 +71,12 @@ def _coerce(value: Any, tp, key: str, s: Schema) -> Any:
     if tp is float:
         if s.json_numbers and (value is None or value in ("inf", "-inf")):
             return num(value)
+        if isinstance(value, str) and _EXP.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise s.error(f"{s.noun} '{key}' must be a number, got {value!r}")
+        if not s.json_numbers and not math.isfinite(value):
+            raise s.error(f"{s.noun} '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -224,17 +224,18 @@ class ServerView:
         if rd.public_path.is_file():
             p = load_tensors(rd.public_path)
             public = (p["images"], p["labels"])
+        from .checkpoint import check_finite, step_dirs, verified_step_dir
+
         server_state, released = None, {}
-        latest = rd.latest()
-        if latest is not None:
-            step_dir = rd.ckpt_dir / latest.dir
-            if not Cut(meta.diffusion, meta.t_c).sends_nothing and (step_dir / "server_ema.safetensors").is_file():
-                server_state = load_tensors(step_dir / "server_ema.safetensors")
+        if rd.latest() is not None or step_dirs(rd):
+            server = [] if Cut(meta.diffusion, meta.t_c).sends_nothing else ["server_ema.safetensors"]
+            files = server + [f"client-{k}_ema.safetensors" for k in release_clients]
+            step_dir, _ = verified_step_dir(rd, files)  # the files read here match the checkpoint's manifest
+            if server:
+                server_state = load_tensors(step_dir / server[0])
+                check_finite(server_state, step_dir / server[0])
             for k in release_clients:
-                f = step_dir / f"client-{k}_ema.safetensors"
-                if not f.is_file():
-                    raise UserError(f"{rd.path} has no model of client {k}")
-                released[int(k)] = load_tensors(f)
+                released[int(k)] = load_tensors(step_dir / f"client-{k}_ema.safetensors")
         elif release_clients:
             raise UserError(f"{rd.path} has no checkpoint yet; train first")
         return cls(meta=meta, messages=msgs, handover=handover, public=public, record=rd.record(),

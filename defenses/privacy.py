@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..lock import locks_run
 from ..config import Config
 from ..errors import UserError
 from ..numbers import fmt
@@ -112,6 +113,7 @@ def _client_dp(cfg: Config, dp_states, n_members, t_c) -> ClientDPReport:
         note="epsilon: the largest over clients (Opacus accountant over the steps run, Poisson sampling)")  # fmt: skip
 
 
+@locks_run
 def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyReport:
     """``metrics/privacy.json`` of a trained run; recomputed from the config, the latest
     checkpoint and ``splits.json`` when missing (or ``recompute``), then written."""
@@ -119,18 +121,21 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
 
     rd = RunDir(run_dir)
     cfg = rd.config()
-    if rd.latest() is None or not rd.meta_path.is_file():
+    from ..checkpoint import verified_step_dir
+
+    if not rd.meta_path.is_file():
         raise UserError(f"{rd.path} has no finished checkpoint to compute privacy from; train it first")
-    latest, meta = rd.require_latest(), rd.meta()
+    step_dir, _ = verified_step_dir(rd, ["state.pt"])
+    meta = rd.meta()
     n_members = [len(m) for m in rd.splits().members]
     if not recompute and rd.metrics_path("privacy").is_file():
         try:
             cached = rd.metrics("privacy")
-            if cached.step == latest.step:  # it describes the latest checkpoint
+            if cached.step == int(step_dir.name.split("-")[-1]):  # it describes the latest checkpoint
                 return cached
         except UserError:
             pass  # damaged: recompute below
-    state = load_state(rd.ckpt_dir / latest.dir / "state.pt")
+    state = load_state(step_dir / "state.pt")
     parties = state.get("parties", {})
     dp_states = [parties[f"client-{k}"]["dp"] for k in range(len(n_members)) if "dp" in parties.get(f"client-{k}", {})]
     cut_choice = None
@@ -138,7 +143,7 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
         cut_choice = CutChoice(target_epsilon=cfg.protocol.target_epsilon, cut_ratio=cfg.protocol.cut_ratio,
                                t_c=cfg.t_c, message="recomputed from the resolved config")  # fmt: skip
     report = compute_privacy(cfg, meta.shape, release_counts=state.get("release_counts"),
-                             dp_states=dp_states or None, n_members=n_members, steps=int(state.get("step", latest.step)),
+                             dp_states=dp_states or None, n_members=n_members, steps=int(state["step"]),
                              cut_choice=cut_choice)  # fmt: skip
     rd.write_metrics("privacy", report)
     return report

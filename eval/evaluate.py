@@ -17,14 +17,18 @@ from typing import Callable, Optional
 
 import torch
 
+from collafuse_privacy.io import check_writable
+from collafuse_privacy.lock import locks_run
+from collafuse_privacy.checkpoint import verified_step_dir
 from collafuse_privacy.client_secrets import read_secrets
 from collafuse_privacy.config import with_overrides
 from collafuse_privacy.data import load_dataset
-from collafuse_privacy.io import load_tensors
+
 from collafuse_privacy.party import resolve_device
 from collafuse_privacy.rundir import ClientDisclosure, ClientQuality, DisclosureFigures, PooledQuality, QualityReport, \
     QualityRun, RunDir
-from collafuse_privacy.sampling import load_models, sample_run
+from collafuse_privacy.errors import UserError
+from collafuse_privacy.sampling import load_models, read_samples, sample_run
 from collafuse_privacy.training import train
 from collafuse_privacy.view import ServerView
 
@@ -34,14 +38,20 @@ from .quality import Features, compute_fid, compute_kid, disclosure_figures, ext
 
 
 def _samples(run_dir: Path, n: int, device: str) -> torch.Tensor:
-    """``[K, n, C, S, S]`` samples of the run, sampling first if fewer than ``n`` exist."""
+    """``[K, n, C, S, S]`` samples of the run's last complete ``sample`` (sampling first when there
+    is none or it has fewer than ``n``); UserError when they must not be scored."""
     cfg = RunDir(run_dir).config()
-    files = [run_dir / "samples" / f"client-{k}.safetensors" for k in range(cfg.data.clients)]
-    have = [load_tensors(f)["x0"] for f in files if f.is_file()]
-    if len(have) < len(files) or min(len(x) for x in have) < n:
+    try:
+        have, manifest = read_samples(run_dir)
+        if len(have) < cfg.data.clients or manifest.n < n:
+            raise UserError("too few samples")
+    except UserError:
         sample_run(run_dir, n=n, device=device)
-        have = [load_tensors(f)["x0"] for f in files]
-    return torch.stack([x[:n] for x in have])
+        have, manifest = read_samples(run_dir)
+    problem = manifest.stats.problem()
+    if problem:
+        raise UserError(f"{run_dir}: quality is not measured: {problem}")
+    return torch.stack([have[k][:n] for k in range(cfg.data.clients)])
 
 
 def _quality_row(samples: torch.Tensor, holdout: list[Features], pooled_real: Features, extractor, seed: int):
@@ -63,6 +73,7 @@ def _quality_row(samples: torch.Tensor, holdout: list[Features], pooled_real: Fe
     return per_client, pooled
 
 
+@locks_run
 def evaluate_run(
     run_dir: str | Path,
     n: Optional[int] = None,
@@ -74,9 +85,10 @@ def evaluate_run(
     rd = RunDir(run_dir)
     run_dir = rd.path
     cfg = rd.config()
-    rd.require_latest()
+    verified_step_dir(rd)  # a trained run, its checkpoint intact
     n = n or cfg.sample.n
     dev = str(resolve_device(device))
+    check_writable(run_dir / "metrics")
     ds = load_dataset(cfg.data)
     splits = rd.splits()
     ext, note = get_extractor(extractor, dataset=ds, splits=splits, device=dev)

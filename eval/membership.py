@@ -28,6 +28,7 @@ method, labels, client ids, image ids) and ``figures/membership_roc[-client{K}].
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import time
@@ -37,12 +38,14 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from collafuse_privacy.lock import locks_run
 from collafuse_privacy.attacks.base import check_family_options
+from collafuse_privacy.checkpoint import sha256
 from collafuse_privacy.attacks.membership import FAMILY, NotApplicable, make, parse_target
 from collafuse_privacy.data import Splits
 from collafuse_privacy.defenses.accounting import gdp_tpr, sensitivity
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.io import atomic_write_bytes, save_figure
+from collafuse_privacy.io import atomic_write_bytes, check_writable, save_figure
 from collafuse_privacy.linalg import nearest
 from collafuse_privacy.numbers import fmt_interval, num, to_json
 from collafuse_privacy.party import resolve_device
@@ -153,6 +156,7 @@ def _suffix(target: str) -> str:
     return "" if kind == "server" else f"-client{k}"
 
 
+@locks_run
 def run_membership(
     run_dir: str | Path,
     methods: Optional[Sequence[str]] = None,
@@ -183,6 +187,8 @@ def run_membership(
     if kind == "client" and not 0 <= tk < splits.num_clients:
         raise UserError(f"--target client:{tk}: the run has clients 0..{splits.num_clients - 1}")
     dev = str(resolve_device(device))  # UserError for cuda without a GPU
+    for folder in ("metrics", "figures"):  # before any computation: a read-only run fails now, naming the folder
+        check_writable(run_dir / folder)
     if kind == "client" and cfg.t_c == 0:
         view = ServerView.load(run_dir)  # no client model was ever trained: attacks say NotApplicable
     else:
@@ -270,8 +276,14 @@ def run_membership(
         log(f"  note: the server received {view.record.received} rows, {view.record.not_recorded} of them were not "
             f"recorded (record.max_items={view.record.max_items}); attacks saw {view.record.recorded}")
     _plot(run_dir / fig_rel, curves, result, target, n_non)
-
-    old = rd.metrics("membership") if rd.metrics_path("membership").is_file() else None
+    # membership.json comes last and names the sha256 of its scores and figure: files of an
+    # interrupted rerun beside it are recognised as not its own
+    result = dataclasses.replace(result, files={rel: sha256(run_dir / rel) for rel in (scores_rel, fig_rel)})
+    try:
+        old = rd.metrics("membership")
+    except UserError as exc:
+        log(f"  {exc}: its other targets are dropped")
+        old = None
     targets = dict(old.targets) if old is not None else {}
     targets[target] = result
     rd.write_metrics("membership", MembershipReport(targets=targets))

@@ -46,13 +46,16 @@ import numpy as np
 import torch
 
 from collafuse_privacy.attacks.base import check_family_options
+from collafuse_privacy.checkpoint import sha256
 from collafuse_privacy.attacks.reconstruction import FAMILY, NotApplicable, make
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.io import load_tensors, save_figure
+from collafuse_privacy.io import check_writable, save_figure
 from collafuse_privacy.linalg import nearest
+from collafuse_privacy.lock import locks_run
 from collafuse_privacy.numbers import fmt_interval, to_json
 from collafuse_privacy.party import resolve_device
 from collafuse_privacy.rundir import ReconstructionReport, RunDir
+from collafuse_privacy.sampling import read_samples
 from collafuse_privacy.typed import Schema, from_data
 from collafuse_privacy.view import ServerView
 
@@ -71,14 +74,22 @@ SHOW = 8  # columns of the figure
 
 
 def client_outputs(run_dir: Path, view: ServerView) -> tuple[Optional[torch.Tensor], str]:
-    """The client's final image for every hand-over row ``[N_h, C, H, W]``, or ``(None, reason)``."""
+    """The client's final image for every hand-over row ``[N_h, C, H, W]``, or ``(None, reason)``.
+
+    Both come from the last complete ``sample`` (``samples/manifest.json`` names the hand-over
+    file too): samples of one run and hand-over images of another never meet."""
+    try:
+        samples, manifest = read_samples(run_dir)
+    except UserError as exc:
+        return None, str(exc)
+    if manifest.stats.problem():
+        return None, manifest.stats.problem()
     client = view.handover["client"].long()
     out = torch.empty_like(view.handover["h"], dtype=torch.float32)
     for k in torch.unique(client).tolist():
-        f = run_dir / "samples" / f"client-{k}.safetensors"
-        if not f.is_file():
-            return None, f"no samples of client {k} ({f.name}) to score inference against"
-        x0 = load_tensors(f)["x0"]
+        if k not in samples:
+            return None, f"no samples of client {k} to score inference against"
+        x0 = samples[k]
         pos = torch.nonzero(client == k).flatten()
         if len(x0) != len(pos):
             return None, f"samples/client-{k} holds {len(x0)} images for {len(pos)} hand-over images (sampled apart?)"
@@ -189,6 +200,7 @@ def write_figure(path: Path, rows: list[tuple[str, torch.Tensor]], title: str) -
 # ---------------------------------------------------------------------------
 
 
+@locks_run
 def run_reconstruction(
     run_dir: str | Path,
     methods: Optional[list[str]] = None,
@@ -215,6 +227,8 @@ def run_reconstruction(
     if cap < 1:
         raise UserError(f"cap must be at least 1, got {cap}")
     dev = str(resolve_device(device))
+    for folder in ("metrics", "figures"):  # before any computation: a read-only run fails now, naming the folder
+        check_writable(run_dir / folder)
     view = ServerView.load(run_dir)
     meta = view.meta
     result: dict = {
@@ -302,8 +316,10 @@ def run_reconstruction(
     result["best"] = best_reconstruction(per_image, seed)
     result["figure"] = None
     if figure:
-        result["figure"] = FIGURE
         _figure(run_dir, view, ds, ids, rows, ho_rows, ho_truth, outputs)
+        if (run_dir / FIGURE).is_file():
+            result["figure"] = FIGURE
+            result["files"] = {FIGURE: sha256(run_dir / FIGURE)}  # the json comes last and names its figure
     return _write(rd, result, log)
 
 
@@ -363,7 +379,7 @@ def format_reconstruction(result: ReconstructionReport) -> str:
     head = (f"reconstruction attacks: {result.protocol}, c = {result.cut_ratio}, t_c = {result.t_c} "
             f"of T = {result.timesteps}" + (", fixed noise" if result.fixed_noise else ""))  # fmt: skip
     if not result.sent:
-        return f"{head}\nnothing was sent to the server: {result.reason or ''}"
+        return f"{head}\n{result.reason or 'nothing was sent to the server'}"
     lines = [head, f"training messages recorded: {result.n_rows}, scored: {result.n_scored} "
                    f"(cap {result.cap}); hand-over images scored: {result.n_handover}"]  # fmt: skip
     cols = ["method", "n", "MSE", "PSNR (dB)", "SSIM", "LPIPS", "identified (chance)", "s"]
@@ -387,7 +403,7 @@ def format_reconstruction(result: ReconstructionReport) -> str:
         lines += ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in table]
     lpips = {m.lpips_status for m in result.methods.values() if m.applicable and m.lpips is None}
     lines += notes
-    lines += [f"  LPIPS: {s}" for s in sorted(x for x in lpips if x)]
+    lines += [f"  {s}" for s in sorted(x for x in lpips if x)]
     if result.figure:
         lines.append(f"figure: {result.figure}")
     return "\n".join(lines)

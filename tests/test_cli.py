@@ -31,10 +31,11 @@ def _sets(*overrides):
 
 
 def _snapshot(folder):
+    """Every file and its sha256 (the run's lock file, which names its last holder, aside)."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".lock"
     }
 
 
@@ -85,16 +86,22 @@ def trained(tmp_path):
 
 
 @pytest.mark.parametrize("victim", ["server.safetensors", "server_ema.safetensors", "client-1_ema.safetensors", "state.pt"])
-def test_corrupt_checkpoint(trained, victim):
+@pytest.mark.parametrize("how", ["truncated", "overwritten in place"])
+def test_corrupt_checkpoint(trained, victim, how):
     f = trained / "checkpoints" / "step-00000004" / victim
-    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])  # truncated
+    data = f.read_bytes()
+    if how == "truncated":
+        f.write_bytes(data[: len(data) // 2])
+    else:  # same size, other bytes: only the manifest's sha256 tells
+        f.write_bytes(data[: len(data) // 2] + bytes(b ^ 0x5A for b in data[len(data) // 2 :]))
     before = _snapshot(trained)
     r = _run("train", "--out", str(trained), *_sets("train.steps=6"))
-    _one_line_exit_2(r, "corrupt or truncated")
+    _one_line_exit_2(r, f"{victim} does not match the sha256 in its manifest")
+    assert "the previous checkpoint, step-00000002, is intact" in r.stderr
     assert _snapshot(trained) == before  # nothing overwritten
     if victim.endswith("_ema.safetensors"):  # sampling reads the EMA weights
         r = _run("sample", "--run", str(trained), "--n", "2")
-        _one_line_exit_2(r, "corrupt or truncated")
+        _one_line_exit_2(r, "is damaged")
         assert _snapshot(trained) == before
 
 

@@ -52,7 +52,8 @@ def view_only(tmp_path_factory):
     step = sorted(p for p in (run / "checkpoints").iterdir() if p.is_dir())[-1]
     (out / "checkpoints" / step.name).mkdir(parents=True)
     shutil.copy(run / "checkpoints" / "latest.json", out / "checkpoints")
-    for name in ("server.safetensors", "server_ema.safetensors"):  # the server's own files, nothing of the clients
+    # the server's own files and the checkpoint's manifest (sha256 of each file), nothing of the clients
+    for name in ("server.safetensors", "server_ema.safetensors", "manifest.json"):
         shutil.copy(step / name, out / "checkpoints" / step.name / name)
     shutil.move(str(images), str(tmp / "images-gone"))  # the dataset is no longer where the config says
     return out

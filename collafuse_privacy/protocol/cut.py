@@ -110,11 +110,21 @@ class Cut:
     def server_steps(self) -> int:
         return self.T - self.t_c
 
+    @property
+    def handover_range(self) -> float:
+        """Bound on a hand-over pixel, ``sqrt(abar_h) + 4 sqrt(1 - abar_h)`` (a 4-sigma noise
+        excursion; 1 at ``t_c = 0``, where ``h`` is the clean image)."""
+        a = self.abar_handover
+        return a**0.5 + 4.0 * (1.0 - a) ** 0.5
+
     @cached_property
     def tail_scheduler(self) -> DDPMScheduler:
         """The server's DDPM in ``cut-image``: betas ``[t_c:]``, data = hand-over images.
 
-        No clipping of its predicted "x0": that is ``h``, which is not bounded in [-1, 1].
+        Its predicted "x0" is ``h``, clipped as diffusers clips a DDPM's x0 (``clip_sample``) but to
+        the range ``h`` can take (:attr:`handover_range`; [-1, 1] at ``t_c = 0``): without it a
+        small-T tail, whose last ``abar`` is tiny, divides prediction errors by ``sqrt(abar)``
+        and the hand-over images explode.
         Reverse variance ``beta_t`` (``fixed_large``): Ho et al. (2020) show it is the
         optimal choice for isotropic Gaussian data, and the hand-over images are nearly
         that (variance ``1 - abar[t_c-1]`` around a shrunken image). With the
@@ -125,8 +135,8 @@ class Cut:
         if self.sends_nothing:
             raise ValueError("c = 1: the server owns no steps and has no schedule")
         betas = self.betas[self.t_c :]
-        return DDPMScheduler(num_train_timesteps=len(betas), trained_betas=betas.tolist(), clip_sample=False,
-                             variance_type="fixed_large")  # fmt: skip
+        return DDPMScheduler(num_train_timesteps=len(betas), trained_betas=betas.tolist(), clip_sample=True,
+                             clip_sample_range=self.handover_range, variance_type="fixed_large")  # fmt: skip
 
     @cached_property
     def tail_abar(self) -> torch.Tensor:

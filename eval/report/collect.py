@@ -105,6 +105,14 @@ class CellResult:
         return row
 
 
+def _own(run_dir: Path, rel: str, files: dict) -> bool:
+    """Whether ``rel`` is the file its metrics were written with (not one of an interrupted rerun)."""
+    from collafuse_privacy.checkpoint import sha256
+
+    f = run_dir / rel
+    return f.is_file() and (rel not in files or sha256(f) == files[rel])
+
+
 def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", error: Optional[str] = None,
              setting: Optional[str] = None) -> CellResult:  # fmt: skip
     """Collect one run's headline numbers from ``metrics/*.json`` (and its config), all validated."""
@@ -148,7 +156,7 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
                                          "tpr1": _iv(res.best.tpr_at_1pct_fpr), "selected_by": res.best.selected_by}
         if res.record is not None and target == "server":
             r.not_recorded = res.record.not_recorded
-        if res.figure:
+        if res.figure and _own(rd.path, res.figure, res.files):
             r.figures[f"roc-{target}"] = rd.path / res.figure
 
     rec = rd.metrics("reconstruction")
@@ -164,7 +172,7 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
                                      "selected_by": rec.best.selected_by}
         if rec.record is not None:
             r.not_recorded = rec.record.not_recorded
-        if rec.figure:
+        if rec.figure and _own(rd.path, rec.figure, rec.files):
             r.figures["reconstruction"] = rd.path / rec.figure
 
     priv = rd.metrics("privacy")

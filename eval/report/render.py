@@ -11,7 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
+from collafuse_privacy.errors import UserError
 from collafuse_privacy.io import atomic_write_bytes, atomic_write_text
+from collafuse_privacy.lock import locked
 from collafuse_privacy.numbers import fmt as _fmt
 from collafuse_privacy.numbers import fmt_interval
 
@@ -57,7 +59,7 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
             eps += " " + main_notes.na(ADJACENCY_NOTE)[4:]
         main.append([c.label, _fmt(c.cut_ratio, "g"), str(c.t_c if c.t_c is not None else "n/a"), c.protocol, c.defence,
                      _fmt(c.fid, ".2f"), _fmt(c.kid, ".4f"), eps, _fmt(c.client_flop_share, ".3f"),
-                     _fmt(c.bytes_per_image, ".0f"), _fmt(c.not_recorded, "d"),
+                     _fmt(c.bytes_per_image, ".0f"), _fmt(c.not_recorded, ".0f"),
                      c.status + (f": {c.error}" if c.error else "")])  # fmt: skip
     mia_methods = sorted({m for c in cells for t in c.membership.values() for m in t})
     targets = sorted({t for c in cells for t in c.membership})
@@ -151,6 +153,13 @@ def write_report(dirs, out: Optional[str | Path] = None, screenshot: bool = True
     dirs = [Path(d) for d in dirs]
     cells = collect(dirs)
     out = Path(out) if out else dirs[0]
+    if out.exists() and not out.is_dir():
+        raise UserError(f"report --out {out}: exists and is not a folder")
+    with locked(out):
+        return _write_report(dirs, cells, out, screenshot, log)
+
+
+def _write_report(dirs, cells, out: Path, screenshot: bool, log) -> dict:
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     tradeoff = fig_dir / "tradeoff.png"
@@ -169,7 +178,7 @@ def write_report(dirs, out: Optional[str | Path] = None, screenshot: bool = True
     words = reading(cells)
     ext = next((c.extractor for c in cells if c.extractor), None)
     title = "CollaFuse privacy report: " + ", ".join(d.name for d in dirs)
-    lead = (f"{len(cells)} settings. Utility: FID/KID of collaborative samples against each client's held-out "
+    lead = (f"{len(cells)} setting{'' if len(cells) == 1 else 's'}. Utility: FID/KID of collaborative samples against each client's held-out "
             f"images ({ext or 'no quality metrics found'}). Disclosure: what an honest-but-curious server "
             "infers from its view alone (membership and reconstruction attacks, scored against ground truth "
             "with bootstrap 95% intervals over candidates; the strongest method of each family is chosen on one "
