@@ -82,10 +82,15 @@ class Family:
             raise UserError(f"{self.kind} {name!r}: bad options {sorted(k for k in kwargs if k not in RUNTIME_ARGS)} "
                             f"({exc})") from None  # fmt: skip
 
+    def defaults(self) -> list[str]:
+        """The methods run when none are named: all registered but those marked ``default = False``
+        (costly ones, such as attacks that train reference models)."""
+        return [n for n in self.names() if getattr(self.get(n), "default", True)]
+
     def resolve(self, methods: Optional[Iterable[str]]) -> list[str]:
-        """Requested method names, checked and de-duplicated (all registered ones by default)."""
+        """Requested method names, checked and de-duplicated (:meth:`defaults` when none)."""
         if not methods:
-            return self.names()
+            return self.defaults()
         out = []
         for m in methods:
             self.get(m)

@@ -29,7 +29,7 @@ from collafuse_privacy.party import Party
 def _party(cfg, device, mode=None, batch=64):
     torch.manual_seed(0)
     model = build_unet(cfg.model.client_preset or cfg.model.preset, cfg.data.image_size, 1)
-    party = Party(model, cfg, device)
+    party = Party(model, cfg.train, device)
     if mode is not None:
         party.make_private(noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch, sample_rate=0.05,
                            accountant=cfg.defense.client_dp.accountant, grad_sample_mode=mode,

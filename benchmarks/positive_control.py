@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/positive-control")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--cuts", default="0,0.2")
+    ap.add_argument("--attacks", default="loss,secmi,pia", help="e.g. loss,lira (lira trains reference models)")
+    ap.add_argument("--n-ref", type=int, default=4, help="lira's reference models")
     args = ap.parse_args()
 
     from importlib import resources
@@ -61,10 +63,12 @@ def main() -> None:
         view = ServerView.load(run, release_clients=() if target == "server" else (0,))
         members = ds.images[sorted(i for k in clients for i in splits.members[k])]
         holdout = ds.images[sorted(i for k in clients for i in splits.holdout[k])]
-        for name in ("loss", "secmi", "pia"):
-            attack = make(name, target=target).fit(view)
+        for name in args.attacks.split(","):
+            t1 = time.perf_counter()
+            attack = make(name, target=target, **({"n_ref": args.n_ref} if name == "lira" else {})).fit(view)
             score = lambda x: attack.score(view, x, client=clients[0] if target != "server" else None).numpy()  # noqa: E731
             s_mem, s_non = score(members), np.r_[score(holdout), score(unseen)]
+            t_attack = time.perf_counter() - t1
             for what, s, y in (
                 (f"{target} (memorised)", np.r_[s_mem, s_non], np.r_[np.ones(len(s_mem)), np.zeros(len(s_non))]),
                 ("control (never seen)", score(unseen), np.r_[np.ones(100), np.zeros(100)]),
@@ -72,10 +76,10 @@ def main() -> None:
                 m, notes = membership_metrics(s, y.astype(int), n_boot=args.n_boot)
                 rows.append((c, what, name, fmt_interval(m["auc"]),
                              fmt_interval(m["tpr_at_1pct_fpr"]) if m["tpr_at_1pct_fpr"] else notes["tpr_at_1pct_fpr"],
-                             f"{int(y.sum())}/{int((1 - y).sum())}", t_train))  # fmt: skip
-    print(f"{'c':>4}  {'target':22} {'attack':7} {'AUC [95% CI]':24} {'TPR@1%FPR [95% CI]':24} {'mem/non':>8}  train s")
-    for c, what, name, a, t, n, s in rows:
-        print(f"{c:>4g}  {what:22} {name:7} {a:24} {t:24} {n:>8}  {s:.0f}")
+                             f"{int(y.sum())}/{int((1 - y).sum())}", t_train, t_attack))  # fmt: skip
+    print(f"{'c':>4}  {'target':22} {'attack':7} {'AUC [95% CI]':24} {'TPR@1%FPR [95% CI]':24} {'mem/non':>8}  train s  attack s")
+    for c, what, name, a, t, n, s, sa in rows:
+        print(f"{c:>4g}  {what:22} {name:7} {a:24} {t:24} {n:>8}  {s:7.0f}  {sa:8.0f}")
 
 
 if __name__ == "__main__":

@@ -244,7 +244,7 @@ def _embedded(name: str) -> Path:
     return Path(str(resources.files("collafuse_privacy.configs").joinpath(name)))
 
 
-def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool, seeds=None):
+def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool, seeds=None, executor="local", ray=None):
     from .sweep import load_sweep, run_sweep
 
     sw = load_sweep(sweep_file, out, device=device, seeds=seeds)
@@ -253,7 +253,7 @@ def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool, seeds=
         import os
 
         jobs = max(1, min(os.cpu_count() or 1, len(sw.cells)))
-    index = run_sweep(sw, jobs=jobs, log=log, quiet=quiet)
+    index = run_sweep(sw, jobs=jobs, log=log, quiet=quiet, executor=executor, ray=ray)
     if report:
         from .eval.report import write_report
 
@@ -263,17 +263,84 @@ def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool, seeds=
 
 
 @main.command()
+@CONFIG
+@SET
+@click.option("--run", "run_dir", type=click.Path(), default=None,
+              help="Audit this run's config: the audit trains a twin with canaries in RUN/audit-<target>/.")
+@click.option("--out", type=click.Path(), default=None, help="The audit run's directory (with --config). Rerunning resumes.")
+@click.option("--canaries", type=click.IntRange(min=4), default=None, help="Canary slots (default 1000).")
+@click.option("--kind", type=click.Choice(["worst-case", "in-distribution"]), default="worst-case", show_default=True,
+              help="worst-case: random +-1 images and their negatives (the largest L2 distance); in-distribution: "
+                   "pairs of the clients' held-out images.")
+@click.option("--target", default="server", show_default=True, metavar="server|client:K",
+              help="server: its view (replace-one, the release bound); client:K: client K's released model "
+                   "(add/remove, Opacus' epsilon; needs DP-SGD clients).")
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="Membership method(s) on the canaries (default: view-lrt and view-composed for the server, loss "
+                   "for a client); the server audit always adds the auditor's known-release test.")
+@click.option("--option", "options", multiple=True, metavar="METHOD.KEY=VALUE", help="An option of one method.")
+@click.option("--one-run", is_flag=True, help="Also the one-run bound of Steinke, Nasr, Jagielski 2023.")
+@click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="1 - confidence of the lower bounds.")
+@DEVICE
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def audit(config, overrides, run_dir, out, canaries, kind, target, methods, options, one_run, alpha, device, quiet):
+    """Privacy audit: canaries in the clients' data, the ordinary pipeline, an empirical lower bound on
+    epsilon beside the formal one (writes metrics/audit.json). Exit code 1 when the lower bound exceeds
+    the formal epsilon (the pipeline leaks more than its accounting says)."""
+    from .attacks import parse_options
+    from .client_secrets import read_secrets
+    from .eval.audit import DEFAULT_CANARIES, audit_dir, format_audit, run_audit
+    from .rundir import RunDir
+
+    if run_dir is None and out is None:
+        raise UserError("give --run RUN (audit a run's config), or --out DIR (with --config/--set; default: the "
+                        "embedded default config)")
+    secrets = None
+    if run_dir is not None:
+        if config is not None or overrides:
+            raise UserError("--run takes the run's own config: drop --config/--set")
+        cfg = RunDir(run_dir).config()
+        if device is not None:
+            from .config import with_overrides
+
+            cfg = with_overrides(cfg, [f"device={device}"])
+        out = out or audit_dir(run_dir, target)
+        secrets = read_secrets(run_dir)
+    else:
+        cfg = _load_cfg(config, overrides, device)
+    report = run_audit(cfg, Path(out), canaries=canaries or DEFAULT_CANARIES, kind=kind, target=target,
+                       methods=list(methods) or None, options=parse_options(options), one_run=one_run, alpha=alpha,
+                       device=cfg.device, quiet=quiet, log=lambda m: click.echo(m, err=True), secrets=secrets)  # fmt: skip
+    click.echo(format_audit(report))
+    click.echo(str(Path(out) / "metrics" / "audit.json"))
+    if report.check == "failed":
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--config", "sweep_file", type=click.Path(), required=True, help="Sweep YAML: base (or config) + grid (+ include, stages).")
 @click.option("--out", type=click.Path(), required=True, help="Sweep directory; each cell is a run in OUT/cells/<hash>. Rerunning resumes.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Cells run in parallel processes.")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Train every setting with K seeds (default: the sweep file's 'seeds', else 1).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: --jobs processes on this machine; ray: each cell a Ray task (pip install -e '.[ray]').")
+@click.option("--address", default=None, help="Ray cluster to join (HOST:PORT, ray://HOST:PORT, auto); default: a local Ray.")
+@click.option("--cpus-per-cell", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray: CPUs (and torch threads) per cell.")
+@click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=0, show_default=True, help="Ray: GPUs per cell.")
 @DEVICE
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def sweep(sweep_file, out, jobs, seeds, device, quiet):
+def sweep(sweep_file, out, jobs, seeds, executor, address, cpus_per_cell, gpus_per_cell, device, quiet):
     """Run a grid of runs (train, sample, evaluate, attacks, privacy), skipping finished cells."""
-    index, _ = _sweep_and_report(sweep_file, Path(out), jobs, device, quiet, report=False, seeds=seeds)
+    if executor != "ray" and (address or cpus_per_cell != 1 or gpus_per_cell):
+        raise UserError("--address, --cpus-per-cell and --gpus-per-cell apply to --executor ray")
+    ray = {"address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell}
+    index, _ = _sweep_and_report(sweep_file, Path(out), jobs, device, quiet, report=False, seeds=seeds,
+                                 executor=executor, ray=ray)  # fmt: skip
     failed = [c for c in index.cells if c.status != "done"]
     click.echo(str(Path(out) / "sweep.json"))
     if failed:

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from diffusers.training_utils import EMAModel
 
-from .config import Config
+from .config import TrainConfig
 from .diffusion import p_losses
 from .errors import UserError
 
@@ -26,14 +26,14 @@ def resolve_device(name: str) -> torch.device:
 class Party:
     """A denoiser with its optimiser, warm-up schedule and EMA copy."""
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device):
+    def __init__(self, model: torch.nn.Module, train: TrainConfig, device: torch.device):
         self.model = model.to(device)
         self.device = device
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, foreach=True)
-        warm = max(1, cfg.train.lr_warmup)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=train.lr, foreach=True)
+        warm = max(1, train.lr_warmup)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
         self.ema = EMAModel(self.model.parameters(), decay=EMA_DECAY, use_ema_warmup=True, power=0.75, foreach=True)
-        self.grad_clip = cfg.train.grad_clip
+        self.grad_clip = train.grad_clip
         self.dp = None  # a defenses.dp_sgd.DPSGD once make_private() was called
 
     def make_private(self, **dp_kwargs) -> None:

@@ -13,6 +13,7 @@ One folder per run; rerunning the same command resumes it::
     samples/, figures/
     metrics/train.jsonl            one TrainRow per round
     metrics/{privacy,quality,burden,membership,reconstruction}.json
+    metrics/audit.json             an audit run's result (eval/audit.py; its canaries in audit/)
 
 Every JSON file carries ``"schema"``; a file written by a newer version of this tool is
 refused with a clear message, a file of the wrong shape is a one-line :class:`UserError`
@@ -77,6 +78,10 @@ class ViewMeta:
     data_name: str
     image_shape: list[int]
     public_images: int
+    # the server's own optimiser (it runs it), for reference models it trains itself (attacks/lira.py)
+    server_lr: float = 2e-3
+    server_lr_warmup: int = 50
+    server_grad_clip: float = 1.0
     schema: int = SCHEMA
 
     @property
@@ -417,6 +422,86 @@ class ReconstructionReport:
     schema: int = SCHEMA
 
 
+# ---- metrics/audit.json ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditBound:
+    """One threshold test (chosen on the calibration slots) counted on the evaluation slots."""
+
+    value: float  # the lower bound, confidence 1 - alpha
+    point: float  # at the observed rates
+    upper: float  # at the rates' lower confidence limits
+    threshold: float
+    fpr: float
+    fnr: float
+    n_pos: int
+    n_neg: int
+
+
+@dataclass(frozen=True)
+class AuditOneRun:
+    epsilon: float
+    guesses: int
+    correct: int
+    slots: int
+    abstain_fraction: float
+
+
+@dataclass(frozen=True)
+class AuditMethod:
+    sees: str  # "server view" or "auditor: ground-truth links of the canaries' releases"
+    statistic: str
+    auc: Optional[float] = None
+    epsilon: Optional[AuditBound] = None  # the (eps, delta) route
+    mu: Optional[AuditBound] = None  # the GDP route (targets with a GDP claim)
+    epsilon_from_mu: Optional[float] = None
+    one_run: Optional[AuditOneRun] = None
+    calibration: Optional[float] = None  # the headline bound on the calibration slots (best-of choice)
+    reason: Optional[str] = None  # why it could not run
+
+
+@dataclass(frozen=True)
+class AuditReleases:
+    """Distinct recorded releases per canary slot."""
+
+    min: int
+    median: float
+    max: int
+    none: int  # slots whose canary never crossed the cut (their coin cannot be seen)
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    target: str  # "server" (its view) or "client:K" (client K's released model)
+    game: str
+    canaries: int
+    canary_kind: str
+    distance: float  # median L2 distance between a slot's two inputs
+    alpha: float
+    delta: float
+    formal_epsilon: float
+    formal_note: str
+    route: str  # "gdp" or "eps-delta": how the headline bound is computed
+    methods: dict[str, AuditMethod]
+    best: Optional[str]
+    epsilon_lb: float
+    epsilon_interval: Optional[Interval]
+    ratio: Optional[float]
+    max_certifiable_epsilon: float
+    check: str  # "passed" | "failed"
+    message: str
+    seconds: float
+    formal_mu: Optional[float] = None
+    mu_lb: Optional[float] = None
+    canary_formal_mu: Optional[float] = None  # the largest per-canary mu at its own releases and distance
+    max_certifiable_mu: Optional[float] = None
+    releases: Optional[AuditReleases] = None
+    one_run_epsilon: Optional[float] = None
+    notes: list[str] = field(default_factory=list)
+    schema: int = SCHEMA
+
+
 # name -> (file in metrics/, its dataclass)
 METRICS: dict[str, tuple[str, type]] = {
     "privacy": ("privacy.json", PrivacyReport),
@@ -424,6 +509,7 @@ METRICS: dict[str, tuple[str, type]] = {
     "burden": ("burden.json", BurdenReport),
     "membership": ("membership.json", MembershipReport),
     "reconstruction": ("reconstruction.json", ReconstructionReport),
+    "audit": ("audit.json", AuditReport),
 }
 
 

@@ -3,7 +3,8 @@
 Each stage is a plain function ``run(run_dir, cfg, *, device, log, quiet, **options)``
 registered with the options a sweep file may give it (``stages: {NAME: {OPTION: ...}}``);
 the CLI's commands call the same functions. Registration order is the order a sweep
-runs them in: train, sample, evaluate, privacy, reconstruction, membership.
+runs them in: train, sample, evaluate, privacy, reconstruction, membership, audit (on request:
+it trains a twin of the cell with canaries, ``eval/audit.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from .registry import Registry
 STAGES: Registry = Registry("stage")
 
 
-def stage(name: str, options: tuple[str, ...] = ()) -> Callable:
-    """Register ``fn`` as stage ``name`` accepting ``options`` (from sweep files)."""
+def stage(name: str, options: tuple[str, ...] = (), on_request: bool = False) -> Callable:
+    """Register ``fn`` as stage ``name`` accepting ``options`` (from sweep files); ``on_request``:
+    not part of a sweep's default stages (a sweep file names it, for all cells or in an include entry)."""
 
     def deco(fn):
         fn.options = tuple(options)
+        fn.on_request = bool(on_request)
         return STAGES.register(name)(fn)
 
     return deco
@@ -72,3 +75,17 @@ def membership_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quie
 
     return {t: run_membership(run_dir, methods=methods, target=t, device=device, log=log, options=options,
                               cap=cap or DEFAULT_CAP) for t in (targets or ["server"])}  # fmt: skip
+
+
+@stage("audit", options=("canaries", "kind", "target", "methods", "options", "one_run"), on_request=True)
+def audit_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True, canaries=None,
+                kind: str = "worst-case", target: str = "server", methods=None, options=None, one_run: bool = False,
+                secrets=None):  # fmt: skip
+    """A twin of the run with canaries in ``<run>/audit-<target>/``, audited (``metrics/audit.json`` there).
+    Its clients' secrets: the run's (or, for a cell that only audits, the sweep's)."""
+    from .client_secrets import read_secrets
+    from .eval.audit import DEFAULT_CANARIES, audit_dir, run_audit
+
+    return run_audit(cfg, audit_dir(run_dir, target), canaries=canaries or DEFAULT_CANARIES, kind=kind, target=target,
+                     methods=methods, options=options, one_run=one_run, device=device, quiet=quiet, log=log,
+                     secrets=read_secrets(run_dir) or secrets)  # fmt: skip

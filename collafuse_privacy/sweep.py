@@ -11,6 +11,8 @@ A sweep file (YAML, ``yaml.safe_load``)::
       seed: [0, 1]
     include:                       # optional extra cells (overrides on top of base)
       - {protocol.cut_ratio: 0.5, defense.client_dp.enabled: true}
+      - {protocol.cut_ratio: 0.8, protocol.fixed_noise: true,
+         stages: {audit: {canaries: 1000}}}   # stages for this cell only (added to 'stages')
     stages:                        # optional; what each cell runs (default: all, in this order)
       train: {}
       sample: {}
@@ -32,6 +34,7 @@ threads (``--threads``, default the cores). The stages come from one registry (`
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -58,6 +61,7 @@ class Cell:
     overrides: dict  # dotted key -> value, what distinguishes this cell
     config: dict  # resolved config (plain data)
     dir: str
+    stages: dict = field(default_factory=dict)  # stages of this cell only (an include entry's 'stages')
 
     @property
     def label(self) -> str:
@@ -75,6 +79,11 @@ class Sweep:
     cells: list[Cell]
     stages: dict[str, dict] = field(default_factory=dict)
 
+    def cell_stages(self, cell: Cell) -> dict[str, dict]:
+        """The stages ``cell`` runs: the sweep's, plus (or overridden by) its own, in registry order."""
+        merged = {**self.stages, **cell.stages}
+        return {s: merged[s] for s in STAGES.names() if s in merged}
+
 
 SHORT = {"protocol.cut_ratio": "c", "defense.client_dp.noise_multiplier": "sigma", "protocol.kind": "",
          "defense.client_dp.target_epsilon": "target eps", "protocol.target_epsilon": "view target eps"}
@@ -85,6 +94,8 @@ def short_label(overrides: dict) -> str:
     """``{'protocol.cut_ratio': 0.5, 'defense.client_dp.enabled': True}`` -> ``c=0.5 DP-SGD``."""
     parts = []
     for k, v in overrides.items():
+        if v is None:
+            continue
         if k in FLAGS:
             if v:
                 parts.append(FLAGS[k])
@@ -182,7 +193,11 @@ def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None, 
         raise UserError(f"sweep file {path}: 'include' must be a list of mappings (dotted key -> value)")
 
     combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
-    combos += [dict(i) for i in include]
+    own = [{}] * len(combos)
+    for i in include:
+        i = dict(i)
+        own.append(_parse_stages(i.pop("stages", None) or {}, path, "an include entry's 'stages'"))
+        combos.append(i)
     n_seeds = raw.get("seeds", 1) if seeds is None else seeds
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         raise UserError(f"sweep file {path}: 'seeds' must be a whole number >= 1, got {n_seeds!r}")
@@ -190,44 +205,56 @@ def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None, 
         if any("seed" in c for c in combos):
             raise UserError(f"sweep file {path}: 'seeds' replicates every cell over seeds; do not also vary 'seed'")
         seed0 = int(base.get("seed", 0))
+        own = [o for o in own for _ in range(n_seeds)]
         combos = [{**c, "seed": seed0 + i} for c in combos for i in range(n_seeds)]
     out = Path(out)
     cells, seen = [], set()
-    for combo in combos:
+    for combo, extra in zip(combos, own):
         try:
             cfg = from_dict(apply_overrides(base, [_as_override(k, v) for k, v in combo.items()]))
         except UserError as exc:
             label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "base"
             raise UserError(f"sweep file {path}, cell [{label}]: {exc}") from None
         cid = config_hash(cfg)
-        if cid in seen:
+        if cid in seen:  # the same run twice (an include entry refining a cell): one cell, the later config
+            i = next(k for k, c in enumerate(cells) if c.id == cid)  # (train.steps, say) and both stages
+            cells[i] = dataclasses.replace(cells[i], overrides={**cells[i].overrides, **combo}, config=cfg.to_dict(),
+                                           stages={**cells[i].stages, **extra})  # fmt: skip
             continue
         seen.add(cid)
-        cells.append(Cell(cid, combo, cfg.to_dict(), str(out / "cells" / cid)))
+        cells.append(Cell(cid, combo, cfg.to_dict(), str(out / "cells" / cid), extra))
 
     stages_raw = raw.get("stages")
     order = STAGES.names()
     if stages_raw is None:
-        stages = {s: {} for s in order}
+        stages = {s: {} for s in order if not getattr(STAGES.get(s), "on_request", False)}
     else:
-        if not isinstance(stages_raw, dict):
-            raise UserError(f"sweep file {path}: 'stages' must map stage names to option mappings")
-        stages = {}
-        for s, opts in stages_raw.items():
-            if s not in STAGES.classes:
-                raise UserError(f"sweep file {path}: unknown stage '{s}' (known: {', '.join(order)})")
-            opts = opts or {}
-            allowed = set(STAGES.get(s).options)
-            if not isinstance(opts, dict) or set(opts) - allowed:
-                bad = sorted(set(opts) - allowed) if isinstance(opts, dict) else [opts]
-                raise UserError(f"sweep file {path}: stage '{s}' has unknown option {bad[0]!r} "
-                                f"(known: {', '.join(sorted(allowed)) or 'none'})")  # fmt: skip
-            stages[s] = opts
-        if "train" not in stages:
-            stages = {"train": {}, **stages}
+        stages = _parse_stages(stages_raw, path, "'stages'")
+        if "train" not in stages and not all(getattr(STAGES.get(s), "on_request", False) for s in stages):
+            stages = {"train": {}, **stages}  # every stage but the audit (which trains its own twin) needs it
         stages = {s: stages[s] for s in order if s in stages}  # fixed order
     _check_stage_options(stages, path)
     return Sweep(str(raw.get("name") or path.stem), out, cells, stages)
+
+
+def _parse_stages(raw, path, what: str) -> dict:
+    """A ``stages`` mapping (stage name -> options), every name and option checked."""
+    if not isinstance(raw, dict):
+        raise UserError(f"sweep file {path}: {what} must map stage names to option mappings")
+    order = STAGES.names()
+    stages = {}
+    for s, opts in raw.items():
+        if s not in STAGES.classes:
+            raise UserError(f"sweep file {path}: unknown stage '{s}' in {what} (known: {', '.join(order)})")
+        opts = opts or {}
+        allowed = set(STAGES.get(s).options)
+        if not isinstance(opts, dict) or set(opts) - allowed:
+            bad = sorted(set(opts) - allowed) if isinstance(opts, dict) else [opts]
+            raise UserError(f"sweep file {path}: stage '{s}' has unknown option {bad[0]!r} "
+                            f"(known: {', '.join(sorted(allowed)) or 'none'})")  # fmt: skip
+        stages[s] = opts
+    _check_stage_options(stages, path)
+    return stages
 
 
 # ---- running one cell ---------------------------------------------------------------
@@ -301,7 +328,7 @@ def _run_cell(cell: Cell, stages: dict, run_dir: Path, quiet: bool, log, secrets
         log(f"[{cell.label}] {stage}")
         t0 = time.perf_counter()
         try:
-            extra = {"secrets": None if cfg.secrets.derive_from_seed else secrets} if stage == "train" else {}
+            extra = {"secrets": None if cfg.secrets.derive_from_seed else secrets} if stage in ("train", "audit") else {}
             STAGES.get(stage)(run_dir, cfg, device=cfg.device, log=lambda m: log(f"[{cell.label}] {m}"), quiet=quiet,
                               **opts, **extra)  # fmt: skip
         except KeyboardInterrupt:
@@ -322,6 +349,21 @@ def _run_cell(cell: Cell, stages: dict, run_dir: Path, quiet: bool, log, secrets
     record.pop("error", None)
     atomic_write_json(run_dir / "cell.json", record)
     return record
+
+
+def _die_with_parent() -> None:
+    """A worker ends when the sweep process does (Linux: PR_SET_PDEATHSIG), so a killed sweep
+    leaves no cell training on in the background (its cells resume on the next run)."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        except OSError:  # no libc by that name: the worker then ends with its cell
+            pass
 
 
 def _run_cell_job(args) -> dict:
@@ -370,27 +412,50 @@ def sweep_secrets(out: Path, cells: list[Cell]):
     return s if isinstance(s, Secrets) else None
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, quiet: bool = False) -> dict:
-    """Run every cell (resuming), write ``OUT/sweep.json``; returns it."""
+def record_failure(cell: Cell, error: str) -> None:
+    """Mark a cell failed from outside it (its process died): ``cell.json`` keeps its finished stages."""
+    run_dir = Path(cell.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rec = read_cell(run_dir)
+    rec.update(id=cell.id, label=cell.label, overrides=cell.overrides, status="failed", error=error)
+    atomic_write_json(run_dir / "cell.json", rec)
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, quiet: bool = False,
+              executor: str = "local", ray: Optional[dict] = None) -> dict:  # fmt: skip
+    """Run every cell (resuming), write ``OUT/sweep.json``; returns it.
+
+    ``executor``: ``"local"`` (``jobs`` processes) or ``"ray"`` (:mod:`.ray_executor`; ``ray`` holds its
+    ``address``, ``cpus_per_cell``, ``gpus_per_cell``)."""
+    if executor not in ("local", "ray"):
+        raise UserError(f"executor must be 'local' or 'ray', got {executor!r}")
     with locked(sweep.out):
-        return _run_sweep(sweep, jobs, log, quiet)
+        return _run_sweep(sweep, jobs, log, quiet, executor, ray or {})
 
 
-def _run_sweep(sweep: Sweep, jobs: int, log: Callable[[str], None], quiet: bool) -> "SweepIndex":
+def _run_sweep(sweep: Sweep, jobs: int, log: Callable[[str], None], quiet: bool, executor: str = "local",
+               ray: Optional[dict] = None) -> "SweepIndex":  # fmt: skip
     out = sweep.out
     entries = [IndexCell(id=c.id, dir=os.path.relpath(c.dir, out), overrides=c.overrides, label=c.label,
                          setting=c.setting) for c in sweep.cells]  # fmt: skip
     _write_index(out, SweepIndex(sweep.name, sweep.stages, entries))
     todo = [c for c in sweep.cells
-            if _pending(read_cell(Path(c.dir)), sweep.stages, config_hash(from_dict(c.config), full=True))]
+            if _pending(read_cell(Path(c.dir)), sweep.cell_stages(c), config_hash(from_dict(c.config), full=True))]
     log(f"sweep '{sweep.name}': {len(sweep.cells)} cells, {len(sweep.cells) - len(todo)} already done -> {out}")
     # DP-SGD cells cost about twice as much: start them first so they do not finish last alone
-    todo.sort(key=lambda c: not c.config["defense"]["client_dp"]["enabled"])
+    todo.sort(key=lambda c: (not c.config["defense"]["client_dp"]["enabled"] and "audit" not in c.stages))
     secrets = sweep_secrets(out, sweep.cells)
-    if jobs <= 1 or len(todo) <= 1:
+    if executor == "ray":
+        from .ray_executor import run_cells
+
+        if "evaluate" in sweep.stages:
+            _prepare_extractors(todo, sweep.stages["evaluate"], log, secrets)
+        if todo:
+            run_cells(todo, sweep.cell_stages, secrets, log=log, **(ray or {}))
+    elif jobs <= 1 or len(todo) <= 1:
         for i, cell in enumerate(todo):
             log(f"cell {i + 1}/{len(todo)}: {cell.label}")
-            run_cell(cell, sweep.stages, quiet=quiet, log=log, secrets=secrets)
+            run_cell(cell, sweep.cell_stages(cell), quiet=quiet, log=log, secrets=secrets)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -401,8 +466,8 @@ def _run_sweep(sweep: Sweep, jobs: int, log: Callable[[str], None], quiet: bool)
         import torch
 
         threads = max(1, torch.get_num_threads() // jobs)  # the command's threads (--threads), divided
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            list(pool.map(_run_cell_job, [(c, sweep.stages, threads, secrets) for c in todo]))
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as pool:
+            list(pool.map(_run_cell_job, [(c, sweep.cell_stages(c), threads, secrets) for c in todo]))
     import dataclasses
 
     for i, c in enumerate(sweep.cells):

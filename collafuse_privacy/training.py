@@ -126,14 +126,14 @@ class Trainer:
         if read_secrets(self.run_dir) is None:
             write_secrets(self.run_dir, self.secrets)
         self.splits = self._splits(resolved.splits)
-        server_party = Party(server_model, cfg, device)
+        server_party = Party(server_model, cfg.train, device)
         self.server = Server(server_party, self.protocol, cfg.model.server_conditioning, generator(cfg.seed, 1))
         # DP-SGD only where a client trains: with t_c = 0 its model never takes a step
         self.dp_on = cfg.defense.client_dp.enabled and self.t_c > 0
         self.clients = []
         for k, model in enumerate(client_models):
             ids = torch.tensor(self.splits.members[k], dtype=torch.long)
-            party = Party(model, cfg, device)
+            party = Party(model, cfg.train, device)
             batcher = Batcher(len(ids), generator(secret[k], 3))
             if self.dp_on:
                 batcher = self._make_private(k, party, len(ids), secret[k])
@@ -330,7 +330,8 @@ class Trainer:
             t_c=cut.t_c, timesteps=cut.T, handover_level=cut.handover_level, abar_handover=cut.abar_handover,
             diffusion=cfg.diffusion, server_conditioning=cfg.model.server_conditioning, model_preset=cfg.model.preset,
             client_preset=cfg.model.client_preset, clients=cfg.data.clients, data_name=cfg.data.name,
-            image_shape=list(self.data.shape), public_images=len(self.splits.public)))  # fmt: skip
+            image_shape=list(self.data.shape), public_images=len(self.splits.public), server_lr=cfg.train.lr,
+            server_lr_warmup=cfg.train.lr_warmup, server_grad_clip=cfg.train.grad_clip))  # fmt: skip
 
     def _make_private(self, k: int, party: Party, n: int, secret: int):
         """Opacus DP-SGD for client ``k`` (``n`` members); returns its Poisson sampler."""

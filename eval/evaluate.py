@@ -22,7 +22,7 @@ from collafuse_privacy.lock import locks_run
 from collafuse_privacy.checkpoint import verified_step_dir
 from collafuse_privacy.client_secrets import read_secrets
 from collafuse_privacy.config import with_overrides
-from collafuse_privacy.data import load_dataset
+from .ground_truth import load_ground_truth
 
 from collafuse_privacy.party import resolve_device
 from collafuse_privacy.rundir import ClientDisclosure, ClientQuality, DisclosureFigures, PooledQuality, QualityReport, \
@@ -89,8 +89,7 @@ def evaluate_run(
     n = n or cfg.sample.n
     dev = str(resolve_device(device))
     check_writable(run_dir / "metrics")
-    ds = load_dataset(cfg.data)
-    splits = rd.splits()
+    _, splits, ds = load_ground_truth(run_dir)
     ext, note = get_extractor(extractor, dataset=ds, splits=splits, device=dev)
     log(note)
     # The reference features: every client's held-out images, extracted once for all runs compared.

@@ -20,10 +20,12 @@ def load_splits(run_dir: str | Path) -> Splits:
 
 
 def load_ground_truth(run_dir: str | Path):
-    """``(cfg, splits, dataset)`` of a run."""
+    """``(cfg, splits, dataset)`` of a run (an audit run's with its canaries, ``eval/audit.py``)."""
+    from .audit import with_canaries
+
     rd = RunDir(run_dir)
     cfg = rd.config()
-    return cfg, rd.splits(), load_dataset(cfg.data)
+    return cfg, rd.splits(), with_canaries(run_dir, load_dataset(cfg.data))
 
 
 def message_image_ids(run_dir: str | Path, n_rows: Optional[int] = None) -> torch.Tensor:

@@ -84,7 +84,7 @@ def test_hook_mode_without_contiguous_inputs_is_wrong():
 def _party(cfg, dp: bool, batch: int):
     torch.manual_seed(0)
     model = build_unet("micro", 8, 1).double()
-    party = Party(model, cfg, torch.device("cpu"))
+    party = Party(model, cfg.train, torch.device("cpu"))
     if dp:
         party.make_private(noise_multiplier=0.0, max_grad_norm=1e10, expected_batch_size=batch, sample_rate=0.5,
                            accountant="rdp", generator=torch.Generator().manual_seed(1))  # fmt: skip

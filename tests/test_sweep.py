@@ -150,3 +150,27 @@ def test_more_steps_extend_the_cells_and_rerun_later_stages(tmp_path):
     for cell in (out / "cells").iterdir():
         assert json.loads((cell / "metrics" / "privacy.json").read_text())["step"] == 6
         assert len((cell / "metrics" / "train.jsonl").read_text().splitlines()) == 6
+
+
+def test_per_cell_stages_and_the_audit_on_request(tmp_path):
+    """An include entry's ``stages`` apply to that cell only; one that only adds stages to a grid cell
+    merges into it; the audit runs only where asked for; an audit-only sweep trains no base cells."""
+    inc = [{"protocol.cut_ratio": 0.3, "protocol.fixed_noise": True, "stages": {"audit": {"canaries": 100}}},
+           {"protocol.cut_ratio": 0.5, "stages": {"audit": {"canaries": 200, "target": "server"}}}]  # fmt: skip
+    s = load_sweep(sweep_file(tmp_path, include=inc), tmp_path / "o")
+    assert len(s.cells) == 5  # 4 grid cells, the first include merged into one of them
+    audited = {c.overrides.get("protocol.cut_ratio"): s.cell_stages(c) for c in s.cells if "audit" in s.cell_stages(c)}
+    assert set(audited) == {0.3, 0.5}
+    assert audited[0.3]["audit"] == {"canaries": 100} and "membership" in audited[0.3]
+    assert list(audited[0.5])[-1] == "audit"  # registry order: the audit last
+    assert sum("audit" in s.cell_stages(c) for c in s.cells) == 2
+    p = tmp_path / "a.yaml"
+    p.write_text("include: [{stages: {audit: {canaries: 50}}}]\nstages: {}\n")
+    s2 = load_sweep(p, tmp_path / "o2")
+    assert [list(s2.cell_stages(c)) for c in s2.cells] == [["audit"]]
+    p.write_text("include: [{train.steps: 7, stages: {audit: {canaries: 50}}}]\nstages: {}\n")
+    (cell,) = load_sweep(p, tmp_path / "o4").cells  # an include refining the base cell: its steps win
+    assert cell.config["train"]["steps"] == 7
+    p.write_text("include: [{stages: {audit: {canarys: 50}}}]\n")
+    with pytest.raises(UserError, match="unknown option 'canarys'"):
+        load_sweep(p, tmp_path / "o3")

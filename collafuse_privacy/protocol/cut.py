@@ -107,6 +107,14 @@ class Cut:
         return float(self.abar_table[self.t_c])
 
     @property
+    def handover_step_var(self) -> float:
+        """DDPM posterior variance of the step ``t_c -> t_c - 1`` of the full chain,
+        ``beta[t_c] (1 - abar[t_c - 1]) / (1 - abar[t_c])`` (``0 < t_c < T``): the noise the server's
+        last step adds so that its hand-over image has the marginal of ``x_{t_c - 1}``."""
+        ab = self.abar
+        return float(self.betas[self.t_c]) * float(1 - ab[self.t_c - 1]) / float(1 - ab[self.t_c])
+
+    @property
     def server_steps(self) -> int:
         return self.T - self.t_c
 

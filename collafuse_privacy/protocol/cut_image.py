@@ -71,9 +71,7 @@ class CutImage(Protocol):
             # The tail DDPM's last step returns E[h | x_{t_c}]; but h = x_{t_c-1} is itself a
             # noisy level, so it gets the noise of an ordinary step t_c -> t_c-1 (DDPM posterior
             # variance of the full chain). Without it h is under-dispersed (tests/test_sampling.py).
-            ab = cut.abar
-            var = float(cut.betas[cut.t_c]) * float(1 - ab[cut.t_c - 1]) / float(1 - ab[cut.t_c])
-            x = x + var**0.5 * torch.randn(x.shape, generator=gen).to(x.device)
+            x = x + cut.handover_step_var**0.5 * torch.randn(x.shape, generator=gen).to(x.device)
         return x
 
     def level_range(self):

@@ -98,6 +98,17 @@ def reading(cells: list[CellResult]) -> list[str]:
         else:
             lines.append("No setting that sends images has a finite formal epsilon for the server's view: "
                          "the empirical attacks above are the only evidence of privacy.")  # fmt: skip
+    for c in cells:
+        for a in c.audits:
+            what = "the server's view" if a["target"] == "server" else a["target"].replace(":", " ") + "'s model"
+            vo = a["view_only"]
+            lines.append(f"Audit of [{c.label}] ({what}, {a['canaries']} {a['canary_kind']} canaries): epsilon is at "
+                         f"least {a['epsilon_lb']:.3g} with 95% confidence against a formal {a['formal_epsilon']:.4g}"
+                         + (f" (ratio {a['ratio']:.2f})" if a["ratio"] is not None else "")
+                         + (f"; without ground-truth links the best attack ({vo['method']}) certifies "
+                            f"{vo['epsilon_lb']:.3g}" if vo and a["target"] == "server" else "")
+                         + (". FAILED: the run discloses more than its accounting says." if a["check"] == "failed"
+                            else "."))  # fmt: skip
     return lines
 
 

@@ -56,6 +56,7 @@ class CellResult:
     reconstruction_best: Optional[dict] = None  # {method, ssim, psnr, selected_by}
     not_recorded: Optional[int] = None  # rows the server received that the view did not record
     secrets_derived_from_seed: bool = False
+    audits: list = field(default_factory=list)  # metrics/audit.json of the run and of its audit-*/ twins
     figures: dict = field(default_factory=dict)  # name -> path
 
     @property
@@ -120,7 +121,11 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
     label = label or rd.path.name
     if not rd.exists() and status != "done":  # a sweep cell that has not started
         return CellResult(label=label, run_dir=rd.path, setting=setting or label, status=status, error=error)
-    cfg = rd.config()
+    twins = sorted(p for p in rd.path.glob("audit-*") if RunDir(p).exists())
+    if not rd.exists() and twins:  # a cell whose only stage is an audit: its twin holds the config
+        cfg = RunDir(twins[0]).config()
+    else:
+        cfg = rd.config()
     r = CellResult(label=label, run_dir=rd.path, setting=setting or label, status=status, error=error,
                    cut_ratio=cfg.protocol.cut_ratio, protocol=cfg.protocol.kind, fixed_noise=cfg.protocol.fixed_noise,
                    seed=cfg.seed, secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
@@ -187,10 +192,32 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
     b = rd.metrics("burden")
     if b is not None:
         r.client_flop_share, r.bytes_per_image, r.t_c = b.sampling_flop_ratio, b.bytes_sent_per_training_image, b.t_c
+    for adir in [rd.path] + sorted(p for p in rd.path.glob("audit-*") if p.is_dir()):
+        a = RunDir(adir).metrics("audit")
+        if a is not None:
+            r.audits.append(_audit_row(a))
     grid = rd.path / "samples" / "grid.png"
     if grid.is_file():
         r.figures["samples"] = grid
     return r
+
+
+def _audit_row(a) -> dict:
+    """The headline numbers of one ``metrics/audit.json``."""
+    view_only = [(n, m) for n, m in a.methods.items() if m.reason is None and not m.sees.startswith("auditor")]
+
+    def lb(m):
+        return m.epsilon_from_mu if m.epsilon_from_mu is not None else (m.epsilon.value if m.epsilon else 0.0)
+
+    best_view = max(view_only, key=lambda nm: lb(nm[1]), default=None)
+    iv = a.epsilon_interval
+    return {"target": a.target, "game": a.game, "canaries": a.canaries, "canary_kind": a.canary_kind,
+            "formal_epsilon": a.formal_epsilon, "epsilon_lb": a.epsilon_lb,
+            "interval": None if iv is None else {"value": num(iv.value), "lo": num(iv.lo), "hi": num(iv.hi)},
+            "ratio": a.ratio, "max_certifiable": a.max_certifiable_epsilon, "best": a.best, "check": a.check,
+            "message": a.message, "seconds": a.seconds, "notes": list(a.notes), "route": a.route,
+            "view_only": None if best_view is None else {"method": best_view[0], "epsilon_lb": lb(best_view[1]),
+                                                         "auc": best_view[1].auc}}  # fmt: skip
 
 
 def collect(dirs) -> list[CellResult]:

@@ -34,6 +34,8 @@ def tradeoff_figure(cells: list[CellResult], path: Path) -> None:
             pts.append((x, c.fid))
             names.append(c)
         finite_eps = [p[0] for p in pts if key == "eps" and np.isfinite(p[0]) and p[0] > 0]
+        if key == "eps":  # audited lower bounds share the axis
+            finite_eps += [a["epsilon_lb"] for c in names for a in c.audits if a["target"] == "server" and a["epsilon_lb"] > 0]
         if key == "eps":
             hi = max(finite_eps) * 30 if finite_eps else 1e3
             lo = min(finite_eps) / 3 if finite_eps else 1e-1
@@ -54,6 +56,8 @@ def tradeoff_figure(cells: list[CellResult], path: Path) -> None:
             if key == "eps" and c.view_epsilon == 0:
                 tag += " (eps=0: nothing sent)"
             ax.annotate(tag, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7.5)
+        if key == "eps":
+            _audit_marks(ax, cells, lo, hi)
         if len(pts) >= 2:
             front = pareto_front(pts)
             fx, fy = zip(*[pts[i] for i in front])
@@ -67,8 +71,29 @@ def tradeoff_figure(cells: list[CellResult], path: Path) -> None:
         ax.set_ylabel(f"pooled FID ({ext}) - lower is better", fontsize=8.5)
         ax.grid(alpha=0.3)
     fig.suptitle("Utility vs disclosure across cut ratios and defences (faint dots: per-client FID; "
-                 "square: DP-SGD clients)", fontsize=10)  # fmt: skip
+                 "square: DP-SGD clients; triangle: audited empirical epsilon, 95% lower bound)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
 
+
+
+def _audit_marks(ax, cells: list[CellResult], lo: float, hi: float) -> None:
+    """Audited cells on the epsilon axis: the empirical lower bound (triangle, with the interval up to
+    its upper end) joined to the formal epsilon by a dashed line, labelled with the ratio."""
+    for c in cells:
+        if c.fid is None or math.isnan(c.fid):
+            continue
+        for a in c.audits:
+            if a["target"] != "server" or c.view_epsilon is None or not math.isfinite(c.view_epsilon):
+                continue
+            lb = max(a["epsilon_lb"], lo)
+            up = (a["interval"] or {}).get("hi")
+            if up is not None and math.isfinite(up):
+                ax.plot([lb, min(max(up, lb), hi)], [c.fid, c.fid], color="C1", lw=3, alpha=0.35)
+            ax.plot([lb, c.view_epsilon], [c.fid, c.fid], color="C1", ls="--", lw=1)
+            ax.scatter([lb], [c.fid], marker="<", s=60, color="C1", edgecolor="k", lw=0.5, zorder=5,
+                       label="audit: empirical eps (95% lower bound)")  # fmt: skip
+            ratio = f" = {a['ratio']:.2f} x formal" if a["ratio"] is not None else ""
+            ax.annotate(f"audit >= {a['epsilon_lb']:.3g}{ratio}" + (" FAILED" if a["check"] == "failed" else ""),
+                        (lb, c.fid), textcoords="offset points", xytext=(4, -12), fontsize=7, color="C1", ha="left")

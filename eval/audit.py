@@ -1,0 +1,524 @@
+"""``collafuse-privacy audit``: canaries, the ordinary pipeline, and an empirical epsilon beside
+the formal one (Jagielski et al. 2020; Nasr et al. 2021, 2023; Steinke, Nasr, Jagielski 2023).
+
+The game. ``m`` canary slots are added to the clients' member sets (slot ``i`` to client
+``i mod N``), each decided by an independent fair coin, and the run trains as usual:
+
+* ``--target server`` (the server's view; its formal number is the release bound of
+  ``metrics/privacy.json``): **replace-one**, the adjacency of that bound. Slot ``i`` holds a canary
+  ``x_i`` or its partner ``x'_i``, chosen by the coin. Worst-case canaries (default) are at the
+  largest L2 distance the pixel domain allows: ``x_i`` a random image of pixels +-1 and
+  ``x'_i = -x_i``, ``||x - x'|| = 2 sqrt(d)``, the sensitivity the bound assumes; so the formal
+  ``mu`` of a slot is the run's ``mu``, no adaptation needed. In-distribution canaries: two of the
+  clients' held-out images per slot (the formal ``mu`` at their actual distance is then smaller,
+  ``canary_formal_mu``).
+* ``--target client:K`` (client ``K``'s released model under DP-SGD; its formal number is Opacus'
+  epsilon): **add/remove**, Opacus' adjacency. Slot ``i`` holds ``x_i`` in client ``K``'s member set
+  or not.
+
+The attacks. Every membership method that sees only the server's view (``view-lrt``,
+``view-composed``, ``loss`` ...) scores each slot: ``score(x) - score(x')`` (replace-one) or
+``score(x)`` (add/remove). For the view the audit adds the **auditor's test** ``known-release``:
+the Neyman-Pearson statistic of the slot's own releases, found through the ground truth's image ids
+of the recorded rows, ``sum_j [log N(h_j; sqrt(a) x, (1-a) I) - log N(h_j; sqrt(a) x', (1-a) I)]``
+(one term per distinct release). It is exactly the adversary the formal bound assumes (it knows
+which releases are the candidate's), so its bound audits the implementation against its accounting:
+a pipeline that sends more than it accounts for (less noise, ``eps`` beside ``h``, ...) pushes it
+above the formal number. A real server has no such links and must find a canary's releases among
+thousands: the view-only methods show what that costs.
+
+The bounds (:mod:`.audit_stats`). Slots are split into a calibration half, where the threshold and
+the best method are chosen, and an evaluation half, where the rates are counted. For a GDP claim
+(the view) the headline is the ``mu`` lower bound and its ``eps(delta)``; for an ``(eps, delta)``
+claim (Opacus) the Clopper-Pearson ``eps`` bound. Both are reported, and Steinke et al.'s one-run
+bound on request. The check fails when the headline lower bound of the chosen method exceeds the
+formal number: with probability at most ``alpha`` for a correct pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from collafuse_privacy.config import Config
+from collafuse_privacy.data import Dataset, Splits
+from collafuse_privacy.errors import UserError
+from collafuse_privacy.io import load_tensors, save_tensors
+from collafuse_privacy.numbers import Interval, fmt
+from collafuse_privacy.rundir import (AuditBound, AuditMethod, AuditOneRun, AuditReleases, AuditReport, RunDir)  # fmt: skip
+
+from . import audit_stats as st
+from .roc import auc as roc_auc
+
+CANARY_KINDS = ("worst-case", "in-distribution")
+KNOWN_RELEASE = "known-release"
+DEFAULT_CANARIES = 1000
+VIEW_METHODS = ("view-lrt", "view-composed")
+CLIENT_METHODS = ("loss",)
+SERVER = "server"
+
+
+def canaries_path(run_dir) -> Path:
+    return Path(run_dir) / "audit" / "canaries.safetensors"
+
+
+def audit_dir(run_dir, target: str = SERVER) -> Path:
+    """Where the audit stage of a run (a sweep cell) trains its twin with canaries."""
+    return Path(run_dir) / f"audit-{parse_audit_target(target).replace(':', '-')}"
+
+
+# ---------------------------------------------------------------------------
+# Canaries
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Canaries:
+    """The slots of an audit (ground truth: never in the server's view).
+
+    ``x`` ``[m, C, H, W]`` the canaries; ``alt`` their partners (replace-one) or None (add/remove);
+    ``coin`` ``[m]`` bool: 1 = ``x`` was inserted; ``client`` ``[m]`` the client each slot belongs to;
+    ``ids`` ``[m]`` the dataset id the inserted image has (-1 where nothing was inserted).
+    """
+
+    kind: str
+    game: str  # "replace-one" | "add/remove"
+    x: torch.Tensor
+    alt: Optional[torch.Tensor]
+    coin: torch.Tensor
+    client: torch.Tensor
+    ids: torch.Tensor
+    seed: int = 0  # of the coins, the canaries and the calibration / evaluation halves
+
+    def __len__(self) -> int:
+        return int(self.coin.shape[0])
+
+    @property
+    def inserted(self) -> torch.Tensor:
+        """The image each slot holds (``x`` or ``alt`` by the coin; ``x`` for add/remove)."""
+        if self.alt is None:
+            return self.x
+        return torch.where(self.coin.view(-1, 1, 1, 1), self.x, self.alt)
+
+    def save(self, path: Path) -> None:
+        t = {"x": self.x, "coin": self.coin.to(torch.uint8), "client": self.client, "ids": self.ids}
+        if self.alt is not None:
+            t["alt"] = self.alt
+        save_tensors(path, t, metadata={"kind": self.kind, "game": self.game, "seed": str(self.seed)})
+
+    @classmethod
+    def load(cls, path: Path) -> "Canaries":
+        from safetensors import safe_open
+
+        t = load_tensors(path)
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        try:
+            return cls(meta["kind"], meta["game"], t["x"].float(), t["alt"].float() if "alt" in t else None,
+                       t["coin"].bool(), t["client"].long(), t["ids"].long(), int(meta["seed"]))  # fmt: skip
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"{path} is not an audit's canary file (missing {exc})") from None
+
+
+def make_canaries(data: Dataset, splits: Splits, m: int, kind: str, target: str, seed: int) -> Canaries:
+    """``m`` slots for ``target`` (``"server"``: replace-one over all clients; ``"client:K"``:
+    add/remove in client ``K``), coins and canaries from ``seed``."""
+    if kind not in CANARY_KINDS:
+        raise UserError(f"canary kind must be one of {', '.join(CANARY_KINDS)}, got {kind!r}")
+    if m < 4:
+        raise UserError(f"an audit needs at least 4 canaries, got {m}")
+    g = torch.Generator().manual_seed(seed % (2**63 - 1))
+    C, S, _ = data.shape
+    n_clients = splits.num_clients
+    replace = target == SERVER
+    if replace:
+        client = torch.arange(m) % n_clients
+    else:
+        k = int(target.split(":")[1])
+        if not 0 <= k < n_clients:
+            raise UserError(f"--target {target}: the run has clients 0..{n_clients - 1}")
+        client = torch.full((m,), k, dtype=torch.long)
+    coin = torch.rand(m, generator=g) < 0.5
+    if kind == "worst-case":
+        x = torch.randint(0, 2, (m, C, S, S), generator=g).float() * 2 - 1
+        alt = -x if replace else None
+    else:
+        pool = torch.tensor(sorted(i for h in splits.holdout for i in h), dtype=torch.long)
+        need = 2 * m if replace else m
+        if len(pool) < need:
+            raise UserError(f"in-distribution canaries: {need} held-out images needed for {m} slots, the run's "
+                            f"clients hold {len(pool)} (fewer --canaries, or worst-case ones)")  # fmt: skip
+        pick = pool[torch.randperm(len(pool), generator=g)[:need]]
+        x = data.images[pick[:m]].float()
+        alt = data.images[pick[m:]].float() if replace else None
+    # the inserted images get new ids after the dataset's, in slot order (add/remove: inserted slots only)
+    ins = torch.ones(m, dtype=torch.bool) if replace else coin
+    ids = torch.full((m,), -1, dtype=torch.long)
+    ids[ins] = len(data) + torch.arange(int(ins.sum()))
+    return Canaries(kind, "replace-one" if replace else "add/remove", x, alt, coin, client, ids, seed)
+
+
+def insert(data: Dataset, splits: Splits, can: Canaries) -> tuple[Dataset, Splits]:
+    """The dataset with the inserted canaries appended and the slots added to their clients' members."""
+    ins = can.ids >= 0
+    imgs = torch.cat([data.images, can.inserted[ins].to(data.images.dtype)])
+    labels = torch.cat([data.labels, torch.zeros(int(ins.sum()), dtype=data.labels.dtype)])
+    clients = []
+    for k, c in enumerate(splits.clients):
+        extra = can.ids[ins & (can.client == k)].tolist()
+        clients.append(dataclasses.replace(c, members=list(c.members) + extra))
+    return (dataclasses.replace(data, images=imgs, labels=labels),
+            dataclasses.replace(splits, clients=clients))  # fmt: skip
+
+
+def with_canaries(run_dir, data: Dataset) -> Dataset:
+    """``data`` as the audit run in ``run_dir`` trained on it (unchanged for an ordinary run): the
+    one place the eval side rebuilds an audit run's dataset."""
+    path = canaries_path(run_dir)
+    if not path.is_file():
+        return data
+    can = Canaries.load(path)
+    ins = can.ids >= 0
+    return dataclasses.replace(data, images=torch.cat([data.images, can.inserted[ins].to(data.images.dtype)]),
+                               labels=torch.cat([data.labels, torch.zeros(int(ins.sum()), dtype=data.labels.dtype)]))  # fmt: skip
+
+
+def audit_resolved(cfg: Config, run_dir: Path, m: int, kind: str, target: str, secrets=None):
+    """The resolved config of the audit run in ``run_dir``: the ordinary one, with the canaries
+    (made once, then read back from ``audit/canaries.safetensors``) inserted."""
+    from collafuse_privacy.client_secrets import mix
+    from collafuse_privacy.resolve import resolve, resolve_cut
+
+    base = resolve(cfg, run_dir, secrets)
+    path = canaries_path(run_dir)
+    if path.is_file():
+        can = Canaries.load(path)
+        want_game = "replace-one" if target == SERVER else "add/remove"
+        if len(can) != m or can.kind != kind or can.game != want_game:
+            raise UserError(f"{run_dir} is an audit with {len(can)} {can.kind} canaries ({can.game}); this asks for "
+                            f"{m} {kind} ({want_game}): choose another --out")  # fmt: skip
+    else:
+        can = make_canaries(base.data, base.splits, m, kind, target, mix("audit canaries", base.secrets.root))
+    data, splits = insert(base.data, base.splits, can)
+    choice = base.cut_choice
+    cfg2 = base.cfg
+    if cfg.protocol.target_epsilon is not None:  # more members: the releases per image may change
+        cfg2, choice = resolve_cut(base.cfg, data, splits, run_dir)
+    return dataclasses.replace(base, cfg=cfg2, data=data, splits=splits, cut_choice=choice), can
+
+
+# ---------------------------------------------------------------------------
+# Scores
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def known_release_scores(view, row_ids: torch.Tensor, can: Canaries) -> tuple[np.ndarray, np.ndarray]:
+    """The auditor's statistic per replace-one slot and the number of distinct releases it used.
+
+    Rows are linked to slots by their ground-truth image ids; identical rows (fixed noise re-sends
+    the same ``h``) count once. Where the protocol sends the noise (``sends_noise``) or the clean
+    image (``c = 0``) the slot's input is recovered exactly: ``+-inf``.
+    """
+    proto, m = view.protocol, len(can)
+    scores, n_rel = np.zeros(m), np.zeros(m, dtype=np.int64)
+    if len(view) == 0 or can.alt is None:
+        return scores, n_rel
+    x_all = view.messages["x"].double().flatten(1)
+    levels = proto.row_levels(view.messages)
+    abar = proto.cut.abar.double()
+    slot_of = {int(i): s for s, i in enumerate(can.ids.tolist()) if i >= 0}
+    rows_by_slot: dict[int, list[int]] = {}
+    for r, i in enumerate(row_ids.tolist()):
+        s = slot_of.get(int(i))
+        if s is not None:
+            rows_by_slot.setdefault(s, []).append(r)
+    X, A = can.x.double().flatten(1), can.alt.double().flatten(1)
+    for s, rows in rows_by_slot.items():
+        r = torch.tensor(rows)
+        lv = levels[r]
+        if proto.sends_noise or bool((lv < 0).all()):  # the input itself is in the view
+            x0 = proto.recover_x0(view.messages, r).flatten(1) if proto.sends_noise else x_all[r]
+            n_rel[s] = len(torch.unique(x0, dim=0))
+            near_x, near_a = float((x0 - X[s]).pow(2).sum(1).min()), float((x0 - A[s]).pow(2).sum(1).min())
+            scores[s] = math.inf if near_x < near_a else -math.inf
+            continue
+        _, inv = torch.unique(x_all[r], dim=0, return_inverse=True)
+        first = torch.full((int(inv.max()) + 1,), len(inv), dtype=torch.long).scatter_reduce(
+            0, inv, torch.arange(len(inv)), "amin")
+        h, a = x_all[r][first], abar[lv[first]].unsqueeze(1)
+        n_rel[s] = len(h)
+        # log N(h; sqrt(a) x, (1-a) I) - log N(h; sqrt(a) x', (1-a) I), summed over the releases
+        ll = (-((h - a.sqrt() * X[s]) ** 2).sum(1, keepdim=True) + ((h - a.sqrt() * A[s]) ** 2).sum(1, keepdim=True))
+        scores[s] = float((ll / (2 * (1 - a))).sum())
+    return scores, n_rel
+
+
+def attack_scores(view, name: str, can: Canaries, device: str, options: dict, target: str) -> np.ndarray:
+    """Slot scores of a membership method that sees only the server's view."""
+    from collafuse_privacy.attacks.membership import make
+
+    attack = make(name, target=target, device=device, **(options or {})).fit(view)
+    client = None if target == SERVER else int(target.split(":")[1])
+
+    def score(x):
+        return np.asarray(attack.score(view, x, client=client), dtype=np.float64)
+
+    s = score(can.x)
+    return s - score(can.alt) if can.alt is not None else s
+
+
+# ---------------------------------------------------------------------------
+# Bounds
+# ---------------------------------------------------------------------------
+
+
+def _bound(b: Optional[st.Bound]) -> Optional[AuditBound]:
+    return None if b is None else AuditBound(**dataclasses.asdict(b))
+
+
+def method_bounds(scores: np.ndarray, coin: np.ndarray, cal, ev, delta: float, alpha: float, gdp: bool,
+                  one_run: bool, sees: str, statistic: str) -> AuditMethod:  # fmt: skip
+    """Every bound of one method's slot scores (module docstring)."""
+    from collafuse_privacy.defenses.accounting import gdp_epsilon
+
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=1e300, neginf=-1e300)
+    e = st.threshold_bound(s, coin, cal, ev, "eps", delta, alpha)
+    mu = st.threshold_bound(s, coin, cal, ev, "mu", delta, alpha) if gdp else None
+    e_mu = gdp_epsilon(mu.value, delta) if mu is not None else None
+    cal_b = st.threshold_bound(s, coin, cal, cal, "mu" if gdp else "eps", delta, alpha)
+    cal_v = None if cal_b is None else (gdp_epsilon(cal_b.value, delta) if gdp else cal_b.value)
+    o = st.one_run(s, coin, cal, ev, delta, alpha) if one_run else None
+    both = coin.any() and (~coin).any()
+    return AuditMethod(sees=sees, statistic=statistic, auc=float(roc_auc(s, coin)) if both else None,
+                       epsilon=_bound(e), mu=_bound(mu), epsilon_from_mu=e_mu,
+                       one_run=None if o is None else AuditOneRun(**dataclasses.asdict(o)), calibration=cal_v)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# The audit
+# ---------------------------------------------------------------------------
+
+
+def run_audit(cfg: Config, run_dir, *, canaries: int = DEFAULT_CANARIES, kind: str = "worst-case",
+              target: str = SERVER, methods: Optional[Sequence[str]] = None, options: Optional[dict] = None,
+              one_run: bool = False, alpha: float = 0.05, device: str = "cpu", quiet: bool = True,
+              log: Callable[[str], None] = print, secrets=None) -> AuditReport:  # fmt: skip
+    """Train the audit run in ``run_dir`` (or resume it), attack its canaries, write ``metrics/audit.json``.
+
+    ``secrets``: the clients' secrets (a sweep cell's, so its twin has the same split); default new ones.
+    """
+    from collafuse_privacy.lock import locked
+    from collafuse_privacy.party import resolve_device
+    from collafuse_privacy.training import Trainer
+
+    run_dir = Path(run_dir)
+    target = parse_audit_target(target)
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must lie in (0, 1), got {alpha}")
+    if target != SERVER and not cfg.defense.client_dp.enabled:
+        raise UserError(f"--target {target}: the client audit needs DP-SGD clients (defense.client_dp.enabled: true); "
+                        "without them client models have no formal epsilon to audit")  # fmt: skip
+    t0 = time.perf_counter()
+    with locked(run_dir):
+        resolved, can = audit_resolved(cfg, run_dir, canaries, kind, target, secrets)
+        trainer = Trainer(resolved, run_dir, resolve_device(device), quiet=quiet)
+        if not canaries_path(run_dir).is_file():
+            can.save(canaries_path(run_dir))
+        if trainer.step < resolved.cfg.train.steps:
+            log(f"audit: training with {len(can)} {kind} canaries ({can.game}) in {run_dir}")
+        trainer.train()
+        report = score_audit(run_dir, can, methods=methods, options=options, one_run=one_run, alpha=alpha,
+                             device=str(trainer.device), target=target, seconds=time.perf_counter() - t0, log=log)  # fmt: skip
+        RunDir(run_dir).write_metrics("audit", report)
+    return report
+
+
+def parse_audit_target(target: str) -> str:
+    t = str(target).strip()
+    if t == SERVER:
+        return t
+    if t.startswith("client:") and t.split(":", 1)[1].isdigit():
+        return t
+    raise UserError(f"audit target must be 'server' or 'client:K', got {target!r}")
+
+
+def score_audit(run_dir, can: Canaries, *, methods=None, options=None, one_run=False, alpha=0.05,
+                device="cpu", target=SERVER, seconds=0.0, log=print) -> AuditReport:  # fmt: skip
+    """The bounds of a trained audit run (see the module docstring)."""
+    from collafuse_privacy.attacks.base import NotApplicable
+    from collafuse_privacy.view import ServerView
+
+    from .ground_truth import message_image_ids
+
+    rd = RunDir(run_dir)
+    privacy = rd.metrics("privacy")
+    if privacy is None:
+        raise UserError(f"{run_dir} has no metrics/privacy.json; train first")
+    coin = can.coin.numpy().astype(bool)
+    cal, ev = st.halves(len(can), can.seed)
+    notes: list[str] = []
+    results: dict[str, AuditMethod] = {}
+    releases = None
+    if target == SERVER:
+        gdp = True
+        view_p = privacy.view
+        formal_eps, formal_mu, delta = view_p.epsilon, view_p.mu, view_p.delta
+        formal_note = (f"the run's release bound (replace-one at L2 distance {view_p.sensitivity_l2:.4g}, "
+                       f"{view_p.releases_per_image} release(s) per image): the audit's game is the same replace-one "
+                       "game, so the formal number applies unchanged")  # fmt: skip
+        view = ServerView.load(run_dir)
+        ids = message_image_ids(run_dir, len(view))
+        kr, n_rel = known_release_scores(view, ids, can)
+        releases = AuditReleases(int(n_rel.min()), float(np.median(n_rel)), int(n_rel.max()), int((n_rel == 0).sum()))
+        if releases.none:
+            notes.append(f"{releases.none} of {len(can)} canaries never crossed the cut (no recorded release): "
+                         "their coins cannot be seen, which weakens every bound")  # fmt: skip
+        rec = view.record
+        if rec is not None and getattr(rec, "received", 0) > getattr(rec, "recorded", 0):
+            notes.append(f"the view recorded {rec.recorded} of {rec.received} rows: unrecorded releases are "
+                         "invisible to the audit (record.max_items)")  # fmt: skip
+        res = method_bounds(kr, coin, cal, ev, delta, alpha, True, one_run,
+                            "auditor: ground-truth links of the canaries' own releases",
+                            "sum over the slot's releases of log N(h; sqrt(a) x, 1-a) - log N(h; sqrt(a) x', 1-a)")  # fmt: skip
+        results[KNOWN_RELEASE] = res
+        dist = (can.x - can.alt).flatten(1).norm(dim=1)
+        per = [view.protocol.release_mu(view.image_shape, int(r), float(d)) for r, d in zip(n_rel, dist)]
+        canary_mu = float(max(per)) if per else 0.0
+        names = list(VIEW_METHODS if methods is None else methods)
+        release_clients: tuple = ()
+    else:
+        gdp = False
+        k = int(target.split(":")[1])
+        dp = privacy.client_dp
+        entry = next((c for c in dp.clients if c.client == k), None)
+        if not dp.enabled or entry is None:
+            raise UserError(f"{run_dir}: client {k} trained without DP-SGD: no formal epsilon to audit")
+        formal_eps, formal_mu, delta = entry.epsilon, None, dp.delta
+        formal_note = ("Opacus' epsilon of client %d (add/remove, Poisson sampling): the audit's game is add/remove of "
+                       "one canary, the same adjacency, so the formal number applies unchanged" % k)  # fmt: skip
+        canary_mu = None
+        dist = can.x.flatten(1).norm(dim=1)
+        names = list(CLIENT_METHODS if methods is None else methods)
+        release_clients = (k,)
+        view = ServerView.load(run_dir, release_clients=release_clients)
+        notes.append("a black-box, last-iterate audit of DP-SGD: the attacker sees only the final model's denoising "
+                     "loss on the canaries, not the gradients of each step; such audits are known to sit far below "
+                     "the formal epsilon (Nasr et al. 2021: even with crafted inputs, a last-iterate black-box "
+                     "adversary is much weaker than the worst case DP-SGD's accounting must cover; Nasr et al. 2023 "
+                     "need gradient canaries and every iterate to be tight). A bound near 0 here shows that this "
+                     "attack finds little, not that the client is safer than its epsilon says")  # fmt: skip
+    for name in [n for n in names if n != KNOWN_RELEASE]:
+        try:
+            s = attack_scores(view, name, can, device, (options or {}).get(name, {}), target)
+        except NotApplicable as exc:
+            results[name] = AuditMethod(sees="server view", statistic="", reason=str(exc))
+            continue
+        sees = "server view" if target == SERVER else f"server view + client {target.split(':')[1]}'s released model"
+        stat = "score(x) - score(x')" if can.alt is not None else "score(x)"
+        results[name] = method_bounds(s, coin, cal, ev, delta, alpha, gdp, one_run, sees, f"{name}: {stat}")
+        log(f"audit: {name} done")
+    usable = {n: r for n, r in results.items() if r.reason is None and r.calibration is not None}
+    best = max(usable, key=lambda n: usable[n].calibration) if usable else None
+    lb, interval = 0.0, None
+    mu_lb = None
+    if best is not None:
+        b = usable[best]
+        if gdp and b.mu is not None:
+            from collafuse_privacy.defenses.accounting import gdp_epsilon
+
+            mu_lb = b.mu.value
+            lb = b.epsilon_from_mu
+            interval = Interval(gdp_epsilon(b.mu.point, delta), lb, gdp_epsilon(b.mu.upper, delta))
+        elif b.epsilon is not None:
+            lb = b.epsilon.value
+            interval = Interval(b.epsilon.point, b.epsilon.value, b.epsilon.upper)
+    n_pos, n_neg = int(coin[ev].sum()), int((~coin[ev]).sum())
+    max_eps, max_mu = st.max_certifiable(n_pos, n_neg, delta, alpha)
+    if gdp:
+        from collafuse_privacy.defenses.accounting import gdp_epsilon
+
+        max_eps = gdp_epsilon(max_mu, delta)
+    ratio = (lb / formal_eps) if (formal_eps and math.isfinite(formal_eps) and formal_eps > 0) else None
+    tol = 1e-9
+    failed = lb > formal_eps * (1 + tol) + tol or (mu_lb is not None and formal_mu is not None and mu_lb > formal_mu * (1 + tol) + tol)
+    route = "gdp" if gdp else "eps-delta"
+    conf = f"{100 * (1 - alpha):g}%"
+    if failed:
+        message = (f"FAILED: the empirical lower bound epsilon >= {lb:.4g} ({conf} confidence, {best}) exceeds the "
+                   f"formal epsilon {formal_eps:.4g} of this run: the pipeline discloses more than its accounting "
+                   f"says (or a {100 * alpha:g}% chance event)")  # fmt: skip
+    else:
+        message = (f"passed: empirical epsilon >= {lb:.4g} ({conf}, {best or 'no method'}) <= formal {formal_eps:.4g}"
+                   + (f", ratio {ratio:.2f}" if ratio is not None else ""))  # fmt: skip
+    if math.isfinite(formal_eps) and formal_eps > max_eps:
+        notes.append(f"{len(can)} canaries certify at most epsilon {max_eps:.3g} (a perfect attack on "
+                     f"{n_pos + n_neg} evaluation slots): the formal {formal_eps:.3g} cannot be shown tight "
+                     "with fewer errors than none; add canaries")  # fmt: skip
+    if not math.isfinite(formal_eps):
+        notes.append("the formal epsilon is infinite (the view reveals the images): the audit can only confirm that")
+    one = usable[best].one_run.epsilon if best is not None and usable[best].one_run is not None else None
+    return AuditReport(target=target, game=can.game, canaries=len(can), canary_kind=can.kind,
+                       distance=float(dist.median()), alpha=alpha, delta=delta, formal_epsilon=formal_eps,
+                       formal_note=formal_note, route=route, methods=results, best=best, epsilon_lb=float(lb),
+                       epsilon_interval=interval, ratio=ratio, max_certifiable_epsilon=max_eps,
+                       check="failed" if failed else "passed", message=message, seconds=float(seconds),
+                       formal_mu=formal_mu, mu_lb=mu_lb, canary_formal_mu=canary_mu,
+                       max_certifiable_mu=max_mu if gdp else None, releases=releases, one_run_epsilon=one,
+                       notes=notes)  # fmt: skip
+
+
+def format_audit(r: AuditReport) -> str:
+    """The audit as text (the CLI's output)."""
+    lines = [f"audit of the {'server view' if r.target == SERVER else r.target.replace(':', ' ') + ' model'}: "
+             f"{r.canaries} {r.canary_kind} canaries, {r.game}, delta={r.delta:g}",
+             f"  formal epsilon {fmt(r.formal_epsilon, '.4g')}" + (f" (mu {fmt(r.formal_mu, '.4g')})" if r.formal_mu is not None else "")
+             + f"; empirical lower bound {fmt(r.epsilon_lb, '.4g')}"
+             + (f" [point {fmt(r.epsilon_interval.value, '.3g')}, upper {fmt(r.epsilon_interval.hi, '.3g')}]" if r.epsilon_interval else "")
+             + (f"; ratio {r.ratio:.2f}" if r.ratio is not None else "")
+             + f"; {r.canaries} canaries certify at most {fmt(r.max_certifiable_epsilon, '.3g')}",
+             f"  {'method':16} {'sees':10} {'AUC':>6} {'eps (CP)':>9} {'mu lb':>7} {'eps(mu)':>8} {'one-run':>8}"]  # fmt: skip
+    for n, m in r.methods.items():
+        if m.reason:
+            lines.append(f"  {n:16} not applicable: {m.reason}")
+            continue
+        lines.append(f"  {n:16} {'auditor' if m.sees.startswith('auditor') else 'view':10} {fmt(m.auc, '.3f'):>6} "
+                     f"{fmt(m.epsilon.value if m.epsilon else None, '.3g'):>9} {fmt(m.mu.value if m.mu else None, '.3g'):>7} "
+                     f"{fmt(m.epsilon_from_mu, '.3g'):>8} {fmt(m.one_run.epsilon if m.one_run else None, '.3g'):>8}"
+                     + ("  <- chosen on the calibration half" if n == r.best else ""))  # fmt: skip
+    lines.append(f"  check: {r.message}")
+    lines += [f"  note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def gaussian_release_audit(mu: float, m: int, d: int = 64, seed: int = 0, alpha: float = 0.05,
+                           delta: float = 1e-5) -> tuple[float, float, float]:  # fmt: skip
+    """The release mechanism alone, audited (acceptance check 1 of the audit, no training): ``m``
+    worst-case canary slots in ``d`` pixels, each released once through ``cut-image``'s hand-over at
+    the level whose formal ``mu`` is ``mu``, scored by the auditor's known-release statistic.
+    Returns ``(formal epsilon, empirical lower bound epsilon, mu lower bound)``."""
+    from collafuse_privacy.defenses.accounting import gdp_epsilon
+
+    D = 2 * math.sqrt(d)
+    a = (mu / D) ** 2 / (1 + (mu / D) ** 2)  # sqrt(a / (1 - a)) D = mu
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 2, (m, d), generator=g).double() * 2 - 1
+    coin = torch.rand(m, generator=g) < 0.5
+    x_in = torch.where(coin.unsqueeze(1), x, -x)
+    h = math.sqrt(a) * x_in + math.sqrt(1 - a) * torch.randn(m, d, generator=g, dtype=torch.float64)
+    s = (math.sqrt(a) / (1 - a)) * (h * (2 * x)).sum(1)  # log N(h; sqrt(a) x) - log N(h; -sqrt(a) x)
+    cal, ev = st.halves(m, seed)
+    b = st.threshold_bound(s.numpy(), coin.numpy(), cal, ev, "mu", delta, alpha)
+    return gdp_epsilon(mu, delta), gdp_epsilon(b.value, delta), b.value
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `collafuse-privacy audit`")

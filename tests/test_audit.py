@@ -1,0 +1,270 @@
+"""The privacy audit (issue 14): its statistics, the composed view test, the audit of a real run,
+an injected leak that the audit must catch, and the command line."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from collafuse_privacy.attacks.membership import make
+from collafuse_privacy.attacks.membership.composed import subset_mixture
+from collafuse_privacy.cli import main
+from collafuse_privacy.config import DiffusionConfig, load_config
+from collafuse_privacy.defenses.accounting import gdp_epsilon
+from collafuse_privacy.eval import audit_stats as st
+from collafuse_privacy.eval.audit import Canaries, gaussian_release_audit, run_audit
+from collafuse_privacy.protocol.cut import Cut
+from collafuse_privacy.rundir import RunDir
+from collafuse_privacy.view import ServerView, ViewMeta
+
+from conftest import CONFIGS
+
+DELTA = 1e-5
+
+
+def _mu_for(eps):
+    from scipy.optimize import brentq
+
+    return brentq(lambda m: gdp_epsilon(m, DELTA) - eps, 1e-3, 50)
+
+
+# ---- statistics ---------------------------------------------------------------------------
+
+
+def test_clopper_pearson_bounds_cover_at_their_level():
+    rng = np.random.default_rng(0)
+    n, p, alpha = 200, 0.03, 0.05
+    k = rng.binomial(n, p, size=4000)
+    assert np.mean(st.cp_upper(k, n, alpha) < p) <= alpha + 0.01  # one-sided: misses at most alpha
+    assert np.mean(st.cp_lower(k, n, alpha) > p) <= alpha + 0.01
+    assert st.cp_upper(n, n, alpha) == 1.0 and st.cp_lower(0, n, alpha) == 0.0
+
+
+def test_rates_on_a_gaussian_trade_off_curve_give_its_mu_and_never_more_than_its_epsilon():
+    from scipy.stats import norm
+
+    mu = 1.5
+    fpr = np.logspace(-6, -0.01, 400)
+    fnr = norm.cdf(norm.ppf(1 - fpr) - mu)
+    np.testing.assert_allclose(st.mu_from_rates(fpr, fnr), mu, rtol=1e-6)
+    e = st.eps_from_rates(fpr, fnr, DELTA)
+    assert e.max() <= gdp_epsilon(mu, DELTA) + 1e-9
+    assert e.max() >= 0.8 * gdp_epsilon(mu, DELTA)
+
+
+@pytest.mark.parametrize("eps", [2.0, 4.0, 8.0])
+def test_synthetic_gaussian_release_audit_reaches_0_8_of_the_formal_epsilon(eps):
+    """Acceptance 1: the release mechanism alone, 100,000 worst-case canaries."""
+    formal, lb, mu_lb = gaussian_release_audit(_mu_for(eps), m=100_000, seed=0)
+    assert abs(formal - eps) < 1e-6
+    assert 0.8 * formal <= lb <= formal, (formal, lb)
+
+
+def test_the_audit_bound_is_sound_over_seeds():
+    """At 95% confidence the lower bound exceeds the truth in about 1 of 20 runs, not more."""
+    eps = 4.0
+    over = sum(gaussian_release_audit(_mu_for(eps), m=2000, seed=s)[1] > eps for s in range(20))
+    assert over <= 3
+
+
+def test_one_run_bound():
+    m = 1000
+    assert st.one_run_bound(m, m, m // 2, DELTA) == 0.0  # chance guesses certify nothing
+    lo = [st.one_run_bound(m, m, v, DELTA) for v in (600, 800, 1000)]
+    assert 0 < lo[0] < lo[1] < lo[2]  # more correct guesses, larger bound
+    # Gaussian scores of known mu: the one-run bound stays below the truth
+    mu = _mu_for(4.0)
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        y = rng.random(4000) < 0.5
+        s = np.where(y, mu / 2, -mu / 2) + rng.standard_normal(4000)
+        cal, ev = st.halves(4000, seed)
+        assert st.one_run(s, y, cal, ev, DELTA).epsilon <= 4.0
+
+
+def test_max_certifiable_grows_with_the_canary_count():
+    a = st.max_certifiable(50, 50, DELTA)[0]
+    b = st.max_certifiable(5000, 5000, DELTA)[0]
+    assert 0 < a < b
+
+
+# ---- the composed view test ----------------------------------------------------------------
+
+
+def test_subset_mixture_is_exact_over_all_subsets():
+    torch.manual_seed(0)
+    n = 7
+    lr = torch.randn(3, n).double() * 2
+    top = torch.sort(lr, 1, descending=True).values
+    out = subset_mixture(top, torch.logsumexp(lr, 1), n, 5)
+    for m in range(3):
+        for r in range(1, 6):
+            terms = torch.tensor([float(lr[m, list(c)].sum()) for c in itertools.combinations(range(n), r)], dtype=torch.float64)
+            want = float(torch.logsumexp(terms.double(), 0)) - math.log(math.comb(n, r))
+            assert abs(float(out[m, r - 1]) - want) < 1e-9
+
+
+def _known_release_view(R, n, mu1_target, seed=0):
+    """``n`` replace-one slots in 8x8, slot k is "client" k and sends ``R`` fresh-noise releases of
+    ``x_k`` or ``-x_k`` (the coin): the candidate's releases are known to the test."""
+    T, side = 40, 8
+    dcfg = DiffusionConfig(timesteps=T)
+    shape = (1, side, side)
+
+    def meta_of(t_c):
+        cut = Cut(dcfg, t_c)
+        return ViewMeta(protocol="cut-image", cut_ratio=t_c / T, fixed_noise=False, t_c=t_c, timesteps=T,
+                        handover_level=t_c - 1, abar_handover=cut.abar_handover, diffusion=dcfg,
+                        server_conditioning="none", model_preset="micro", client_preset=None, clients=n,
+                        data_name="synthetic", image_shape=list(shape), public_images=0)  # fmt: skip
+
+    t_c = min(range(1, T), key=lambda t: abs(ServerView(meta=meta_of(t)).protocol.release_mu(shape) - mu1_target))
+    meta = meta_of(t_c)
+    a = meta.abar_handover
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 2, (n, *shape), generator=g).float() * 2 - 1
+    coin = torch.rand(n, generator=g) < 0.5
+    sent = torch.where(coin.view(-1, 1, 1, 1), x, -x).repeat_interleave(R, 0)
+    h = a**0.5 * sent + (1 - a) ** 0.5 * torch.randn(sent.shape, generator=g)
+    pub = torch.randint(0, 2, (2000, *shape), generator=g).float() * 2 - 1
+    view = ServerView(meta=meta, messages={"x": h, "client": torch.arange(n).repeat_interleave(R),
+                                           "round": torch.zeros(n * R, dtype=torch.long)},
+                      public=(pub, torch.zeros(len(pub), dtype=torch.long)))  # fmt: skip
+    return view, x, coin.numpy(), ServerView(meta=meta).protocol.release_mu(shape)
+
+
+def test_composed_test_reaches_sqrt_R_times_the_single_release_mu():
+    """Acceptance 4: R known releases, mu >= 0.8 sqrt(R) mu1 at the actual distance (2 sqrt(d))."""
+    R, n = 4, 3000
+    view, x, coin, mu1 = _known_release_view(R, n, mu1_target=0.9)
+    attack = make("view-composed", releases=R).fit(view)
+    s = np.array([float(attack.score(view, x[k : k + 1], client=k) - attack.score(view, -x[k : k + 1], client=k))
+                  for k in range(n)])  # fmt: skip
+    cal, ev = st.halves(n, 0)
+    b = st.threshold_bound(s, coin, cal, ev, "mu", DELTA, 0.05)
+    assert b.point >= 0.8 * math.sqrt(R) * mu1, (b, mu1)
+    assert b.value <= math.sqrt(R) * mu1  # and, at 95% confidence, not more than the bound
+    # the single-release statistic (view-lrt) on the same view gains far less
+    lrt = make("view-lrt").fit(view)
+    s1 = np.array([float(lrt.score(view, x[k : k + 1], client=k) - lrt.score(view, -x[k : k + 1], client=k))
+                   for k in range(n)])  # fmt: skip
+    assert st.threshold_bound(s1, coin, cal, ev, "mu", DELTA, 0.05).point < b.point
+
+
+def test_composed_test_is_at_chance_on_images_that_were_never_sent():
+    """Negative control: candidates (and partners) that no client sent score at chance."""
+    from collafuse_privacy.eval.roc import auc
+    from collafuse_privacy.eval.stats import bootstrap
+
+    R, n = 4, 600
+    view, x, coin, mu1 = _known_release_view(R, n, mu1_target=0.9)
+    g = torch.Generator().manual_seed(7)
+    y = torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1  # never sent
+    for opts in ({"releases": R}, {}):
+        attack = make("view-composed", **opts).fit(view)
+        s = np.array([float(attack.score(view, y[k : k + 1], client=k) - attack.score(view, -y[k : k + 1], client=k))
+                      for k in range(n)])  # fmt: skip
+        lab = (np.arange(n) % 2).astype(int)  # an arbitrary half called "members"
+        iv = bootstrap(auc, s, lab, n_boot=300, strata=lab)
+        assert iv.lo <= 0.5 <= iv.hi, (opts, iv)
+
+
+# ---- a real audit --------------------------------------------------------------------------
+
+# 200 of the 1,797 digits and 40 rounds: every canary is drawn ~20 times, ~1/3 of them at t >= t_c
+SMALL = ["data.max_images=200", "train.steps=40", "train.checkpoint_every=40", "sample.n=4"]
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    run = tmp_path_factory.mktemp("audit") / "run"
+    cfg = load_config(CONFIGS / "audit-fixed-noise.yaml", SMALL)
+    rep = run_audit(cfg, run, canaries=200, one_run=True, log=lambda m: None)
+    return run, cfg, rep
+
+
+def test_a_fixed_noise_audit_passes_and_stays_below_the_formal_epsilon(audited):
+    run, cfg, rep = audited
+    assert rep.check == "passed" and rep.epsilon_lb <= rep.formal_epsilon
+    assert 2 <= rep.formal_epsilon <= 20
+    assert rep.best == "known-release" and rep.methods["known-release"].auc > 0.75  # mu 1.6: AUC ~0.87
+    assert rep.releases.none <= 5 and rep.releases.max == 1  # fixed noise: one release per canary
+    assert rep.max_certifiable_epsilon > rep.epsilon_lb
+    assert rep.methods["known-release"].one_run is not None
+    on_disk = RunDir(run).metrics("audit")
+    assert on_disk.epsilon_lb == rep.epsilon_lb and on_disk.canaries == 200
+    can = Canaries.load(run / "audit" / "canaries.safetensors")
+    assert len(can) == 200 and can.game == "replace-one"
+    # the canaries are ground truth: the server's view holds only messages and public images
+    assert not any("canar" in p.name for p in (run / "server_view").iterdir())
+
+
+def test_rerunning_an_audit_scores_again_without_training(audited):
+    run, cfg, rep = audited
+    ckpt = sorted((run / "checkpoints").iterdir())
+    rep2 = run_audit(cfg, run, canaries=200, one_run=True, log=lambda m: None)
+    assert rep2.epsilon_lb == rep.epsilon_lb
+    assert sorted((run / "checkpoints").iterdir()) == ckpt
+    with pytest.raises(Exception, match="choose another --out"):
+        run_audit(cfg, run, canaries=300, log=lambda m: None)
+
+
+def test_an_injected_leak_fails_the_audit(tmp_path, monkeypatch):
+    """Acceptance 3: the hand-over sends 0.3x the noise its accounting assumes."""
+    from collafuse_privacy.protocol.cut_image import CutImage
+
+    def leaky(self, x0, noise):
+        a = self.cut.abar_handover
+        return (a**0.5) * x0 + 0.3 * ((1 - a) ** 0.5) * noise
+
+    monkeypatch.setattr(CutImage, "handover", leaky)
+    cfg = load_config(CONFIGS / "audit-fixed-noise.yaml", SMALL)
+    rep = run_audit(cfg, tmp_path / "leak", canaries=200, methods=[], log=lambda m: None)
+    assert rep.check == "failed" and rep.epsilon_lb > rep.formal_epsilon
+    assert "FAILED" in rep.message and "more than its accounting" in rep.message
+    args = ["audit", "--config", str(CONFIGS / "audit-fixed-noise.yaml"), "--out", str(tmp_path / "leak"),
+            "--canaries", "200", "--method", "known-release"] + [a for kv in SMALL for a in ("--set", kv)]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "FAILED" in r.output, r.output
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--canaries", "2"], "--canaries"),
+        (["--target", "client:0"], "DP-SGD"),
+        (["--target", "everyone"], "'server' or 'client:K'"),
+        (["--alpha", "2"], "alpha"),
+        (["--set", "protocol.cut_ratio=1.5"], "cut_ratio"),
+    ],
+)
+def test_audit_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
+    r = CliRunner().invoke(main, ["audit", "--config", str(CONFIGS / "audit-fixed-noise.yaml"),
+                                  "--out", str(tmp_path / "a"), *args])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_audit_without_out_or_run_is_a_user_error():
+    r = CliRunner().invoke(main, ["audit"])
+    assert r.exit_code == 2 and "--out" in r.output
+
+
+def test_the_report_shows_the_audit(audited, tmp_path):
+    from collafuse_privacy.eval.report import write_report
+
+    run, cfg, rep = audited
+    res = write_report([run], out=tmp_path / "rep", screenshot=False, log=lambda m: None)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Privacy audit" in md and "known-release" in md
+    row = next(line for line in md.splitlines() if line.startswith(f"| {run.name} | server |"))
+    assert f"{rep.formal_epsilon:.4g}" in row and f"{rep.epsilon_lb:.3g}" in row and f"{rep.ratio:.2f}" in row
+    assert any("Audit of" in w for w in res["reading"])
+    assert "Privacy audit" in (tmp_path / "rep" / "report.html").read_text()
