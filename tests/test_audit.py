@@ -147,11 +147,14 @@ def test_composed_test_reaches_sqrt_R_times_the_single_release_mu():
     b = st.threshold_bound(s, coin, cal, ev, "mu", DELTA, 0.05)
     assert b.point >= 0.8 * math.sqrt(R) * mu1, (b, mu1)
     assert b.value <= math.sqrt(R) * mu1  # and, at 95% confidence, not more than the bound
-    # the single-release statistic (view-lrt) on the same view gains far less
+    # view-lrt on the same view is as strong here (measured: mu 2.02 against the composed 2.03): with only
+    # the candidate's releases in play, its log-mean-exp at low per-release signal is the mean log ratio,
+    # the same test up to scale. The composed form differs only where the candidate's releases hide
+    # among many (README: on the demo's data neither gains over the other).
     lrt = make("view-lrt").fit(view)
     s1 = np.array([float(lrt.score(view, x[k : k + 1], client=k) - lrt.score(view, -x[k : k + 1], client=k))
                    for k in range(n)])  # fmt: skip
-    assert st.threshold_bound(s1, coin, cal, ev, "mu", DELTA, 0.05).point < b.point
+    assert st.threshold_bound(s1, coin, cal, ev, "mu", DELTA, 0.05).point >= 0.8 * math.sqrt(R) * mu1
 
 
 def test_composed_test_is_at_chance_on_images_that_were_never_sent():

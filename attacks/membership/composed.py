@@ -20,10 +20,12 @@ server does not know it: each ``log LR_R`` (``R = 1..r_max``) is standardised by
 spread over public images (never sent, so non-members, scored against the same client's releases)
 and the score is the largest standardised value (a generalised likelihood ratio over ``R`` whose
 calibration the server can do itself: without it the mean-field terms of large ``R`` multiply the
-null's misfit by ``R`` and rank non-members first). With strong
-signal it gains about ``R`` times the per-release evidence where ``view-lrt`` gains about ``log R``;
-with weak signal and thousands of releases per client the search for the candidate's few among
-them costs most of that gain (``log C(N, R)``), which is what the measured tables show.
+null's misfit by ``R`` and rank non-members first). Measured
+(``tests/test_audit.py``, README): where only the candidate's ``R`` releases are in play (the case
+the formal bound assumes) it reaches ``sqrt(R)`` times the single-release ``mu``, and so does
+``view-lrt`` (at low per-release signal its log-mean-exp is the mean log ratio, the same test up to
+scale); among a client's thousands of releases the search for the candidate's few costs
+``log C(N, R)``, and on the demo's data neither test gains over the other.
 
 shared-noise and ``c = 0`` (the exact check) and ``c = 1`` behave as in ``view-lrt``.
 """
