@@ -77,3 +77,26 @@ def tiny_run(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+def synthetic_cut_meta(T: int, shape, mu_target: float, *, fixed_noise: bool, clients: int):
+    """The ``ViewMeta`` of a synthetic cut-image view (no training) at the cut whose single-release
+    ``mu`` is nearest ``mu_target``; returns ``(meta, mu)``. Used by the release-bound and audit tests."""
+    from collafuse_privacy.config import DiffusionConfig
+    from collafuse_privacy.protocol.cut import Cut
+    from collafuse_privacy.view import ServerView, ViewMeta
+
+    dcfg = DiffusionConfig(timesteps=T)
+
+    def meta_of(t_c):
+        cut = Cut(dcfg, t_c)
+        return ViewMeta(protocol="cut-image", cut_ratio=t_c / T, fixed_noise=fixed_noise, t_c=t_c, timesteps=T,
+                        handover_level=t_c - 1, abar_handover=cut.abar_handover, diffusion=dcfg,
+                        server_conditioning="none", model_preset="micro", client_preset=None, clients=clients,
+                        data_name="synthetic", image_shape=list(shape), public_images=0)  # fmt: skip
+
+    def mu_of(meta):
+        return ServerView(meta=meta).protocol.release_mu(tuple(shape))
+
+    meta = meta_of(min(range(1, T), key=lambda t: abs(mu_of(meta_of(t)) - mu_target)))
+    return meta, mu_of(meta)

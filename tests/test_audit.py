@@ -12,15 +12,14 @@ from click.testing import CliRunner
 from collafuse_privacy.attacks.membership import make
 from collafuse_privacy.attacks.membership.composed import subset_mixture
 from collafuse_privacy.cli import main
-from collafuse_privacy.config import DiffusionConfig, load_config
+from collafuse_privacy.config import load_config
 from collafuse_privacy.defenses.accounting import gdp_epsilon
 from collafuse_privacy.eval import audit_stats as st
 from collafuse_privacy.eval.audit import Canaries, gaussian_release_audit, run_audit
-from collafuse_privacy.protocol.cut import Cut
 from collafuse_privacy.rundir import RunDir
-from collafuse_privacy.view import ServerView, ViewMeta
+from collafuse_privacy.view import ServerView
 
-from conftest import CONFIGS
+from conftest import CONFIGS, synthetic_cut_meta
 
 DELTA = 1e-5
 
@@ -110,19 +109,8 @@ def test_subset_mixture_is_exact_over_all_subsets():
 def _known_release_view(R, n, mu1_target, seed=0):
     """``n`` replace-one slots in 8x8, slot k is "client" k and sends ``R`` fresh-noise releases of
     ``x_k`` or ``-x_k`` (the coin): the candidate's releases are known to the test."""
-    T, side = 40, 8
-    dcfg = DiffusionConfig(timesteps=T)
-    shape = (1, side, side)
-
-    def meta_of(t_c):
-        cut = Cut(dcfg, t_c)
-        return ViewMeta(protocol="cut-image", cut_ratio=t_c / T, fixed_noise=False, t_c=t_c, timesteps=T,
-                        handover_level=t_c - 1, abar_handover=cut.abar_handover, diffusion=dcfg,
-                        server_conditioning="none", model_preset="micro", client_preset=None, clients=n,
-                        data_name="synthetic", image_shape=list(shape), public_images=0)  # fmt: skip
-
-    t_c = min(range(1, T), key=lambda t: abs(ServerView(meta=meta_of(t)).protocol.release_mu(shape) - mu1_target))
-    meta = meta_of(t_c)
+    shape = (1, 8, 8)
+    meta, mu1 = synthetic_cut_meta(40, shape, mu1_target, fixed_noise=False, clients=n)
     a = meta.abar_handover
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 2, (n, *shape), generator=g).float() * 2 - 1
@@ -133,7 +121,7 @@ def _known_release_view(R, n, mu1_target, seed=0):
     view = ServerView(meta=meta, messages={"x": h, "client": torch.arange(n).repeat_interleave(R),
                                            "round": torch.zeros(n * R, dtype=torch.long)},
                       public=(pub, torch.zeros(len(pub), dtype=torch.long)))  # fmt: skip
-    return view, x, coin.numpy(), ServerView(meta=meta).protocol.release_mu(shape)
+    return view, x, coin.numpy(), mu1
 
 
 def test_composed_test_reaches_sqrt_R_times_the_single_release_mu():

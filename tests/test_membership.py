@@ -13,18 +13,17 @@ from collafuse_privacy.attacks.membership import FAMILY, NotApplicable, get, mak
 from collafuse_privacy.attacks.membership.base import MembershipAttack
 from collafuse_privacy.attacks.membership.view_lrt import gaussian_lrt
 from collafuse_privacy.cli import main
-from collafuse_privacy.config import DiffusionConfig
 from collafuse_privacy.defenses.accounting import gdp_tpr
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.linalg import nearest
-from collafuse_privacy.protocol import Cut
-from collafuse_privacy.rundir import ViewMeta
 from collafuse_privacy.typed import to_data
 from collafuse_privacy.eval.membership import (format_membership, load_ground_truth, recorded_image_ids,
                                                run_membership, sample_candidates)  # fmt: skip
 from collafuse_privacy.eval.roc import auc, tpr_band
 from collafuse_privacy.eval.stats import bootstrap
 from collafuse_privacy.view import ServerView
+
+from conftest import synthetic_cut_meta
 
 # 200 digits: 20 public, 2 clients x (45 members + 45 held-out); 30 rounds of 16 images per
 # client are ~10 epochs, so every member crosses the cut several times unless c is high.
@@ -193,23 +192,9 @@ def test_gdp_bound_is_tight_for_a_worst_case_pair():
     """Members x in {-1, 1}^d against non-members -x (distance exactly 2 sqrt(d)), one release
     each: view-lrt is the Neyman-Pearson test, so it meets the bound, never exceeds it, and does
     exceed a bound computed with 0.8 mu (the check would catch an understated mu)."""
-    T, d_side = 20, 8
-    dcfg = DiffusionConfig(timesteps=T)
-    shape = (1, d_side, d_side)
-
-    def meta_of(t_c):
-        cut = Cut(dcfg, t_c)
-        return ViewMeta(protocol="cut-image", cut_ratio=t_c / T, fixed_noise=True, t_c=t_c, timesteps=T,
-                        handover_level=t_c - 1, abar_handover=cut.abar_handover, diffusion=dcfg,
-                        server_conditioning="none", model_preset="micro", client_preset=None, clients=1,
-                        data_name="synthetic", image_shape=list(shape), public_images=0)  # fmt: skip
-
-    def mu_of(meta):
-        return ServerView(meta=meta).protocol.release_mu(shape)
-
-    t_c = min(range(1, T), key=lambda t: abs(mu_of(meta_of(t)) - 2.0))
-    meta = meta_of(t_c)
-    a, mu = meta.abar_handover, mu_of(meta)
+    shape = (1, 8, 8)
+    meta, mu = synthetic_cut_meta(20, shape, 2.0, fixed_noise=True, clients=1)
+    a = meta.abar_handover
     assert 1.0 < mu < 4.0
     g = torch.Generator().manual_seed(1)
     n = 3000
