@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench
+.PHONY: demo test bench test-flower
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# the Flower engine tests (optional extra; CI runs only the tests of the parties without Flower)
+test-flower: $(STAMP)
+	$(VENV)/bin/pip install -e '.[flower]'
+	$(VENV)/bin/python -m pytest -m flower tests/test_flower.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_collafuse.py

@@ -50,24 +50,38 @@ def sha256(path: Path) -> str:
 
 def save_checkpoint(rd: RunDir, step: int, parties: list[tuple[str, Party]], state: dict, keep: int) -> None:
     """Write ``checkpoints/step-<step>/`` atomically, point ``latest.json`` at it, keep the newest ``keep``."""
-    name = step_name(step)
-    final, tmp = rd.ckpt_dir / name, rd.ckpt_dir / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = new_step_dir(rd, step)
     for pname, party in parties:
         save_tensors(tmp / f"{pname}.safetensors", party.model.state_dict())
         save_tensors(tmp / f"{pname}_ema.safetensors", party.ema_state_dict())
     state = {"step": step, "parties": {pname: party.state_dict() for pname, party in parties}, **state}
     save_state(tmp / "state.pt", state)
+    commit_step_dir(rd, step, tmp, keep)
+
+
+def new_step_dir(rd: RunDir, step: int) -> Path:
+    """An empty temporary folder for the checkpoint of round ``step`` (``commit_step_dir`` makes it one)."""
+    tmp = rd.ckpt_dir / f".{step_name(step)}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_step_dir(rd: RunDir, step: int, tmp: Path, keep: Optional[int] = None) -> None:
+    """Seal the filled folder ``tmp`` (its manifest), rename it to ``step-<step>/``, point
+    ``latest.json`` at it and keep the newest ``keep`` step folders (all when None)."""
+    name = step_name(step)
+    final = rd.ckpt_dir / name
     write_json(tmp / "manifest.json", Manifest(step, {f.name: sha256(f) for f in sorted(tmp.iterdir())}))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     rd.write_latest(LatestCheckpoint(dir=name, step=step))
-    old = sorted(p for p in rd.ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
-    for p in old[:-keep]:
-        shutil.rmtree(p)
+    if keep is not None:
+        old = sorted(p for p in rd.ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        for p in old[:-keep]:
+            shutil.rmtree(p)
 
 
 def remove_partial(rd: RunDir) -> None:
@@ -138,12 +152,20 @@ def check_finite(tensors: dict[str, torch.Tensor], where) -> None:
         raise UserError(f"{where} holds {bad} non-finite weights (NaN or inf): the model diverged before it was saved")
 
 
-def load_checkpoint(rd: RunDir, parties: list[tuple[str, Party]]) -> Optional[tuple[Path, dict, Optional[str]]]:
-    """Load the latest intact checkpoint into ``parties``: ``(its folder, its state, note)`` or None."""
+def load_checkpoint(rd: RunDir, parties: list[tuple[str, Party]],
+                    step: Optional[int] = None) -> Optional[tuple[Path, dict, Optional[str]]]:  # fmt: skip
+    """Load the latest intact checkpoint (or the one of round ``step``) into ``parties``:
+    ``(its folder, its state, note)`` or None."""
     remove_partial(rd)
     if rd.latest() is None and not step_dirs(rd):
         return None
-    d, note = verified_step_dir(rd)
+    if step is None:
+        d, note = verified_step_dir(rd)
+    else:
+        d, note = rd.ckpt_dir / step_name(step), None
+        why = damage(d) if d.is_dir() else "it does not exist"
+        if why is not None:
+            raise UserError(f"checkpoint {d} cannot be used: {why}")
     state = load_state(d / "state.pt")
     for pname, party in parties:
         w = load_tensors(d / f"{pname}.safetensors")
@@ -154,6 +176,6 @@ def load_checkpoint(rd: RunDir, parties: list[tuple[str, Party]]) -> Optional[tu
             party.load(w, e, state["parties"][pname])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise UserError(f"checkpoint {d} does not fit this config ({pname}: {type(exc).__name__})") from None
-    if note is not None:
+    if note is not None or step is not None:
         rd.write_latest(LatestCheckpoint(dir=d.name, step=int(state["step"])))
     return d, state, note

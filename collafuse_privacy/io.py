@@ -57,7 +57,23 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save_bytes(tensors, metadata=metadata))
+    atomic_write_bytes(path, _sorted_metadata(st_save_bytes(tensors, metadata=metadata)))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """The same file with its ``__metadata__`` keys in sorted order: safetensors writes them in
+    the order of a Rust ``HashMap``, which changes from process to process, so two runs with
+    equal tensors and metadata would otherwise differ in their bytes."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.get("__metadata__")
+    if not meta or len(meta) < 2:
+        return data
+    header["__metadata__"] = dict(sorted(meta.items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # never expected (same content, other order); keep the library's bytes
+        return data
+    return data[:8] + text + b" " * (n - len(text)) + data[8 + n :]
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -108,6 +108,47 @@ def _chunks(n: int, size: int):
         yield a, min(n, a + size)
 
 
+def server_handovers(server, cfg: Config, clients: int, n: int, seed: int, device, batch_size: int = 256,
+                     shape=None) -> Optional[torch.Tensor]:  # fmt: skip
+    """The server's part of sampling: ``n`` hand-over images per client ``[K, n, C, S, S]``
+    (None where nothing crosses, c = 1), from ``x_{T-1}`` drawn from ``seed``."""
+    proto = protocol_for(cfg)
+    if proto.cut.sends_nothing:
+        return None
+    C, S = shape[0], shape[-1]
+    server_gen = generator(seed, 11)
+    handovers = torch.empty(clients, n, C, S, S)
+    for k in range(clients):
+        for a, b in _chunks(n, batch_size):
+            x = torch.randn((b - a, C, S, S), generator=server_gen).to(device)
+            labels = None
+            if cfg.model.server_conditioning == "client":
+                labels = torch.full((b - a,), k, dtype=torch.long, device=device)
+            elif cfg.model.server_conditioning == "labels":
+                n_cls = server.config.num_class_embeds
+                labels = torch.randint(0, n_cls, (b - a,), generator=server_gen).to(device)
+            handovers[k, a:b] = proto.server_denoise(server, x, labels, server_gen).cpu()
+    return handovers
+
+
+def client_finish(model, cfg: Config, handover: Optional[torch.Tensor], n: int, gen: torch.Generator, device,
+                  batch_size: int = 256, shape=None) -> torch.Tensor:  # fmt: skip
+    """A client's part of sampling: its ``n`` outputs ``[n, C, S, S]`` before the final clamp, from the
+    hand-over images ``handover`` [n, ...] it was sent (None, c = 1: from its own noise, ``gen``)."""
+    cut = protocol_for(cfg).cut
+    C, S = shape[0], shape[-1]
+    out = torch.empty(n, C, S, S)
+    for a, b in _chunks(n, batch_size):
+        h = handover[a:b].to(device) if handover is not None else torch.randn((b - a, C, S, S), generator=gen).to(device)
+        out[a:b] = client_denoise(model, cut, h, gen, clamp=False).cpu() if not cut.sends_clean else h.cpu()
+    return out
+
+
+def client_sample_generator(seed: int, k: int, client_secret: Optional[int]) -> torch.Generator:
+    """Client ``k``'s sampling randomness: from its secret and ``seed``."""
+    return generator(client_secret, 12, seed) if client_secret is not None else generator(seed, 12, k)
+
+
 def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, device, batch_size: int = 256,
                          client_secrets: Optional[list[int]] = None):  # fmt: skip
     """``n`` samples per client. Returns ``(samples [K, n, C, S, S], handover [K, n, ...] or None)``.
@@ -116,29 +157,14 @@ def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, 
     hand-over image from ``seed``; each client finishes with its own model (``client_denoise``)
     and its own randomness, from its secret and ``seed``.
     """
-    proto = protocol_for(cfg)
-    cut, K = proto.cut, len(clients)
-    C, S = clients[0].config.in_channels, cfg.data.image_size
-    server_gen = generator(seed, 11)
-    handovers = None
-    if not cut.sends_nothing:
-        handovers = torch.empty(K, n, C, S, S)
-        for k in range(K):
-            for a, b in _chunks(n, batch_size):
-                x = torch.randn((b - a, C, S, S), generator=server_gen).to(device)
-                labels = None
-                if cfg.model.server_conditioning == "client":
-                    labels = torch.full((b - a,), k, dtype=torch.long, device=device)
-                elif cfg.model.server_conditioning == "labels":
-                    n_cls = server.config.num_class_embeds
-                    labels = torch.randint(0, n_cls, (b - a,), generator=server_gen).to(device)
-                handovers[k, a:b] = proto.server_denoise(server, x, labels, server_gen).cpu()
-    out = torch.empty(K, n, C, S, S)
+    K = len(clients)
+    shape = (clients[0].config.in_channels, cfg.data.image_size, cfg.data.image_size)
+    handovers = server_handovers(server, cfg, K, n, seed, device, batch_size, shape)
+    out = torch.empty(K, n, *shape)
     for k, model in enumerate(clients):
-        gen = generator(client_secrets[k], 12, seed) if client_secrets is not None else generator(seed, 12, k)
-        for a, b in _chunks(n, batch_size):
-            h = handovers[k, a:b].to(device) if handovers is not None else torch.randn((b - a, C, S, S), generator=gen).to(device)
-            out[k, a:b] = client_denoise(model, cut, h, gen, clamp=False).cpu() if not cut.sends_clean else h.cpu()
+        gen = client_sample_generator(seed, k, client_secrets[k] if client_secrets is not None else None)
+        out[k] = client_finish(model, cfg, handovers[k] if handovers is not None else None, n, gen, device,
+                               batch_size, shape)  # fmt: skip
     return out, handovers
 
 
@@ -214,12 +240,20 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
         folder.mkdir(parents=True, exist_ok=True)
         check_writable(folder)
     raw, handovers = collaborative_sample(server, clients, cfg, n, seed, dev, cfg.sample.batch_size, own)
+    return write_samples(run_dir, cfg, raw, handovers, step, n, seed)
+
+
+def write_samples(run_dir: Path, cfg: Config, raw: torch.Tensor, handovers: Optional[torch.Tensor], step: int, n: int,
+                  seed: int) -> dict:  # fmt: skip
+    """Write one complete sample: the clients' outputs ``raw`` [K, n, ...] (before the clamp), the
+    server's hand-over images, grids, and ``samples/manifest.json`` last."""
+    rd = RunDir(run_dir)
     cut = Cut.from_config(cfg)
     stats = sample_stats(raw, handovers, cut)
     samples = raw.clamp(-1, 1)
     # One unit: the manifest goes first and comes back last, naming every file of this sample.
     (run_dir / "samples" / "manifest.json").unlink(missing_ok=True)
-    K = len(clients)
+    K = raw.shape[0]
     nrow = max(1, int(round(n**0.5)))
     files = []
     for k in range(K):

@@ -98,6 +98,105 @@ def server_class_embeds(cfg: Config, num_classes: int) -> Optional[int]:
     return {"none": None, "client": cfg.data.clients, "labels": num_classes}[cfg.model.server_conditioning]
 
 
+# ---- one client's round, and the parties' construction (shared with the Flower apps) ----------------
+@dataclass
+class ClientRound:
+    """What one client's round produced: its local loss (None: no local image), how many images
+    it trained on locally, the message it sent (None: nothing crossed) and, for the evaluation
+    harness only, the ids of that message's rows (never sent)."""
+
+    loss: Optional[float]
+    local: int
+    message: Optional[Message]
+    ids: Optional[torch.Tensor]
+
+
+def client_round(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) -> ClientRound:
+    """Client ``c``'s part of one round: draw, train its own steps, encode what crosses the cut.
+
+    Touches only the client's own state (its generators, batcher, model, release counts); never
+    waits on the server, so a client can run many rounds ahead of it (the Flower apps do).
+    """
+    cut = protocol.cut
+    # 1. a batch of the client's members, a timestep and noise per image
+    pos = c.batcher.next(cfg.train.batch_size)
+    x0, y, ids = c.images[pos.to(dev)], c.labels[pos.to(dev)], c.ids[pos]
+    t = torch.randint(0, cut.T, (len(pos),), generator=c.gen)
+    eps = torch.randn(x0.shape, generator=c.gen).to(dev)
+    local, remote = (t < cut.t_c).to(dev), (t >= cut.t_c).to(dev)
+    t = t.to(dev)
+    # 2. the client's own steps t < t_c: nothing of this leaves the client
+    x_t = q_sample(x0[local], t[local], eps[local], cut.abar)
+    loss = c.party.train_step(x_t, t[local], eps[local])
+    n_local = int(local.sum())
+    # 3. what crosses the cut for t >= t_c (DESIGN.md §1), its rows in a uniformly random
+    #    order: neither the draw order nor the order of the client's data is sent
+    n_remote = int(remote.sum())
+    if n_remote == 0:
+        return ClientRound(loss, n_local, None, None)
+    rows = torch.nonzero(remote.cpu()).flatten()[torch.randperm(n_remote, generator=c.order)]
+    r = rows.to(dev)
+    labels = y[r] if cfg.model.server_conditioning == "labels" else None
+    msg = protocol.encode(c.k, x0[r], t[r], eps[r], ids=ids[rows], secret=c.secret, labels=labels)
+    sent = pos[rows]
+    c.sends.index_add_(0, sent, torch.ones_like(sent))
+    return ClientRound(loss, n_local, msg, ids[rows])
+
+
+def build_server_model(cfg: Config, size: int, channels: int, num_classes: int):
+    """The server's UNet, initialised from the config's seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_unet(cfg.model.preset, size, channels, server_class_embeds(cfg, num_classes))
+
+
+def build_client_model(cfg: Config, secret: int, size: int, channels: int):
+    """A client's UNet, initialised from the client's own secret."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(secret)
+        return build_unet(cfg.model.client_model_preset, size, channels)
+
+
+def client_dp_on(cfg: Config) -> bool:
+    """DP-SGD only where a client trains: with t_c = 0 its model never takes a step."""
+    return cfg.defense.client_dp.enabled and Cut.from_config(cfg).t_c > 0
+
+
+def make_client(cfg: Config, k: int, model, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor,
+                secret: int, device: torch.device) -> Client:  # fmt: skip
+    """Client ``k`` with its member images, model and the generators its secret seeds."""
+    party = Party(model, cfg.train, device)
+    batcher = Batcher(len(ids), generator(secret, 3))
+    if client_dp_on(cfg):
+        batcher = _make_private(cfg, party, len(ids), secret, device)
+    return Client(k=k, images=images.to(device), labels=labels.to(device), ids=ids, party=party,
+                  gen=generator(secret, 2), batcher=batcher, secret=secret, order=generator(secret, 5),
+                  sends=torch.zeros(len(ids), dtype=torch.long))  # fmt: skip
+
+
+def _make_private(cfg: Config, party: Party, n: int, secret: int, device: torch.device):
+    """Opacus DP-SGD for a client with ``n`` members; returns its Poisson sampler."""
+    from .defenses.accounting import dp_sgd_noise_multiplier
+    from .defenses.dp_sgd import PoissonSampler
+
+    dp, cut = cfg.defense.client_dp, Cut.from_config(cfg)
+    q = min(1.0, cfg.train.batch_size / n)
+    sigma = dp.noise_multiplier
+    if sigma is None:
+        sigma = dp_sgd_noise_multiplier(dp.target_epsilon, dp.delta, q, cfg.train.steps, dp.accountant)
+    party.make_private(
+        noise_multiplier=sigma,
+        max_grad_norm=dp.max_grad_norm,
+        # the client trains on the drawn images with t < t_c: on average q * n * t_c / T
+        expected_batch_size=max(q * n * cut.t_c / cut.T, 1e-6),
+        sample_rate=q,
+        accountant=dp.accountant,
+        grad_sample_mode=dp.grad_sample_mode,
+        generator=generator(secret, 4, device=device),
+    )
+    return PoissonSampler(n, q, generator(secret, 3))
+
+
 class Trainer:
     """Builds the parties for a resolved config in ``run_dir`` and runs / resumes training."""
 
@@ -112,16 +211,13 @@ class Trainer:
         secret = [self.secrets.client(k, cfg.seed) for k in range(cfg.data.clients)]
         from .resources import check_memory
 
-        with torch.random.fork_rng(devices=[]):  # model initialisation: the server's from the seed, each
-            torch.manual_seed(cfg.seed)  # client's from its own secret
-            server_model = build_unet(cfg.model.preset, S, C, server_class_embeds(cfg, self.data.num_classes))
-            client_models = []
-            for k in range(cfg.data.clients):
-                torch.manual_seed(secret[k])
-                client_models.append(build_unet(cfg.model.client_model_preset, S, C))
-                if k == 0:  # before building the others: refuse a run that cannot fit in memory
-                    check_memory(cfg, self.data.images.element_size() * self.data.images.numel(), server_model,
-                                 client_models[0], tuple(self.data.shape))  # fmt: skip
+        server_model = build_server_model(cfg, S, C, self.data.num_classes)
+        client_models = []
+        for k in range(cfg.data.clients):
+            client_models.append(build_client_model(cfg, secret[k], S, C))
+            if k == 0:  # before building the others: refuse a run that cannot fit in memory
+                check_memory(cfg, self.data.images.element_size() * self.data.images.numel(), server_model,
+                             client_models[0], tuple(self.data.shape))  # fmt: skip
         self.resumed = open_run(cfg, self.run_dir)
         if read_secrets(self.run_dir) is None:
             write_secrets(self.run_dir, self.secrets)
@@ -129,19 +225,12 @@ class Trainer:
         server_party = Party(server_model, cfg.train, device)
         self.server = Server(server_party, self.protocol, cfg.model.server_conditioning, generator(cfg.seed, 1))
         # DP-SGD only where a client trains: with t_c = 0 its model never takes a step
-        self.dp_on = cfg.defense.client_dp.enabled and self.t_c > 0
+        self.dp_on = client_dp_on(cfg)
         self.clients = []
         for k, model in enumerate(client_models):
             ids = torch.tensor(self.splits.members[k], dtype=torch.long)
-            party = Party(model, cfg.train, device)
-            batcher = Batcher(len(ids), generator(secret[k], 3))
-            if self.dp_on:
-                batcher = self._make_private(k, party, len(ids), secret[k])
-            self.clients.append(Client(k=k, images=self.data.images[ids].to(device),
-                                       labels=self.data.labels[ids].to(device), ids=ids, party=party,
-                                       gen=generator(secret[k], 2), batcher=batcher, secret=secret[k],
-                                       order=generator(secret[k], 5),
-                                       sends=torch.zeros(len(ids), dtype=torch.long)))  # fmt: skip
+            self.clients.append(make_client(cfg, k, model, self.data.images[ids], self.data.labels[ids], ids,
+                                            secret[k], device))  # fmt: skip
         rec = cfg.record
         self.recorder = ViewRecorder(self.run_dir, rec.max_items if rec.enabled else 0, rec.shard_size, rec.dtype)
         self.transport = Transport(self.server.receive, self.recorder.receive)
@@ -160,41 +249,22 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------
     def train_round(self) -> dict:
         """One round: every client trains locally and sends; then the server steps."""
-        cfg, dev, cut = self.cfg, self.device, self.cut
         row = {"step": self.step + 1, "client_loss": [], "client_n": [], "sent": []}
         for c in self.clients:
-            # 1. a batch of the client's members, a timestep and noise per image
-            pos = c.batcher.next(cfg.train.batch_size)
-            x0, y, ids = c.images[pos.to(dev)], c.labels[pos.to(dev)], c.ids[pos]
-            t = torch.randint(0, cut.T, (len(pos),), generator=c.gen)
-            eps = torch.randn(x0.shape, generator=c.gen).to(dev)
-            local, remote = (t < cut.t_c).to(dev), (t >= cut.t_c).to(dev)
-            t = t.to(dev)
-            # 2. the client's own steps t < t_c: nothing of this leaves the client
-            x_t = q_sample(x0[local], t[local], eps[local], cut.abar)
-            row["client_loss"].append(c.party.train_step(x_t, t[local], eps[local]))
-            row["client_n"].append(int(local.sum()))
-            # 3. what crosses the cut for t >= t_c (DESIGN.md §1), its rows in a uniformly random
-            #    order: neither the draw order nor the order of the client's data is sent
-            n_remote = int(remote.sum())
-            row["sent"].append(n_remote)
-            if n_remote == 0:
-                continue
-            rows = torch.nonzero(remote.cpu()).flatten()[torch.randperm(n_remote, generator=c.order)]
-            r = rows.to(dev)
-            labels = y[r] if cfg.model.server_conditioning == "labels" else None
-            msg = self.protocol.encode(c.k, x0[r], t[r], eps[r], ids=ids[rows], secret=c.secret, labels=labels)
-            self.transport.send(msg)
-            self.recorder.attach_truth(ids[rows])
-            sent = pos[rows]
-            c.sends.index_add_(0, sent, torch.ones_like(sent))
+            r = client_round(c, self.cfg, self.protocol, self.device)
+            row["client_loss"].append(r.loss)
+            row["client_n"].append(r.local)
+            row["sent"].append(len(r.message) if r.message is not None else 0)
+            if r.message is not None:
+                self.transport.send(r.message)
+                self.recorder.attach_truth(r.ids)
         # 4. the server steps on what it received this round
         row["server_loss"], row["server_n"] = self.server.train_step()
         self.recorder.end_round()
         self.step += 1
         if self.dp_on:
-            every = cfg.defense.client_dp.log_every
-            if self.step % every == 0 or self.step == cfg.train.steps:
+            every = self.cfg.defense.client_dp.log_every
+            if self.step % every == 0 or self.step == self.cfg.train.steps:
                 row["client_dp_epsilon"] = self.client_dp_epsilons()
         return row
 
@@ -312,48 +382,10 @@ class Trainer:
 
     # ---- setup ------------------------------------------------------------------
     def _splits(self, splits):
-        if self.rd.splits_path.is_file():
-            saved = self.rd.splits()
-            if saved != splits:
-                raise UserError(f"{self.rd.splits_path} does not match the data found now (was the dataset changed?)")
-            return saved
-        self.rd.write_splits(splits)
-        return splits
+        return ensure_splits(self.rd, splits)
 
     def _write_view_meta(self) -> None:
-        cfg, cut = self.cfg, self.cut
-        if not self.rd.public_path.is_file():
-            pub = torch.tensor(self.splits.public, dtype=torch.long)
-            write_public(self.run_dir, self.data.images[pub], self.data.labels[pub])
-        self.rd.write_meta(ViewMeta(
-            protocol=cfg.protocol.kind, cut_ratio=cfg.protocol.cut_ratio, fixed_noise=cfg.protocol.fixed_noise,
-            t_c=cut.t_c, timesteps=cut.T, handover_level=cut.handover_level, abar_handover=cut.abar_handover,
-            diffusion=cfg.diffusion, server_conditioning=cfg.model.server_conditioning, model_preset=cfg.model.preset,
-            client_preset=cfg.model.client_preset, clients=cfg.data.clients, data_name=cfg.data.name,
-            image_shape=list(self.data.shape), public_images=len(self.splits.public), server_lr=cfg.train.lr,
-            server_lr_warmup=cfg.train.lr_warmup, server_grad_clip=cfg.train.grad_clip))  # fmt: skip
-
-    def _make_private(self, k: int, party: Party, n: int, secret: int):
-        """Opacus DP-SGD for client ``k`` (``n`` members); returns its Poisson sampler."""
-        from .defenses.accounting import dp_sgd_noise_multiplier
-        from .defenses.dp_sgd import PoissonSampler
-
-        dp, cfg = self.cfg.defense.client_dp, self.cfg
-        q = min(1.0, cfg.train.batch_size / n)
-        sigma = dp.noise_multiplier
-        if sigma is None:
-            sigma = dp_sgd_noise_multiplier(dp.target_epsilon, dp.delta, q, cfg.train.steps, dp.accountant)
-        party.make_private(
-            noise_multiplier=sigma,
-            max_grad_norm=dp.max_grad_norm,
-            # the client trains on the drawn images with t < t_c: on average q * n * t_c / T
-            expected_batch_size=max(q * n * self.t_c / self.T, 1e-6),
-            sample_rate=q,
-            accountant=dp.accountant,
-            grad_sample_mode=dp.grad_sample_mode,
-            generator=generator(secret, 4, device=self.device),
-        )
-        return PoissonSampler(n, q, generator(secret, 3))
+        write_view_meta(self.run_dir, self.cfg, self.cut, self.data, self.splits)
 
     def _check_dp_budget(self) -> None:
         """Refuse to train past ``defense.client_dp.target_epsilon``."""
@@ -412,3 +444,29 @@ def train(cfg: Config, run_dir: str | Path, device: str = "auto", quiet: bool = 
     with locked(run_dir):
         trainer = Trainer(resolved, Path(run_dir), resolve_device(device), quiet=quiet)
         return trainer.train(on_round=on_round)
+
+
+def ensure_splits(rd: RunDir, splits):
+    """The run's splits: written on the first start, checked against the data found on a resume."""
+    if rd.splits_path.is_file():
+        saved = rd.splits()
+        if saved != splits:
+            raise UserError(f"{rd.splits_path} does not match the data found now (was the dataset changed?)")
+        return saved
+    rd.write_splits(splits)
+    return splits
+
+
+def write_view_meta(run_dir: Path, cfg: Config, cut: Cut, data, splits) -> None:
+    """What the server knows before the first message: ``server_view/meta.json`` and its public images."""
+    rd = RunDir(run_dir)
+    if not rd.public_path.is_file():
+        pub = torch.tensor(splits.public, dtype=torch.long)
+        write_public(run_dir, data.images[pub], data.labels[pub])
+    rd.write_meta(ViewMeta(
+        protocol=cfg.protocol.kind, cut_ratio=cfg.protocol.cut_ratio, fixed_noise=cfg.protocol.fixed_noise,
+        t_c=cut.t_c, timesteps=cut.T, handover_level=cut.handover_level, abar_handover=cut.abar_handover,
+        diffusion=cfg.diffusion, server_conditioning=cfg.model.server_conditioning, model_preset=cfg.model.preset,
+        client_preset=cfg.model.client_preset, clients=cfg.data.clients, data_name=cfg.data.name,
+        image_shape=list(data.shape), public_images=len(splits.public), server_lr=cfg.train.lr,
+        server_lr_warmup=cfg.train.lr_warmup, server_grad_clip=cfg.train.grad_clip))  # fmt: skip

@@ -43,8 +43,9 @@ class ViewRecorder:
     At most ``max_items`` rows are kept (the first ones).
     """
 
-    def __init__(self, run_dir: Path, max_items: int, shard_size: int, dtype: str = "float32"):
+    def __init__(self, run_dir: Path, max_items: int, shard_size: int, dtype: str = "float32", truth: bool = True):
         self.rd = RunDir(run_dir)
+        self.truth = truth  # False where the ids are not the recorder's to know (a networked server, flower/)
         self.view_dir = Path(run_dir) / "server_view" / "train"
         self.truth_dir = Path(run_dir) / "ground_truth" / "train"
         self.max_items = max_items
@@ -104,7 +105,8 @@ class ViewRecorder:
         cat = {k: torch.cat([b[k] for b in self._buf]) for k in keys}
         name = f"shard-{self._first_round:08d}-{self._last_round:08d}.safetensors"
         # Ground truth first: a view shard never exists without its ids.
-        save_tensors(self.truth_dir / name, {"image_id": torch.cat(self._ids)})
+        if self.truth:
+            save_tensors(self.truth_dir / name, {"image_id": torch.cat(self._ids)})
         save_tensors(self.view_dir / name, cat)
         self._buf, self._ids, self._buffered, self._first_round = [], [], 0, None
 
