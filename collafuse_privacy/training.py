@@ -218,6 +218,9 @@ class Trainer:
             if k == 0:  # before building the others: refuse a run that cannot fit in memory
                 check_memory(cfg, self.data.images.element_size() * self.data.images.numel(), server_model,
                              client_models[0], tuple(self.data.shape))  # fmt: skip
+        if (self.run_dir / "flower" / "plan.json").is_file() and self.rd.latest() is None:
+            raise UserError(f"{self.run_dir} is a Flower run that has not finished (its parties' checkpoints are in "
+                            "flower/): resume it with `collafuse-privacy flower run`")  # fmt: skip
         self.resumed = open_run(cfg, self.run_dir)
         if read_secrets(self.run_dir) is None:
             write_secrets(self.run_dir, self.secrets)

@@ -231,9 +231,13 @@ def test_flower_run_bad_input_is_one_line(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], p.stderr
 
 
-def test_a_trained_in_process_run_is_not_taken_over(tiny, tiny_run):
+def test_a_trained_in_process_run_is_not_taken_over(tiny, tiny_run, tmp_path):
     with pytest.raises(UserError, match="holds an in-process run"):
         prepare(tiny("record.dtype=float32"), tiny_run())
+    run = tmp_path / "fl"  # nor an unfinished Flower run by `train` (it would drop the server's view)
+    prepare(tiny(), run)
+    with pytest.raises(UserError, match="is a Flower run that has not finished"):
+        train(tiny(), run, device="cpu", quiet=True)
 
 
 @pytest.mark.flower
@@ -272,3 +276,21 @@ def test_a_bad_supernode_stops_the_run_with_one_line(tmp_path, second, message):
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip() and "flower train" not in ln]
     assert len(lines) == 1 and message in lines[0], p.stderr
+
+
+def test_a_client_needs_only_its_folder(tiny, tmp_path):
+    """On its own machine a client has its folder and nothing else of the run."""
+    import shutil
+
+    run = tmp_path / "run"
+    prepare(tiny(), run)
+    shutil.copytree(party_dir(run, "client-1"), tmp_path / "elsewhere")
+    alone = ClientNode(tmp_path / "not-here", 1, client_dir=tmp_path / "elsewhere").run(0, 2)
+    local = ClientNode(run, 1).run(0, 2)
+    assert len(alone) == len(local) == 2
+    for a, b in zip(alone, local):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert _equal(a.tensors(), b.tensors())
+    with pytest.raises(UserError, match="client id 2 is out of range"):
+        ClientNode(tmp_path / "not-here", 2, client_dir=tmp_path / "elsewhere")

@@ -159,6 +159,9 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
         write_json(folder / "secret.json", ClientSecret(resolved.secrets.client(k, cfg.seed)))
         write_json(folder / "assignment.json", Assignment(run=rid, client=k, members=len(ids),
                                                           data_sha256=sha256(data_path)))  # fmt: skip
+        write_json(folder / "plan.json", plan)  # what the client needs on a machine of its own
+        rd_k = RunDir(folder)
+        rd_k.write_config(cfg)
     party_dir(run_dir, "server").mkdir(parents=True, exist_ok=True)
     write_json(old, plan)
     return plan
@@ -175,17 +178,18 @@ class ClientNode:
 
     def __init__(self, run_dir, k, device="cpu", client_dir=None, data=None):
         self.run_dir = Path(run_dir)
-        rd = RunDir(self.run_dir)
-        self.cfg = cfg = rd.config()
-        self.plan = plan = read_plan(self.run_dir)
         try:
             k = int(k)
         except (TypeError, ValueError):
             raise UserError(f"client id {k!r} is not an integer") from None
+        self.folder = Path(client_dir) if client_dir else party_dir(self.run_dir, f"client-{k}")
+        # a client on its own machine has only its folder: the run's config and plan are copied into it
+        own = (self.folder / "config.yaml").is_file() and (self.folder / "plan.json").is_file()
+        self.cfg = cfg = RunDir(self.folder).config() if own else RunDir(self.run_dir).config()
+        self.plan = plan = read_json(self.folder / "plan.json", Plan) if own else read_plan(self.run_dir)
         if not 0 <= k < plan.clients:
             raise UserError(f"client id {k} is out of range: the run has {plan.clients} clients (ids 0..{plan.clients - 1})")
         self.k = k
-        self.folder = Path(client_dir) if client_dir else party_dir(self.run_dir, f"client-{k}")
         apath = self.folder / "assignment.json"
         if not apath.is_file():
             raise UserError(f"client {k}: {apath} is missing (not a prepared client folder)")
