@@ -173,10 +173,12 @@ def _flower_out(cfg, out):
 @click.option("--node-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
               help="Seconds to wait for a client's SuperNode to (re)connect before the run stops.")
 @RPM
+@click.option("--sample/--no-sample", default=True, show_default=True,
+              help="After training, sample.n collaborative samples per client through the same apps.")
 @DEVICE
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def flower_run(config, overrides, out, engine, superlink, node_timeout, rounds_per_message, device, quiet):
+def flower_run(config, overrides, out, engine, superlink, node_timeout, rounds_per_message, sample, device, quiet):
     """Train through Flower (or resume), sample through the same apps, and write the standard run
     layout: the same server_view/ and weights as `train` at the same seed and secrets."""
     from .flower.launch import require_flower, run_flower
@@ -186,7 +188,8 @@ def flower_run(config, overrides, out, engine, superlink, node_timeout, rounds_p
     cfg = _load_cfg(config, overrides, device)
     run_dir = _flower_out(cfg, out)
     s = run_flower(cfg, run_dir, engine=engine, device=resolve_device(cfg.device).type, superlink=superlink,
-                   node_timeout=node_timeout, rounds_per_message=rounds_per_message, quiet=quiet)  # fmt: skip
+                   node_timeout=node_timeout, rounds_per_message=rounds_per_message, quiet=quiet,
+                   sample=sample)  # fmt: skip
     click.echo(f"trained {s['steps']} rounds through Flower ({engine}, {s['threads']} threads per party) in "
                f"{s['seconds']:.0f} s; the server received {s['messages']} messages, {s['recorded']} rows recorded in "
                f"server_view/" + ("; samples in samples/" if s["sampled"] else ""), err=True)  # fmt: skip
