@@ -34,7 +34,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from ..errors import UserError
-from .parties import ClientNode, ServerNode, flower_dir, log
+from .parties import ClientNode, ServerNode, flower_dir, log, party_dir
 
 DEFAULT_NODE_TIMEOUT = 120.0
 # reply errors that mean "the node or message went away", not "the client failed"
@@ -199,7 +199,10 @@ def _client(context: Context, defaults: dict) -> ClientNode:
     nc = context.node_config
     if "partition-id" not in nc:
         raise UserError("this SuperNode has no partition-id: start it with --node-config 'partition-id=K'")
-    key = (str(s["run-dir"]), str(nc["partition-id"]), str(nc.get("client-dir", "")), str(nc.get("data", "")))
+    folder = Path(nc.get("client-dir") or party_dir(s["run-dir"], f"client-{nc['partition-id']}"))
+    stamp = (folder / "assignment.json").stat().st_mtime_ns if (folder / "assignment.json").is_file() else None
+    # a cached client is the same client of the same prepared run (prepare rewrites its assignment)
+    key = (str(s["run-dir"]), str(nc["partition-id"]), str(folder), str(nc.get("data", "")), stamp)
     node = _CACHE.get(key)
     if node is None:
         node = ClientNode(s["run-dir"], nc["partition-id"], s.get("device", "cpu"), nc.get("client-dir") or None,
