@@ -243,6 +243,14 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
     return write_samples(run_dir, cfg, raw, handovers, step, n, seed)
 
 
+def write_handovers(run_dir, handovers: torch.Tensor, step: int, cut: Cut) -> None:
+    """The hand-over images the server produced ``[K, n, ...]`` into its view, with the client each went to."""
+    K, n = handovers.shape[:2]
+    save_tensors(RunDir(run_dir).view_dir / "handover" / "sample.safetensors",
+                 {"h": handovers.reshape(-1, *handovers.shape[2:]), "client": torch.arange(K).repeat_interleave(n)},
+                 {"step": str(step), "level": str(cut.handover_level)})  # fmt: skip
+
+
 def write_samples(run_dir: Path, cfg: Config, raw: torch.Tensor, handovers: Optional[torch.Tensor], step: int, n: int,
                   seed: int) -> dict:  # fmt: skip
     """Write one complete sample: the clients' outputs ``raw`` [K, n, ...] (before the clamp), the
@@ -263,12 +271,7 @@ def write_samples(run_dir: Path, cfg: Config, raw: torch.Tensor, handovers: Opti
     show = min(n, 16)
     save_grid(run_dir / "samples" / "grid.png", samples[:, :show].reshape(-1, *samples.shape[2:]), show)
     if handovers is not None:
-        client = torch.arange(K).repeat_interleave(n)
-        save_tensors(
-            rd.view_dir / "handover" / "sample.safetensors",
-            {"h": handovers.reshape(-1, *handovers.shape[2:]), "client": client},
-            {"step": str(step), "level": str(cut.handover_level)},
-        )
+        write_handovers(run_dir, handovers, step, cut)
         files.append("server_view/handover/sample.safetensors")
         if not cut.sends_clean:
             save_grid(run_dir / "samples" / "handover.png", handovers[:, :show].reshape(-1, *handovers.shape[2:]).clamp(-1, 1), show)

@@ -59,6 +59,22 @@ class Client:
     order: torch.Generator  # the order of the rows in its messages
     sends: Optional[torch.Tensor] = None  # [n] int64: times each member image crossed the cut
 
+    def state(self) -> dict:
+        """Its randomness and release counts (the checkpointed part besides its model)."""
+        return {"gen": self.gen.get_state(), "order": self.order.get_state(), "batcher": self.batcher.state_dict(),
+                "release_counts": self.sends.clone()}  # fmt: skip
+
+    def load_state(self, s: dict) -> None:
+        """Restore :meth:`state` (``release_counts`` None: a checkpoint from before counting)."""
+        self.gen.set_state(s["gen"])
+        self.order.set_state(s["order"])
+        self.batcher.load_state_dict(s["batcher"])
+        n = s.get("release_counts")
+        if n is not None:
+            if n.shape != self.sends.shape:
+                raise ValueError("release counts do not fit")
+            self.sends = n.clone()
+
 
 class Server:
     """The shared server model for ``t >= t_c``; trains on what it receives."""
@@ -141,6 +157,31 @@ def client_round(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) 
     sent = pos[rows]
     c.sends.index_add_(0, sent, torch.ones_like(sent))
     return ClientRound(loss, n_local, msg, ids[rows])
+
+
+def server_state(server: "Server", recorder, transport) -> dict:
+    """The server's checkpointed state besides its model: its generator, the recorder, the counters."""
+    return {"server_gen": server.gen.get_state(), "recorder": recorder.state_dict(),
+            "transport": {"messages": transport.messages, "bytes": transport.bytes}}  # fmt: skip
+
+
+def load_server_state(state: dict, server: "Server", recorder, transport) -> int:
+    """Restore :func:`server_state`; returns the checkpoint's round."""
+    server.gen.set_state(state["server_gen"])
+    transport.messages = int(state["transport"]["messages"])
+    transport.bytes = int(state["transport"]["bytes"])
+    recorder.load_state_dict(state["recorder"])
+    return int(state["step"])
+
+
+def joint_state(server: dict, clients: list[dict]) -> dict:
+    """An in-process checkpoint's ``state.pt`` (besides ``step`` and ``parties``) from the server's
+    :func:`server_state` and every client's :meth:`Client.state` (also how ``flower.parties.collect``
+    joins a Flower run's parties)."""
+    return {"server_gen": server["server_gen"], "client_gens": [c["gen"] for c in clients],
+            "order_gens": [c["order"] for c in clients], "batchers": [c["batcher"] for c in clients],
+            "release_counts": [c["release_counts"] for c in clients], "recorder": server["recorder"],
+            "transport": server["transport"]}  # fmt: skip
 
 
 def build_server_model(cfg: Config, size: int, channels: int, num_classes: int):
@@ -336,15 +377,7 @@ class Trainer:
         from .checkpoint import save_checkpoint
 
         self.recorder.flush()
-        state = {
-            "server_gen": self.server.gen.get_state(),
-            "client_gens": [c.gen.get_state() for c in self.clients],
-            "order_gens": [c.order.get_state() for c in self.clients],
-            "batchers": [c.batcher.state_dict() for c in self.clients],
-            "release_counts": [c.sends.clone() for c in self.clients],
-            "recorder": self.recorder.state_dict(),
-            "transport": {"messages": self.transport.messages, "bytes": self.transport.bytes},
-        }
+        state = joint_state(server_state(self.server, self.recorder, self.transport), [c.state() for c in self.clients])
         save_checkpoint(self.rd, self.step, self.parties(), state, self.cfg.train.keep_checkpoints)
 
     def _load_latest(self) -> None:
@@ -358,21 +391,13 @@ class Trainer:
         if note and not self.quiet:
             print(note, file=sys.stderr)
         try:
-            self.server.gen.set_state(state["server_gen"])
-            for c, g, o, b in zip(self.clients, state["client_gens"], state["order_gens"], state["batchers"]):
-                c.gen.set_state(g)
-                c.order.set_state(o)
-                c.batcher.load_state_dict(b)
             counts = state.get("release_counts")
             self.counts_complete = counts is not None  # checkpoints from before counting
-            for c, n in zip(self.clients, counts or []):
-                if n.shape != c.sends.shape:
-                    raise ValueError("release counts do not fit")
-                c.sends = n.clone()
-            self.transport.messages = int(state["transport"]["messages"])
-            self.transport.bytes = int(state["transport"]["bytes"])
-            self.step = int(state["step"])
-            self.recorder.load_state_dict(state["recorder"])
+            for k, c in enumerate(self.clients):
+                c.load_state({"gen": state["client_gens"][k], "order": state["order_gens"][k],
+                              "batcher": state["batchers"][k],
+                              "release_counts": counts[k] if counts is not None else None})  # fmt: skip
+            self.step = load_server_state(state, self.server, self.recorder, self.transport)
         except (RuntimeError, KeyError, ValueError, TypeError):
             raise UserError(f"checkpoint {d}/state.pt does not fit this run") from None
         self._rewind(self.step)

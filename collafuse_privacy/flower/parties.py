@@ -47,7 +47,8 @@ from ..io import append_jsonl, load_tensors, save_state, save_tensors, truncate_
 from ..party import Party, resolve_device
 from ..protocol import Cut, Message, Transport, from_tensors, protocol_for
 from ..rundir import RunDir, read_json, write_json
-from ..training import (Server, build_client_model, build_server_model, client_dp_on, client_round, make_client)
+from ..training import (Server, build_client_model, build_server_model, client_dp_on, client_round, joint_state,
+                        load_server_state, make_client, server_state)
 from ..rng import generator
 from ..view import SHARD_RE, ViewRecorder, list_shards
 
@@ -243,11 +244,7 @@ class ClientNode:
             raise UserError(f"client {self.k} has no saved state at round {step} in {self.own.ckpt_dir} (the server "
                             "is at that round): its folder was lost or belongs to another run")  # fmt: skip
         _, state, _ = loaded
-        c = self.client
-        c.gen.set_state(state["gen"])
-        c.order.set_state(state["order"])
-        c.batcher.load_state_dict(state["batcher"])
-        c.sends = state["release_counts"].clone()
+        self.client.load_state(state)
         self.step = int(state["step"])
         self._loaded = True
         self._truncate(self.step)
@@ -289,10 +286,7 @@ class ClientNode:
         return out
 
     def save(self) -> None:
-        c = self.client
-        state = {"gen": c.gen.get_state(), "order": c.order.get_state(), "batcher": c.batcher.state_dict(),
-                 "release_counts": c.sends.clone()}  # fmt: skip
-        save_checkpoint(self.own, self.step, [(self.name, c.party)], state, self._keep())
+        save_checkpoint(self.own, self.step, [(self.name, self.client.party)], self.client.state(), self._keep())
 
     def finish(self, handover: Optional[torch.Tensor], n: int, seed: int) -> torch.Tensor:
         """Finish sampling from the server's hand-over images ``[n, ...]`` (or, c = 1, from its own
@@ -338,12 +332,7 @@ class ServerNode:
         if loaded is None:
             self.recorder.load_state_dict({"count": 0, "round": 0})
         else:
-            _, state, _ = loaded
-            self.server.gen.set_state(state["server_gen"])
-            self.transport.messages = int(state["transport"]["messages"])
-            self.transport.bytes = int(state["transport"]["bytes"])
-            self.step = int(state["step"])
-            self.recorder.load_state_dict(state["recorder"])
+            self.step = load_server_state(loaded[1], self.server, self.recorder, self.transport)
         truncate_jsonl(self.own.path / "train.jsonl", lambda r: r.get("step", 0) <= self.step)
 
     @property
@@ -382,15 +371,14 @@ class ServerNode:
 
     def save(self) -> None:
         self.recorder.flush()
-        state = {"server_gen": self.server.gen.get_state(), "recorder": self.recorder.state_dict(),
-                 "transport": {"messages": self.transport.messages, "bytes": self.transport.bytes}}  # fmt: skip
+        state = server_state(self.server, self.recorder, self.transport)
         keep = max(2, self.cfg.train.keep_checkpoints)
         save_checkpoint(self.own, self.step, [("server", self.server.party)], state, keep)
 
     def handovers(self, n: int, seed: int) -> Optional[torch.Tensor]:
         """The server's part of sampling ``[K, n, ...]`` with its EMA model; recorded in its view."""
         from ..models import load_unet
-        from ..sampling import server_handovers
+        from ..sampling import server_handovers, write_handovers
 
         if self.cut.sends_nothing:
             return None
@@ -398,10 +386,7 @@ class ServerNode:
                           "the server").to(self.device).eval()  # fmt: skip
         h = server_handovers(model, self.cfg, self.plan.clients, n, seed, self.device, self.cfg.sample.batch_size,
                              self.plan.image_shape)  # fmt: skip
-        client = torch.arange(self.plan.clients).repeat_interleave(n)
-        save_tensors(self.rd.view_dir / "handover" / "sample.safetensors",
-                     {"h": h.reshape(-1, *h.shape[2:]), "client": client},
-                     {"step": str(self.step), "level": str(self.cut.handover_level)})  # fmt: skip
+        write_handovers(self.run_dir, h, self.step, self.cut)
         return h
 
 
@@ -430,12 +415,8 @@ def collect(run_dir, quiet: bool = True) -> dict:
             raise UserError(f"{p}'s checkpoint of the last round {d} cannot be used: {why}")
         dirs[p] = d
     states = {p: load_state(dirs[p] / "state.pt") for p in parties}
-    server, clients = states["server"], [states[f"client-{k}"] for k in range(plan.clients)]
     state = {"step": total, "parties": {p: states[p]["parties"][p] for p in parties},
-             "server_gen": server["server_gen"], "client_gens": [c["gen"] for c in clients],
-             "order_gens": [c["order"] for c in clients], "batchers": [c["batcher"] for c in clients],
-             "release_counts": [c["release_counts"] for c in clients], "recorder": server["recorder"],
-             "transport": server["transport"]}  # fmt: skip
+             **joint_state(states["server"], [states[f"client-{k}"] for k in range(plan.clients)])}
     from ..checkpoint import commit_step_dir, new_step_dir
 
     tmp = new_step_dir(rd, total)
