@@ -15,6 +15,7 @@ import inspect
 from typing import Any, Iterable, Optional
 
 from collafuse_privacy.errors import UserError
+from collafuse_privacy.options import Opt, check_value
 from collafuse_privacy.registry import Registry
 
 # Passed by the runner, not by the user.
@@ -46,6 +47,18 @@ def method_options(cls) -> dict[str, Any]:
     return out
 
 
+def option_specs(cls) -> dict[str, Opt]:
+    """``{option: Opt}`` a method declares (class attribute ``OPTIONS``, merged along the same
+    classes as :func:`method_options`): the type and range of every option, checked when parsed."""
+    out: dict[str, Opt] = {}
+    for klass in cls.__mro__:
+        out = {**klass.__dict__.get("OPTIONS", {}), **out}
+        init = klass.__dict__.get("__init__")
+        if init is not None and not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            break
+    return out
+
+
 class Family:
     """The registry and factory of one attack family."""
 
@@ -65,17 +78,28 @@ class Family:
     def options(self, name: str) -> dict[str, Any]:
         return method_options(self.get(name))
 
-    def check_options(self, name: str, options: dict) -> None:
-        known = self.options(name)
-        for key in options:
+    def check_options(self, name: str, options: dict) -> dict:
+        """``options`` of method ``name`` checked (names, types, ranges, and what the constructor
+        refuses, such as secmi's ``k < t_sec``) and coerced; a UserError names the option."""
+        known, specs = self.options(name), option_specs(self.get(name))
+        out = {}
+        for key, value in options.items():
             if key not in known:
                 raise UserError(f"{self.kind} {name!r} has no option {key!r} (its options: "
                                 f"{', '.join(sorted(known)) or 'none'})")  # fmt: skip
+            if key not in specs:  # a method must declare every option it takes (tests/test_reliability_view.py)
+                raise UserError(f"{self.kind} {name!r}: option {key!r} has no declared type")
+            out[key] = check_value(specs[key], value, f"option {name}.{key}")
+        try:
+            self.get(name)(**out)  # cheap: constructors only store their options
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{self.kind} {name!r}: bad options {sorted(out)} ({exc})") from None
+        return out
 
     def make(self, name: str, **kwargs):
         """An instance of ``name``; ``kwargs`` are runtime arguments and the method's options."""
         cls = self.get(name)
-        self.check_options(name, {k: v for k, v in kwargs.items() if k not in RUNTIME_ARGS})
+        kwargs = {**kwargs, **self.check_options(name, {k: v for k, v in kwargs.items() if k not in RUNTIME_ARGS})}
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:
@@ -99,9 +123,12 @@ class Family:
         return out
 
 
-def parse_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """``["loss.n_noise=4", "learned.steps=60"]`` -> ``{"loss": {"n_noise": 4}, "learned": {"steps": 60}}``."""
+def parse_options(items: Iterable[str], family: Optional[Family] = None) -> dict[str, dict[str, Any]]:
+    """``["loss.n_noise=4", "learned.steps=60"]`` -> ``{"loss": {"n_noise": 4}, "learned": {"steps": 60}}``;
+    with ``family``, every method and option is checked (type and range) here, before any work."""
     import yaml
+
+    from collafuse_privacy.config import strict_yaml
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -110,18 +137,26 @@ def parse_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not method or not opt:
             raise UserError(f"--option expects METHOD.KEY=VALUE, got {item!r}")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = strict_yaml(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
         out.setdefault(method, {})[opt] = value
+    if family is not None:
+        for name, opts in out.items():
+            family.get(name)
+            out[name] = family.check_options(name, opts)
     return out
 
 
-def check_family_options(family: Family, options: dict[str, dict], methods: list[str]) -> None:
-    """Every method named in ``options`` exists and accepts the options given (options of
-    methods that do not run are checked too, and then unused)."""
+def check_family_options(family: Family, options: dict[str, dict], methods: list[str]) -> dict[str, dict]:
+    """Every method named in ``options`` exists and accepts the options given, typed and in range
+    (options of methods that do not run are checked too, and then unused); returns them coerced."""
+    if not isinstance(options, dict):
+        raise UserError(f"options of {family.kind}s must map method names to option mappings, got {options!r}")
+    out = {}
     for name, opts in options.items():
         family.get(name)
         if not isinstance(opts, dict):
             raise UserError(f"options of {family.kind} {name!r} must be a mapping, got {opts!r}")
-        family.check_options(name, opts)
+        out[name] = family.check_options(name, opts)
+    return out

@@ -1,6 +1,8 @@
-"""Replay the faults of issue 13 against a tiny run, through the command line, and print per
-case the exit code, whether a traceback appeared and the first line of stderr. Every case must
-end with exit 0 (it worked) or 2 (one clear line), never 1 with a traceback.
+"""Replay the faults of issues 13 and 23 against tiny runs, through the command line, and print
+per case the exit code, whether a traceback appeared and the first line of stderr. Every case must
+end with exit 0 (it worked) or 2 (one clear line), never 1 with a traceback; the cases of issue 23
+are marked "#N" by its numbering, expect the exit code the correct outcome has, and check with the
+sha256 of every file of the run, before and after, that nothing earlier was lost or changed.
 
     .venv/bin/python benchmarks/fault_replay.py [--workdir /tmp/faults]
 
@@ -46,13 +48,185 @@ def record(name: str, code: int, stderr: str, expect=(0, 2)) -> None:
     ROWS.append((name, code, "Traceback" in stderr, first[:150] if ok else "UNEXPECTED: " + stderr[-400:]))
 
 
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (lock files aside)."""
+    import hashlib
+
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != ".lock"}  # fmt: skip
+
+
+def kept(name: str, folder: Path, before: dict[str, str], may_change: tuple[str, ...] = ()) -> None:
+    """A row saying whether every file of ``before`` is still there with the same bytes (``may_change``:
+    files the command is meant to rewrite; the caller checks their content)."""
+    after = digest(folder)
+    lost = [f for f, h in before.items() if f not in may_change and after.get(f) != h]
+    ROWS.append((f"  -> {name}: " + ("nothing earlier lost or changed" if not lost else f"CHANGED: {lost[:3]}"),
+                 0 if not lost else 1, False, ""))  # fmt: skip
+
+
+# issue 23's $TINY: 3 clients, the tiny preset, 30 rounds of 16
+TINY23 = ["data.name=digits", "data.image_size=8", "data.clients=3", "model.preset=tiny", "diffusion.timesteps=20",
+          "train.batch_size=16", "train.steps=30", "protocol.cut_ratio=0.5", "device=cpu",
+          "secrets.derive_from_seed=true"]  # fmt: skip
+
+
+def sets23(*extra) -> list[str]:
+    return [a for o in TINY23 + list(extra) for a in ("--set", o)]
+
+
+def issue23(w: Path) -> None:
+    """Every reproduction of issue 23 (numbers as in the issue)."""
+    import yaml
+
+    w.mkdir(parents=True, exist_ok=True)
+    R = w / "R"
+    p = subprocess.run(CLI + ["train", "--quiet", "--out", str(R)] + sets23(), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+    def copy(name: str) -> tuple[Path, dict[str, str]]:
+        d = w / name
+        shutil.copytree(R, d, ignore=shutil.ignore_patterns(".lock"))
+        return d, digest(d)
+
+    view_lrt = ["--type", "membership", "--method", "view-lrt"]
+    d, before = copy("r1")
+    f = sorted((d / "server_view" / "train").glob("shard-*"))[0]
+    data = f.read_bytes()
+    f.write_bytes(data[:-256] + bytes(b ^ 0x5A for b in data[-256:]))
+    before = digest(d)
+    run("#1 a corrupted view shard: attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    kept("#1", d, before)
+    d, _ = copy("r2")
+    for f in (d / "server_view" / "train").glob("shard-*"):
+        f.unlink()
+    before = digest(d)
+    run("#2 deleted view shards: attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    kept("#2", d, before)
+    d, _ = copy("r3")
+    shutil.rmtree(d / "checkpoints")  # train killed before its first checkpoint
+    before = digest(d)
+    run("#3 no checkpoint (killed train): attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    run("#3 no checkpoint (killed train): attack reconstruction", ["attack", "--run", str(d), "--type",
+                                                                   "reconstruction"], expect=(2,))  # fmt: skip
+    kept("#3", d, before)
+    fp = w / "prepared"
+    p = subprocess.run(CLI + ["flower", "prepare", "--out", str(fp)] + sets23(), capture_output=True, text=True)
+    if p.returncode == 0:
+        run("#3 a `flower prepare` folder: attack", ["attack", "--run", str(fp)] + view_lrt, expect=(2,))
+    d, _ = copy("r4")
+    meta = json.loads((d / "server_view" / "meta.json").read_text())
+    (d / "server_view" / "meta.json").write_text(json.dumps({**meta, "t_c": 5}))
+    before = digest(d)
+    run("#4 meta.json t_c = 5: attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    kept("#4", d, before)
+    d, _ = copy("r4b")
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["protocol"]["cut_ratio"] = 0.2
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    before = digest(d)
+    run("#4 config.yaml cut_ratio 0.2: attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    kept("#4", d, before)
+    d, before = copy("r5")
+    for opt in ("loss.n_noise=0", "loss.n_noise=-3", "loss.fractions=[]"):
+        run(f"#5 --option {opt}", ["attack", "--run", str(d), "--type", "membership", "--method", "loss",
+                                   "--option", opt], expect=(2,))  # fmt: skip
+    for opt, kind in (("loss.n_noise=.inf", "membership"), ("loss.fractions=abc", "membership"),
+                      ("loss.fractions=[.nan]", "membership"), ("learned.lr=.nan", "reconstruction")):
+        run(f"#10 --option {opt}", ["attack", "--run", str(d), "--type", kind, "--option", opt], expect=(2,))
+    kept("#5, #10", d, before)
+
+    base = {"data": {"name": "digits", "image_size": 8, "clients": 3}, "model": {"preset": "tiny"},
+            "diffusion": {"timesteps": 20}, "train": {"batch_size": 16, "steps": 30}, "protocol": {"cut_ratio": 0.5},
+            "device": "cpu", "secrets": {"derive_from_seed": True}}  # fmt: skip
+
+    def sweep(name: str, case: str, **body) -> None:
+        f = w / f"{name}.yaml"
+        f.write_text(yaml.safe_dump({"base": base, "grid": {"seed": [0]}, **body}))
+        run(case, ["sweep", "--config", str(f), "--out", str(w / name), "--quiet"], expect=(2,))
+        ROWS.append((f"  -> {name}: nothing trained", 0 if not (w / name / "cells").exists() else 1, False, ""))
+
+    sweep("sw6", "#6 sweep stage audit canaries: 0", stages={"audit": {"canaries": 0}})
+    sweep("sw13a", "#13 sweep stage evaluate n: -5", stages={"evaluate": {"n": -5}})
+    sweep("sw13b", "#13 sweep membership targets [client:99]", stages={"membership": {"targets": ["client:99"]}})
+    sweep("sw13c", "#13 sweep membership options n_noise .inf",
+          stages={"membership": {"options": {"loss": {"n_noise": float("inf")}}}})
+    sweep("sw15", "#15 sweep stages {} + include of other seeds", stages={},
+          include=[{"seed": 7, "stages": {"privacy": {}}}])
+
+    d, before = copy("r7")
+    run("#7 attack --method view-lrt", ["attack", "--run", str(d)] + view_lrt, expect=(0,))
+    first = json.loads((d / "metrics" / "membership.json").read_text())["targets"]["server"]["methods"]
+    mid = digest(d)
+    run("#7 then attack --method loss", ["attack", "--run", str(d), "--type", "membership", "--method", "loss"],
+        expect=(0,))  # fmt: skip
+    after = json.loads((d / "metrics" / "membership.json").read_text())["targets"]["server"]["methods"]
+    ok = set(after) == {"view-lrt", "loss"} and after["view-lrt"]["auc"] == first["view-lrt"]["auc"]
+    ROWS.append((f"  -> #7 membership.json methods: {sorted(after)}; view-lrt AUC kept: {ok}", 0 if ok else 1, False, ""))
+    kept("#7 (the run's files)", d, before)
+    kept("#7 (besides the merged results)", d, mid, may_change=("metrics/membership.json",
+         "metrics/membership_scores.npz", "figures/membership_roc.png"))  # fmt: skip
+
+    run("#8 train data.holdout_fraction=0", ["train", "--quiet", "--out", str(w / "h0")]
+        + sets23("data.holdout_fraction=0"), expect=(2,))  # fmt: skip
+    for seed in ("-1", "99999999999999999999999"):
+        run(f"#9 config seed={seed}", ["config"] + sets23(f"seed={seed}"), expect=(2,))
+        run(f"#9 train seed={seed}", ["train", "--quiet", "--out", str(w / "s")] + sets23(f"seed={seed}"), expect=(2,))
+    d, before = copy("r11")
+    run("#11 sample --n 1000000000", ["sample", "--run", str(d), "--n", "1000000000"], expect=(2,))
+    kept("#11", d, before)
+    run("#11 audit --canaries 1000000000", ["audit", "--out", str(w / "A11"), "--canaries", "1000000000"] + sets23(),
+        expect=(2,))  # fmt: skip
+    p = subprocess.run([sys.executable, "-m", "collafuse_privacy", "--threads", "100000", "config"],
+                       capture_output=True, text=True)  # fmt: skip
+    record("#12 --threads 100000 config", p.returncode, p.stderr, expect=(0,))
+    d, before = copy("r14")
+    run("#14 audit --run R --method nosuch", ["audit", "--run", str(d), "--method", "nosuch", "--canaries", "8"],
+        expect=(2,))  # fmt: skip
+    run("#14 audit --run R --option view-composed.releases=0", ["audit", "--run", str(d), "--canaries", "8",
+                                                                "--option", "view-composed.releases=0"], expect=(2,))
+    run("#16 audit --run R --out DIR", ["audit", "--run", str(d), "--out", str(w / "A16"), "--canaries", "8"],
+        expect=(2,))  # fmt: skip
+    kept("#14, #16 (no twin trained)", d, before)
+    run("#17 config --config <a folder>", ["config", "--config", str(w)], expect=(2,))
+    run("#17 config --config /dev/zero", ["config", "--config", "/dev/zero"], expect=(2,))
+    run("#17 sweep --config <a folder>", ["sweep", "--config", str(w), "--out", str(w / "sw17")], expect=(2,))
+    (w / "afile23").write_text("x")
+    run("#17 attack --run <a file>", ["attack", "--run", str(w / "afile23"), "--type", "membership"], expect=(2,))
+    d, before = copy("r17")
+    run("#17 audit --out <an ordinary run>", ["audit", "--out", str(d), "--canaries", "8"] + sets23(), expect=(2,))
+    kept("#17", d, before)
+    aud = w / "aud17"
+    (aud / "audit").mkdir(parents=True)
+    (aud / "audit" / "canaries.safetensors").write_bytes(b"an audit's canaries")
+    run("#17 train --out <an audit folder>", ["train", "--quiet", "--out", str(aud)] + sets23(), expect=(2,))
+    bomb = "[&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], " \
+           "&d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], &f [*e,*e,*e,*e,*e,*e,*e,*e,*e], " \
+           "&g [*f,*f,*f,*f,*f,*f,*f,*f,*f], &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]]"  # fmt: skip
+    p = run("#18 --set data.root=<a YAML alias bomb>", ["config", "--set", f"data.root={bomb}"], expect=(2,))
+    ROWS.append((f"  -> #18 stderr: {len(p.stderr)} characters", 0 if len(p.stderr) < 2000 else 1, False, ""))
+    p = run("#19 --set data.image_size=8 --set 'data={name: digits, clients: 2}'",
+            ["config", "--set", "data.image_size=8", "--set", "data={name: digits, clients: 2}"], expect=(0,))
+    merged = yaml.safe_load(p.stdout)["data"] if p.returncode == 0 else {}
+    ok = merged.get("image_size") == 8 and merged.get("clients") == 2
+    ROWS.append((f"  -> #19 data.image_size {merged.get('image_size')}, clients {merged.get('clients')}", 0 if ok else 1,
+                 False, ""))  # fmt: skip
+    (w / "dup.yaml").write_text("seed: 1\nseed: 2\n")
+    run("#19 a config file with a duplicate key", ["config", "--config", str(w / "dup.yaml")], expect=(2,))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/tmp/collafuse-faults")
+    ap.add_argument("--only", choices=["13", "23"], default=None, help="Replay only one issue's cases.")
     args = ap.parse_args()
     w = Path(args.workdir)
     shutil.rmtree(w, ignore_errors=True)
     w.mkdir(parents=True)
+    if args.only != "13":
+        issue23(w / "issue23")
+    if args.only == "23":
+        return summary()
     base = w / "base"
     p = subprocess.run(CLI + ["train", "--quiet", "--out", str(base)] + sets(), capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
@@ -164,13 +338,17 @@ def main() -> None:
     d = fresh("twicereport")
     p = run("report DIR DIR (the same folder twice)", ["report", str(d), str(d), "--no-screenshot"])
 
+    summary()
+
+
+def summary() -> None:
     width = max(len(r[0]) for r in ROWS)
     print(f"{'case':{width}}  exit  traceback  first line of stderr")
     bad = 0
     for name, code, tb, first in ROWS:
         print(f"{name:{width}}  {code:>4}  {'yes' if tb else 'no':>9}  {first}")
         bad += code not in (0, 2) or tb or first.startswith("UNEXPECTED")
-    print(f"{len(ROWS)} cases, {bad} not ending in exit 0 or a one-line exit 2")
+    print(f"{len(ROWS)} cases, {bad} not ending as expected (exit 0 with a correct result, or a one-line exit 2)")
     sys.exit(1 if bad else 0)
 
 

@@ -15,11 +15,20 @@ import click
 from .errors import UserError
 
 
+MAX_ERROR_CHARS = 1000  # an error echoes what the user gave; a huge value is cut, not printed whole
+
+
+def cap_message(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """One line of at most ``limit`` characters."""
+    text = " ".join(str(text).split("\n"))
+    return text if len(text) <= limit else text[: limit - 40] + f" ... ({len(text) - limit + 40} characters cut)"
+
+
 class CliError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {cap_message(self.format_message())}", err=True)
 
 
 def os_error_line(exc: OSError) -> str:
@@ -67,13 +76,19 @@ def main(threads) -> None:
 
 
 def set_threads(threads=None) -> int:
-    """Set torch's intra-op threads (``threads``, else the cores this process may use); returns them."""
+    """Set torch's intra-op threads (``threads``, at most the cores this process may use, else those
+    cores); returns them. More threads than cores only oversubscribe (and 100000 exhaust memory)."""
     import os
 
     import torch
 
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is not None and int(threads) > cores:
+        click.echo(f"note: --threads {threads} is more than the {cores} cores this process may use; using {cores}",
+                   err=True)  # fmt: skip
+        threads = cores
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cores
     torch.set_num_threads(max(1, int(threads)))
     return torch.get_num_threads()
 
@@ -94,6 +109,10 @@ def _train(cfg, out, quiet):
 
     from .lock import locked
 
+    from .training import refuse_audit_dir
+
+    if out:
+        refuse_audit_dir(out)
     resolved = resolve(cfg, Path(out) if out else None)  # protocol.target_epsilon -> the cut, before naming the run
     run_dir = Path(out) if out else default_run_dir(resolved.cfg)
     if run_dir.exists() and not run_dir.is_dir():
@@ -299,11 +318,16 @@ def attack(run_dir, kind, methods, target, options, device):
     cfg = RunDir(run_dir).config()
     dev = device or cfg.device
     log = lambda m: click.echo(m, err=True)  # noqa: E731
-    opts = parse_options(options)
+    if kind == "reconstruction" and target != "server":
+        raise UserError("--target applies to membership attacks only")
+    from .attacks.membership import FAMILY as MEMBERSHIP
+    from .attacks.reconstruction import FAMILY as RECONSTRUCTION
+
+    family = RECONSTRUCTION if kind == "reconstruction" else MEMBERSHIP
+    family.resolve(methods)  # unknown names, and every option's type and range, before any work
+    opts = parse_options(options, family)
     run = STAGES.get(kind)
     if kind == "reconstruction":
-        if target != "server":
-            raise UserError("--target applies to membership attacks only")
         from .eval.reconstruction import format_reconstruction
 
         result = run(Path(run_dir), cfg, methods=list(methods) or None, options=opts, device=dev, log=log)
@@ -385,6 +409,15 @@ def audit(config, overrides, run_dir, out, canaries, kind, target, methods, opti
     if run_dir is None and out is None:
         raise UserError("give --run RUN (audit a run's config), or --out DIR (with --config/--set; default: the "
                         "embedded default config)")
+    if run_dir is not None and out is not None:
+        raise UserError("--run and --out are alternatives: --run RUN audits in RUN/audit-<target>/, --out DIR audits "
+                        "the config of --config/--set in DIR")  # fmt: skip
+    from .attacks.membership import FAMILY as MEMBERSHIP
+    from .eval.audit import check_audit_methods, parse_audit_target
+
+    parse_audit_target(target)
+    opts = parse_options(options, MEMBERSHIP)
+    check_audit_methods(list(methods) or None, opts, target)  # before the twin trains
     secrets = None
     if run_dir is not None:
         if config is not None or overrides:
@@ -398,8 +431,8 @@ def audit(config, overrides, run_dir, out, canaries, kind, target, methods, opti
         secrets = read_secrets(run_dir)
     else:
         cfg = _load_cfg(config, overrides, device)
-    report = run_audit(cfg, Path(out), canaries=canaries or DEFAULT_CANARIES, kind=kind, target=target,
-                       methods=list(methods) or None, options=parse_options(options), one_run=one_run, alpha=alpha,
+    report = run_audit(cfg, Path(out), canaries=DEFAULT_CANARIES if canaries is None else canaries, kind=kind,
+                       target=target, methods=list(methods) or None, options=opts, one_run=one_run, alpha=alpha,
                        device=cfg.device, quiet=quiet, log=lambda m: click.echo(m, err=True), secrets=secrets)  # fmt: skip
     click.echo(format_audit(report))
     click.echo(str(Path(out) / "metrics" / "audit.json"))

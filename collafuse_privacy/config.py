@@ -101,6 +101,9 @@ class RecordConfig:
 class SampleConfig:
     n: int = 64  # samples per client
     batch_size: int = 256
+    # Clipping rule of the one sampler every party steps (collafuse_privacy/sampler.py): none |
+    # x0 (x0_hat clipped to [-1, 1] at every step) | low-noise (only where abar_t >= 0.5)
+    clip: str = "low-noise"
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,9 @@ def cut_timestep(cut_ratio: float, timesteps: int) -> int:
     return int(min(timesteps, max(0, int(cut_ratio * timesteps + 0.5))))
 
 
+# The clipping rules of the one sampler (collafuse_privacy/sampler.py).
+CLIP_RULES = ("none", "x0", "low-noise")
+
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "data.name": ("mnist5k", "digits", "cifar10", "image-folder"),
@@ -203,12 +209,15 @@ CHOICES = {
     "record.dtype": ("float16", "float32"),
     "defense.client_dp.accountant": ("prv", "rdp"),
     "defense.client_dp.grad_sample_mode": ("hooks", "functorch"),
+    "sample.clip": CLIP_RULES,
 }
 
 # (key, low, high, low inclusive, high inclusive)
 RANGES = [
+    ("seed", 0, 2**63 - 1, True, True),  # the largest seed torch and numpy both take
     ("protocol.cut_ratio", 0.0, 1.0, True, True),
-    ("data.holdout_fraction", 0.0, 1.0, True, False),
+    # membership attacks and FID compare members with held-out images: a run needs some
+    ("data.holdout_fraction", 0.0, 1.0, False, False),
     ("data.public_fraction", 0.0, 1.0, True, False),
     ("data.dirichlet_alpha", 0.0, None, False, False),
     ("data.image_size", 4, 1024, True, True),
@@ -290,16 +299,74 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping with a key twice (YAML would keep the last one,
+    silently) and an alias-expanded document of more than :data:`MAX_NODES` nodes (an alias bomb)."""
+
+    MAX_NODES = 1_000_000
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {str(key)[:60]!r} (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def compose_document(self):
+        node = super().compose_document()
+        count, stack = 0, [node]
+        while stack:  # nodes as the tree expands them: an alias counts every time it is used
+            n = stack.pop()
+            count += 1
+            if count > self.MAX_NODES:
+                raise yaml.YAMLError(f"the document expands to more than {self.MAX_NODES} values (aliases)")
+            if isinstance(n, yaml.MappingNode):
+                stack += [x for kv in n.value for x in kv]
+            elif isinstance(n, yaml.SequenceNode):
+                stack += list(n.value)
+        return node
+
+
+def strict_yaml(text: str) -> Any:
+    """YAML text as plain data (safe types only; duplicate keys and alias bombs refused, yaml.YAMLError)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return str(problem)[:120]
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise UserError(f"--set expects key=value, got '{item}'")
+        raise UserError(f"--set expects key=value, got '{item[:200]}'")
     key, _, text = item.partition("=")
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        value = strict_yaml(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        if "duplicate key" in str(exc) or "expands to" in str(exc):
+            raise UserError(f"--set {key}: {_yaml_problem(exc)}") from None
         value = text
     return key, value
+
+
+def _merge_into(node: dict, key: str, value: Any) -> None:
+    """``node[key] = value``, except that a mapping is merged key by key into the mapping there:
+    ``--set 'data={name: digits}'`` changes ``data.name`` and keeps the other ``data`` keys."""
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        for k, v in value.items():
+            _merge_into(node[key], k, v)
+    else:
+        node[key] = value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -315,8 +382,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise UserError(f"--set {key}: '{part}' is not a section")
             node = nxt
-        node[parts[-1]] = value
+        _merge_into(node, parts[-1], value)
     return raw
+
+
+MAX_CONFIG_BYTES = 16 * 2**20
 
 
 def default_config_text() -> str:
@@ -325,14 +395,21 @@ def default_config_text() -> str:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; give a YAML file")
+    if path.exists() and not path.is_file():
+        raise UserError(f"config file {path} is not a regular file (a device or a pipe?); give a YAML file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB: not a config")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = strict_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"config file {path} is not valid YAML{where}") from None
+        dup = f": {_yaml_problem(exc)}" if "duplicate key" in str(exc) or "expands to" in str(exc) else ""
+        raise UserError(f"config file {path} is not valid YAML{where}{dup}") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {path} is not a text file") from None
     return {} if raw is None else raw

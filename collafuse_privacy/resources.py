@@ -6,6 +6,11 @@ The estimate (bytes): every party's weights, gradients, Adam's two moments and t
 dataset and the clients' copies of their members; and the activations of the largest step
 (the server's, whose batch is every client's sent images of a round), measured by one forward
 pass of one image and doubled for the backward pass. ``train.memory_check: false`` skips it.
+
+The same check (:func:`require_memory`) guards the other commands whose size the user picks:
+``sample --n`` (every client's samples and hand-over images are held at once,
+:func:`check_sample_memory`) and ``audit --canaries`` (the canaries, their partners and the
+dataset they join, :func:`check_canary_memory`), before anything is allocated or written.
 """
 
 from __future__ import annotations
@@ -78,20 +83,47 @@ def estimate_memory(cfg: Config, data_bytes: int, server_model, client_model, im
     return MemoryEstimate(parties=N + 1, states=int(states), data=int(2 * data_bytes), activations=int(act))
 
 
-def check_memory(cfg: Config, data_bytes: int, server_model, client_model, image_shape) -> Optional[MemoryEstimate]:
-    """Refuse (UserError) a run whose estimate exceeds the memory available; None when unchecked."""
+def _gb(b: float) -> str:
+    return f"{b / 1e9:.1f} GB"
+
+
+def require_memory(cfg: Config, need: float, what: str, remedy: str) -> bool:
+    """Refuse (UserError, one line) work that needs ``need`` bytes when more than 90% of the memory
+    available; ``what`` says what needs it, ``remedy`` what to lower. False when unchecked
+    (``train.memory_check: false``, or the memory available is unknown)."""
     if not cfg.train.memory_check:
-        return None
+        return False
     avail = available_memory()
     if avail is None:
-        return None
+        return False
+    if need > 0.9 * avail:
+        raise UserError(f"{what} needs about {_gb(need)} of memory, more than the {_gb(avail)} available: {remedy}, "
+                        "or set train.memory_check=false to try anyway")  # fmt: skip
+    return True
+
+
+def check_memory(cfg: Config, data_bytes: int, server_model, client_model, image_shape) -> Optional[MemoryEstimate]:
+    """Refuse (UserError) a run whose estimate exceeds the memory available; None when unchecked."""
     est = estimate_memory(cfg, data_bytes, server_model, client_model, image_shape)
-    if est.total > 0.9 * avail:
-        gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
-        raise UserError(
-            f"this run needs about {gb(est.total)} of memory ({est.parties} models with their optimiser and EMA "
-            f"state {gb(est.states)}, data {gb(est.data)}, activations of the server's step {gb(est.activations)}), "
-            f"more than the {gb(avail)} available: lower data.clients, train.batch_size or model.preset, or set "
-            "train.memory_check=false to try anyway"
-        )
-    return est
+    what = (f"this run ({est.parties} models with their optimiser and EMA state {_gb(est.states)}, data "
+            f"{_gb(est.data)}, activations of the server's step {_gb(est.activations)})")  # fmt: skip
+    ok = require_memory(cfg, est.total, what, "lower data.clients, train.batch_size or model.preset")
+    return est if ok else None
+
+
+def image_bytes(shape) -> int:
+    c, h, w = (int(x) for x in shape)
+    return 4 * c * h * w
+
+
+def check_sample_memory(cfg: Config, n: int, shape) -> None:
+    """``sample``: every client's ``n`` outputs, their clamped copy, the hand-over images and the
+    file buffers are held at once (about four float32 copies of ``clients * n`` images)."""
+    need = 4 * cfg.data.clients * int(n) * image_bytes(shape)
+    require_memory(cfg, need, f"sampling {n} images for each of {cfg.data.clients} clients", "lower --n (sample.n)")
+
+
+def check_canary_memory(cfg: Config, m: int, shape) -> None:
+    """``audit``: the ``m`` canaries, their partners, the images they are inserted as and the
+    dataset copy they join (about four float32 copies of ``m`` images)."""
+    require_memory(cfg, 4 * int(m) * image_bytes(shape), f"an audit with {m} canaries", "lower --canaries")

@@ -106,6 +106,20 @@ class RecordStats:
 
 
 @dataclass(frozen=True)
+class ViewManifest:
+    """``server_view/manifest.json``, written last at every checkpoint (``view.seal_view``): the
+    round, the rows recorded, the run's identity hash and the sha256 of every view file
+    (``meta.json``, ``record.json``, ``public.safetensors``, ``train/shard-*``). ``ServerView.load``
+    verifies all of it: a view damaged, cut short or out of step with its run is refused."""
+
+    step: int
+    rows: int
+    config_hash: str
+    files: dict[str, str]
+    schema: int = SCHEMA
+
+
+@dataclass(frozen=True)
 class TrainRow:
     """One round of ``metrics/train.jsonl``."""
 
@@ -201,6 +215,8 @@ class PrivacyReport:
 
 
 # ---- metrics/quality.json -----------------------------------------------------
+# FID / KID with 95% bootstrap intervals over samples (eval/quality.py); KID stored raw
+# (tables print it as "KID x 10^3"). The extractor is identified by the sha256 of its weights.
 
 
 @dataclass(frozen=True)
@@ -208,10 +224,12 @@ class ClientQuality:
     client: int
     fid: float
     kid: float
-    kid_std: float
+    kid_std: float  # std over KID's random subsets (torchmetrics), not an interval
     n_samples: int
     n_real: int
     kid_note: str = ""
+    fid_ci: Optional[Interval] = None  # 95% bootstrap over samples; None only in files of format 1
+    kid_ci: Optional[Interval] = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +239,8 @@ class PooledQuality:
     kid_std: float
     n_samples: int
     n_real: int
+    fid_ci: Optional[Interval] = None
+    kid_ci: Optional[Interval] = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +248,16 @@ class QualityRun:
     cut_ratio: float
     t_c: int
     run_dir: str
+    per_client: list[ClientQuality]
+    pooled: PooledQuality
+
+
+@dataclass(frozen=True)
+class QualityFloor:
+    """Real against real, same extractor and n: a seeded subset of each client's members
+    (as many as the samples scored per client) against its held-out images, and pooled."""
+
+    label: str
     per_client: list[ClientQuality]
     pooled: PooledQuality
 
@@ -249,14 +279,25 @@ class ClientDisclosure:
     inference: Optional[DisclosureFigures] = None
 
 
+QUALITY_FORMAT = 2  # 1: no intervals, no floor, no extractor sha256 (refused: rerun evaluate)
+
+
 @dataclass(frozen=True)
 class QualityReport:
     extractor: str
     extractor_note: str
     n_samples_per_client: int
     runs: list[QualityRun]
+    extractor_sha256: str = ""  # sha256 of the extractor's weights: its identity
+    floor: Optional[QualityFloor] = None
     disclosure: list[ClientDisclosure] = field(default_factory=list)
+    format: int = 1  # QUALITY_FORMAT of the writer; a file without it is format 1
     schema: int = SCHEMA
+
+    def __post_init__(self):
+        if self.format != QUALITY_FORMAT or not self.extractor_sha256 or self.floor is None:
+            raise ValueError(f"quality format {self.format}, written by an older collafuse-privacy (no intervals, "
+                             f"floor or extractor sha256; this version reads format {QUALITY_FORMAT}): rerun evaluate")
 
 
 # ---- metrics/burden.json ------------------------------------------------------
@@ -587,6 +628,10 @@ class RunDir:
     def record_path(self) -> Path:
         return self.view_dir / "record.json"
 
+    @property
+    def view_manifest_path(self) -> Path:
+        return self.view_dir / "manifest.json"
+
     def record(self) -> Optional[RecordStats]:
         return read_json(self.record_path, RecordStats) if self.record_path.is_file() else None
 
@@ -607,12 +652,16 @@ class RunDir:
 
     def config(self) -> Config:
         """The run's resolved config; UserError when the folder holds no (valid) run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path} is a file, not a run directory")
         if not self.path.is_dir():
             raise UserError(f"run directory does not exist: {self.path}")
         if not self.config_path.is_file():
             raise UserError(f"{self.path} is not a run directory (no config.yaml)")
+        from .config import strict_yaml
+
         try:
-            raw = yaml.safe_load(self.config_path.read_text())
+            raw = strict_yaml(self.config_path.read_text())
         except (yaml.YAMLError, UnicodeDecodeError):
             raise UserError(f"{self.config_path} is not valid YAML") from None
         try:

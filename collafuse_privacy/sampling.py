@@ -1,11 +1,12 @@
-"""Collaborative sampling (DESIGN.md §1, inference).
+"""Collaborative sampling (DESIGN.md §1, inference; §5, one sampler).
 
 The server draws ``x_{T-1} ~ N(0, I)`` and runs its steps ``t = T-1 .. t_c`` down
 to the hand-over image ``h = x_{t_c-1}``, which it sends to the client; the
-client runs ``t = t_c-1 .. 0`` with its own model. In ``cut-image`` the server's
-model was trained as a DDPM over hand-over images on the tail schedule, so it
-samples with that schedule (its last step returns ``h``). With ``c = 1`` the
-client draws its own noise and nothing crosses; with ``c = 0`` the server's
+client runs ``t = t_c-1 .. 0`` with its own model. Both step the one full-chain
+sampler (:class:`collafuse_privacy.sampler.Sampler`: one variance type, one clipping
+rule); the cut-image server's tail prediction is mapped to the full chain's
+parameterisation, so the composed chain is the full chain at any cut. With ``c = 1``
+the client draws its own noise and nothing crosses; with ``c = 0`` the server's
 output is the final image.
 """
 
@@ -28,24 +29,22 @@ from .party import resolve_device
 from .protocol import Cut, protocol_for
 from .rng import generator
 from .rundir import RunDir
+from .sampler import Sampler
 
 
 @torch.no_grad()
-def client_denoise(model, cut: Cut, h: torch.Tensor, gen: torch.Generator, clamp: bool = True) -> torch.Tensor:
-    """Run the client's steps ``t = t_c-1 .. 0`` from ``h``; returns ``x0`` (in [-1, 1] with ``clamp``)."""
-    sched = cut.scheduler()
-    x = h
-    for s in range(cut.t_c - 1, -1, -1):
-        t = torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
-        eps = model(x, t).sample
-        x = sched.step(eps, s, x, generator=gen).prev_sample
+def client_denoise(model, sampler: Sampler, h: torch.Tensor, gen: torch.Generator, clamp: bool = True) -> torch.Tensor:
+    """Run the client's steps ``t = t_c-1 .. 0`` of the one ``sampler`` from ``h``; returns ``x0``
+    (clamped to [-1, 1] with ``clamp``)."""
+    x = sampler.run(lambda x, t: model(x, t).sample, h, sampler.cut.t_c - 1, 0, gen)
     return x.clamp(-1, 1) if clamp else x
 
 
 @dataclass(frozen=True)
 class SampleStats:
     """What the images looked like before the final clamp to [-1, 1] (a model that diverged
-    hides behind it): per client the largest ``|x|`` and the share of pixels outside [-1, 1],
+    hides behind it): per client the largest ``|x|``, the share of pixels outside [-1, 1] and the
+    share beyond ``tolerance`` (what the last step's noise explains, :func:`overshoot_tolerance`),
     non-finite values anywhere, and the hand-over images' largest ``|h|`` against the range a
     hand-over image can take (``Cut.handover_range``)."""
 
@@ -54,19 +53,40 @@ class SampleStats:
     non_finite: int
     handover_max_abs: Optional[float] = None
     handover_range: Optional[float] = None
+    tolerance: Optional[float] = None
+    beyond: Optional[list[float]] = None
 
     def problem(self) -> Optional[str]:
-        """Why these samples must not be scored, or None."""
+        """Why these samples must not be scored, or None. A good chain overshoots [-1, 1] a little
+        where the data sit at its edge (MNIST's background is -1); that is not refused."""
         if self.non_finite:
             return f"the samples hold {self.non_finite} non-finite values (NaN or inf): the models diverged"
         worst = max(self.max_abs) if self.max_abs else 0.0
-        if worst > 1.0 + 1e-4 and max(self.outside) > 0.01:
+        if self.beyond is not None:
+            if self.beyond and max(self.beyond) > MAX_BEYOND_SHARE:
+                return (f"{max(self.beyond):.1%} of the pixels lie beyond +-{self.tolerance:.3g} before the final clamp "
+                        f"(max |x| = {worst:.3g}), more than the last step's noise explains: the models diverged "
+                        "(a weakly trained model at small T: train longer, or sample with sample.clip=x0)")  # fmt: skip
+        elif worst > 1.0 + 1e-4 and max(self.outside) > 0.01:  # a manifest written before the tolerance existed
             return (f"{max(self.outside):.1%} of the pixels leave [-1, 1] before the final clamp (max |x| = {worst:.3g}): "
                     "a metric of clamped pixels would describe the clamp, not the model")  # fmt: skip
         if self.handover_max_abs is not None and self.handover_max_abs > 2 * self.handover_range:
             return (f"the server's hand-over images reach |h| = {self.handover_max_abs:.3g}, far outside the range a "
-                    f"hand-over image takes (about {self.handover_range:.3g}): the server's model diverged")
+                    f"hand-over image takes (about {self.handover_range:.3g}): the server's model diverged "
+                    "(a weakly trained model at small T: train longer, or sample with sample.clip=x0)")
         return None
+
+
+# Samples are refused when more than this share of their pixels lie beyond the tolerance.
+MAX_BEYOND_SHARE = 0.01
+
+
+def overshoot_tolerance(cut: Cut) -> float:
+    """``1 + 4 sqrt((1 - abar[0]) / abar[0])``: the last step (``t = 0``) maps ``x_0`` to ``x0_hat``
+    by removing noise of standard deviation ``sqrt((1 - abar[0]) / abar[0])`` in ``x0``'s units;
+    a pixel beyond a 4-sigma excursion of that noise outside [-1, 1] is not explained by it."""
+    a0 = float(cut.abar[0])
+    return 1.0 + 4.0 * ((1.0 - a0) / a0) ** 0.5
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,7 @@ def server_handovers(server, cfg: Config, clients: int, n: int, seed: int, devic
     proto = protocol_for(cfg)
     if proto.cut.sends_nothing:
         return None
+    sampler = Sampler.from_config(cfg, proto.cut)
     C, S = shape[0], shape[-1]
     server_gen = generator(seed, 11)
     handovers = torch.empty(clients, n, C, S, S)
@@ -127,7 +148,7 @@ def server_handovers(server, cfg: Config, clients: int, n: int, seed: int, devic
             elif cfg.model.server_conditioning == "labels":
                 n_cls = server.config.num_class_embeds
                 labels = torch.randint(0, n_cls, (b - a,), generator=server_gen).to(device)
-            handovers[k, a:b] = proto.server_denoise(server, x, labels, server_gen).cpu()
+            handovers[k, a:b] = proto.server_denoise(server, x, labels, server_gen, sampler).cpu()
     return handovers
 
 
@@ -135,12 +156,13 @@ def client_finish(model, cfg: Config, handover: Optional[torch.Tensor], n: int, 
                   batch_size: int = 256, shape=None) -> torch.Tensor:  # fmt: skip
     """A client's part of sampling: its ``n`` outputs ``[n, C, S, S]`` before the final clamp, from the
     hand-over images ``handover`` [n, ...] it was sent (None, c = 1: from its own noise, ``gen``)."""
-    cut = protocol_for(cfg).cut
+    sampler = Sampler.from_config(cfg)
+    cut = sampler.cut
     C, S = shape[0], shape[-1]
     out = torch.empty(n, C, S, S)
     for a, b in _chunks(n, batch_size):
         h = handover[a:b].to(device) if handover is not None else torch.randn((b - a, C, S, S), generator=gen).to(device)
-        out[a:b] = client_denoise(model, cut, h, gen, clamp=False).cpu() if not cut.sends_clean else h.cpu()
+        out[a:b] = client_denoise(model, sampler, h, gen, clamp=False).cpu() if not cut.sends_clean else h.cpu()
     return out
 
 
@@ -174,11 +196,13 @@ def sample_stats(raw: torch.Tensor, handovers: Optional[torch.Tensor], cut: Cut)
     finite = torch.isfinite(flat)
     non_finite = int((~finite).sum()) + (int((~torch.isfinite(handovers)).sum()) if handovers is not None else 0)
     a = torch.where(finite, flat.abs(), torch.zeros_like(flat))
+    tol = overshoot_tolerance(cut)
     return SampleStats(max_abs=[float(v) for v in a.amax(1)], outside=[float(v) for v in (a > 1).double().mean(1)],
                        non_finite=non_finite,
                        handover_max_abs=float(torch.nan_to_num(handovers.abs(), nan=0.0, posinf=0.0).max())
                        if handovers is not None else None,
-                       handover_range=cut.handover_range if handovers is not None else None)  # fmt: skip
+                       handover_range=cut.handover_range if handovers is not None else None,
+                       tolerance=tol, beyond=[float(v) for v in (a > tol).double().mean(1)])  # fmt: skip
 
 
 def load_models(run_dir: Path, cfg: Config, device, ema: bool = True):
@@ -228,6 +252,9 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
     run_dir = Path(run_dir)
     cfg = RunDir(run_dir).config()
     n = n or cfg.sample.n
+    from .resources import check_sample_memory
+
+    check_sample_memory(cfg, n, RunDir(run_dir).meta().shape)  # before anything is allocated or written
     dev = resolve_device(device)
     server, clients, step = load_models(run_dir, cfg, dev)
     seed = cfg.seed if seed is None else seed

@@ -234,7 +234,31 @@ def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None, 
             stages = {"train": {}, **stages}  # every stage but the audit (which trains its own twin) needs it
         stages = {s: stages[s] for s in order if s in stages}  # fixed order
     _check_stage_options(stages, path)
-    return Sweep(str(raw.get("name") or path.stem), out, cells, stages)
+    sweep = Sweep(str(raw.get("name") or path.stem), out, cells, stages)
+    for cell in cells:  # what depends on a cell's config, for every cell, before anything runs
+        _check_cell_stages(cell, sweep.cell_stages(cell), path)
+    return sweep
+
+
+def _check_cell_stages(cell: Cell, stages: dict, path) -> None:
+    """A cell runs at least one stage, and its attack targets name clients it has."""
+    from .attacks.membership import parse_target
+
+    if not stages:
+        raise UserError(f"sweep file {path}, cell [{cell.label}]: no stages to run (the sweep's 'stages' is empty and "
+                        "the cell has none of its own): give it stages, or leave it out")  # fmt: skip
+    clients = int(cell.config["data"]["clients"])
+    targets = list((stages.get("membership") or {}).get("targets") or [])
+    if "audit" in stages:
+        targets.append((stages["audit"] or {}).get("target") or "server")
+    for t in targets:
+        try:
+            kind, k = parse_target(t)
+        except UserError as exc:
+            raise UserError(f"sweep file {path}, cell [{cell.label}]: {exc}") from None
+        if kind == "client" and not 0 <= k < clients:
+            raise UserError(f"sweep file {path}, cell [{cell.label}]: target {t!r}: the cell has clients "
+                            f"0..{clients - 1}")  # fmt: skip
 
 
 def _parse_stages(raw, path, what: str) -> dict:
@@ -247,12 +271,18 @@ def _parse_stages(raw, path, what: str) -> dict:
         if s not in STAGES.classes:
             raise UserError(f"sweep file {path}: unknown stage '{s}' in {what} (known: {', '.join(order)})")
         opts = opts or {}
-        allowed = set(STAGES.get(s).options)
+        specs = STAGES.get(s).options
+        allowed = set(specs)
         if not isinstance(opts, dict) or set(opts) - allowed:
             bad = sorted(set(opts) - allowed) if isinstance(opts, dict) else [opts]
             raise UserError(f"sweep file {path}: stage '{s}' has unknown option {bad[0]!r} "
                             f"(known: {', '.join(sorted(allowed)) or 'none'})")  # fmt: skip
-        stages[s] = opts
+        from .options import check_value
+
+        try:
+            stages[s] = {k: check_value(specs[k], v, f"stage '{s}' option '{k}'") for k, v in opts.items()}
+        except UserError as exc:
+            raise UserError(f"sweep file {path}: {exc}") from None
     _check_stage_options(stages, path)
     return stages
 
@@ -277,6 +307,8 @@ def _check_stage_options(stages: dict, path) -> None:
     from .attacks.membership import FAMILY as MEMBERSHIP
     from .attacks.reconstruction import FAMILY as RECONSTRUCTION
 
+    from .eval.audit import check_audit_methods, parse_audit_target
+
     for name, family in (("reconstruction", RECONSTRUCTION), ("membership", MEMBERSHIP)):
         if name not in stages:
             continue
@@ -286,6 +318,12 @@ def _check_stage_options(stages: dict, path) -> None:
             check_family_options(family, opts.get("options") or {}, methods)
         except UserError as exc:
             raise UserError(f"sweep file {path}: stage '{name}': {exc}") from None
+    if "audit" in stages:
+        opts = stages["audit"] or {}
+        try:
+            check_audit_methods(opts.get("methods"), opts.get("options"), parse_audit_target(opts.get("target") or "server"))
+        except UserError as exc:
+            raise UserError(f"sweep file {path}: stage 'audit': {exc}") from None
 
 
 def _pending(status: dict, stages: dict, full_hash: str) -> list[str]:
@@ -372,26 +410,22 @@ def _run_cell_job(args) -> dict:
 
 
 def _prepare_extractors(cells: list[Cell], opts: dict, log: Callable[[str], None], secrets) -> None:
-    """Train (or find cached) the offline FID classifier once per data/split, before
-    parallel cells would each train the same one."""
-    from .client_secrets import secrets_for
-    from .data import load_dataset, make_splits
+    """Train (or find shipped or cached) the offline FID classifier once per data set, before
+    parallel cells would each train the same one. It depends on the data only, not on a
+    cell's split or secrets (eval/features.py), so ``secrets`` is not needed here."""
+    from .data import load_dataset
     from .eval.features import get_extractor
 
     seen = set()
     for cell in cells:
         cfg = from_dict(cell.config)
-        try:
-            split = secrets_for(cfg, cell.dir, secrets if not cfg.secrets.derive_from_seed else None).split
-        except UserError:
-            continue  # the cell's own train stage reports it
-        key = (json.dumps(cell.config["data"], sort_keys=True), split)
+        key = json.dumps(cell.config["data"], sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
         try:
             ds = load_dataset(cfg.data)
-            _, note = get_extractor(opts.get("extractor", "auto"), dataset=ds, splits=make_splits(ds, cfg.data, split))
+            _, note = get_extractor(opts.get("extractor", "auto"), dataset=ds)
             log(note)
         except UserError:
             pass  # the cell's own evaluate stage reports it

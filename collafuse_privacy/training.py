@@ -41,7 +41,7 @@ from .resolve import Resolved, resolve
 from .rng import generator
 from .client_secrets import Secrets, read_secrets, write_secrets
 from .rundir import RunDir, ViewMeta, open_run
-from .view import ViewRecorder, write_public
+from .view import ViewRecorder, seal_view, write_public
 
 
 @dataclass
@@ -326,6 +326,8 @@ class Trainer:
             bar.close()  # before any message (an error, Ctrl-C) is printed
         if self.step == total and self.rd.latest() is None:
             self.save_checkpoint()
+        if self.rd.latest() is not None:  # a resumed or collected run: its view sealed at its checkpoint
+            self.seal_view()
         self.write_privacy()
         return {"run_dir": str(self.run_dir), "steps": self.step, "seconds": time.perf_counter() - t0,
                 "messages": self.transport.messages, "bytes_sent": self.transport.bytes,
@@ -379,6 +381,11 @@ class Trainer:
         self.recorder.flush()
         state = joint_state(server_state(self.server, self.recorder, self.transport), [c.state() for c in self.clients])
         save_checkpoint(self.rd, self.step, self.parties(), state, self.cfg.train.keep_checkpoints)
+        self.seal_view()
+
+    def seal_view(self) -> None:
+        """``server_view/manifest.json`` last: what ``ServerView.load`` verifies (view.py)."""
+        seal_view(self.run_dir, self.step, self.recorder.count, self.cfg)
 
     def _load_latest(self) -> None:
         from .checkpoint import load_checkpoint
@@ -468,10 +475,18 @@ def train(cfg: Config, run_dir: str | Path, device: str = "auto", quiet: bool = 
     """
     from .lock import locked
 
+    refuse_audit_dir(run_dir)
     resolved = resolve(cfg, Path(run_dir), secrets)  # bad input fails here, before the folder exists
     with locked(run_dir):
         trainer = Trainer(resolved, Path(run_dir), resolve_device(device), quiet=quiet)
         return trainer.train(on_round=on_round)
+
+
+def refuse_audit_dir(run_dir) -> None:
+    """``train --out`` an audit's folder: its twin trains with canaries, which `train` knows nothing of."""
+    if (Path(run_dir) / "audit" / "canaries.safetensors").is_file():
+        raise UserError(f"--out {run_dir} holds an audit run (its clients' data hold canaries): choose another --out, "
+                        "or rerun the `audit` command that made it")  # fmt: skip
 
 
 def ensure_splits(rd: RunDir, splits):

@@ -10,6 +10,10 @@ Layout inside a run directory::
                                           where the protocol sends them
     server_view/handover/sample.safetensors   hand-over images the server produced at
                                           inference, with the client each went to
+                                          (its sha256 is in samples/manifest.json)
+    server_view/manifest.json             written last at every checkpoint (seal_view): the
+                                          round, the rows, the run's identity hash and the
+                                          sha256 of every file above but the hand-over
     ground_truth/train/shard-A-B.safetensors  image ids of those rows (evaluation only;
                                           attacks never read ground_truth/ or splits.json)
 
@@ -30,7 +34,7 @@ import torch
 from .errors import UserError
 from .io import load_tensors, save_tensors
 from .protocol import Cut, Message, Protocol, make_protocol
-from .rundir import RunDir, ViewMeta
+from .rundir import RunDir, ViewManifest, ViewMeta
 
 SHARD_RE = re.compile(r"shard-(\d{8})-(\d{8})\.safetensors$")
 
@@ -139,6 +143,103 @@ def load_shards(folder: Path) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
+def shard_rows(path: Path) -> int:
+    """Rows of a view shard, from its safetensors header (UserError for a damaged file)."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(min(n, 1 << 20)))
+        return int(header["x"]["shape"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        raise UserError(f"{path} is corrupt or truncated (no readable header)") from None
+
+
+def view_files(rd: RunDir) -> list[str]:
+    """The view's files a manifest covers, relative to ``server_view/``."""
+    names = [n for n in ("meta.json", "record.json", "public.safetensors") if (rd.view_dir / n).is_file()]
+    return names + [f"train/{f.name}" for f in list_shards(rd.view_dir / "train")]
+
+
+def seal_view(run_dir: Path, step: int, rows: int, cfg) -> None:
+    """Write ``server_view/manifest.json`` (last, after the checkpoint of round ``step``): the sha256
+    of every view file, ``rows`` recorded, the run's identity hash. What ``ServerView.load`` verifies."""
+    from .checkpoint import sha256
+    from .config import config_hash
+    from .rundir import write_json
+
+    rd = RunDir(run_dir)
+    files = {rel: sha256(rd.view_dir / rel) for rel in view_files(rd)}
+    write_json(rd.view_manifest_path, ViewManifest(step=int(step), rows=int(rows), config_hash=config_hash(cfg),
+                                                   files=files))  # fmt: skip
+
+
+RETRAIN = "rerun the same `train` command (it resumes from the last checkpoint and seals the view), or retrain"
+
+
+def check_meta(meta: ViewMeta, cfg, where: Path) -> None:
+    """``meta`` (what the server was told) against the run's resolved config: a view recorded
+    under another cut, protocol or schedule is refused, naming the key."""
+    from .config import cut_timestep
+
+    want = {"protocol": cfg.protocol.kind, "cut_ratio": cfg.protocol.cut_ratio, "fixed_noise": cfg.protocol.fixed_noise,
+            "t_c": cut_timestep(cfg.protocol.cut_ratio, cfg.diffusion.timesteps),
+            "timesteps": cfg.diffusion.timesteps, "diffusion": cfg.diffusion,
+            "server_conditioning": cfg.model.server_conditioning, "model_preset": cfg.model.preset,
+            "client_preset": cfg.model.client_preset, "clients": cfg.data.clients, "data_name": cfg.data.name,
+            "server_lr": cfg.train.lr, "server_lr_warmup": cfg.train.lr_warmup,
+            "server_grad_clip": cfg.train.grad_clip}  # fmt: skip
+    for key, value in want.items():
+        got = getattr(meta, key)
+        if got != value:
+            raise UserError(f"{where} says {key} = {got!r}, the run's config.yaml gives {value!r}: the view was recorded "
+                            "under another config (one of the two was edited); restore it or retrain")  # fmt: skip
+    if list(meta.shape[1:]) != [cfg.data.image_size] * 2:
+        raise UserError(f"{where} says images are {meta.shape}, the run's config.yaml gives size "
+                        f"{cfg.data.image_size}; restore it or retrain")  # fmt: skip
+
+
+def verify_view(rd: RunDir, step: int, cfg=None) -> list[Path]:
+    """Check ``server_view/`` against its manifest (written at the checkpoint of round ``step``): every
+    file there and unchanged, no shard beside them, the rows those shards hold = the manifest's =
+    ``record.json``'s, and (``cfg``) the run's identity hash. Returns the shards to read."""
+    from .checkpoint import sha256
+    from .config import config_hash
+    from .rundir import RecordStats, read_json
+
+    path = rd.view_manifest_path
+    if not path.is_file():
+        raise UserError(f"{rd.view_dir} has no manifest.json (it is written at every checkpoint; the view was never "
+                        f"sealed, or it was removed): {RETRAIN}")  # fmt: skip
+    man = read_json(path, ViewManifest)
+    if man.step != step:
+        raise UserError(f"{path} was written at round {man.step}, the checkpoint is of round {step}: the view and the "
+                        f"checkpoint are out of step (training was interrupted between them): {RETRAIN}")  # fmt: skip
+    if cfg is not None and man.config_hash != config_hash(cfg):
+        raise UserError(f"{rd.config_path} is not the config this view was recorded under (its identity hash differs "
+                        f"from {path}'s): it was edited after training; restore it or retrain")  # fmt: skip
+    listed = {rel for rel in man.files if rel.startswith("train/")}
+    extra = [f for f in list_shards(rd.view_dir / "train") if f"train/{f.name}" not in listed]
+    if extra:
+        raise UserError(f"{extra[0]} is not in {path}: it was written after the last checkpoint (an interrupted "
+                        f"`train`) or added by hand: {RETRAIN}")  # fmt: skip
+    for rel, digest in man.files.items():
+        f = rd.view_dir / rel
+        if not f.is_file():
+            raise UserError(f"{f} is missing (listed in {path}): the view is incomplete; restore it or retrain")
+        if sha256(f) != digest:
+            raise UserError(f"{f} does not match the sha256 in {path} (changed after it was written): the view is "
+                            "damaged; restore it or retrain")  # fmt: skip
+    shards = [rd.view_dir / rel for rel in sorted(listed)]
+    rows = sum(shard_rows(f) for f in shards)
+    record = read_json(rd.record_path, RecordStats) if "record.json" in man.files else None
+    if rows != man.rows or (record is not None and record.recorded != rows):
+        said = f"{man.rows} in {path}" + (f", {record.recorded} in {rd.record_path}" if record is not None else "")
+        raise UserError(f"{rd.view_dir / 'train'} holds {rows} rows, {said}: the view is incomplete; retrain")
+    return shards
+
+
 def write_public(run_dir: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
     """The server's public images ``[P, C, H, W]`` in [-1, 1] and labels ``[P]``, into its view."""
     save_tensors(RunDir(run_dir).public_path, {"images": images.float(), "labels": labels.long()})
@@ -216,9 +317,29 @@ class ServerView:
         ``release_clients``: clients whose trained model (EMA weights) was released to the
         server, the threat model of client-model attacks; by default none is.
         """
+        from .checkpoint import check_finite, step_dirs, verified_step_dir
+
         rd = RunDir(run_dir)
+        if rd.path.exists() and not rd.path.is_dir():
+            raise UserError(f"{rd.path} is a file, not a run directory")
+        if not rd.path.is_dir():
+            raise UserError(f"run directory does not exist: {rd.path}")
         meta = rd.meta()
-        msgs = load_shards(rd.view_dir / "train")
+        # the harness holds the run's config (a copy of the view alone, as the server keeps it, has none)
+        cfg = rd.config() if rd.config_path.exists() else None
+        if cfg is not None:
+            check_meta(meta, cfg, rd.meta_path)
+        # attackable only from an intact checkpoint: a run killed before its first one, or a Flower
+        # run not collected yet, has a view of nothing trained
+        if rd.latest() is None and not step_dirs(rd):
+            raise UserError(f"{rd.path} has no checkpoint: its training never reached one (killed early, or a Flower "
+                            "run not collected yet); train it first")  # fmt: skip
+        server = [] if Cut(meta.diffusion, meta.t_c).sends_nothing else ["server_ema.safetensors"]
+        files = server + [f"client-{k}_ema.safetensors" for k in release_clients]
+        step_dir, _ = verified_step_dir(rd, files)  # the files read here match the checkpoint's manifest
+        shards = verify_view(rd, int(step_dir.name.split("-")[-1]), cfg)
+        parts = [load_tensors(f) for f in shards]
+        msgs = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
         msgs = {k: (v.float() if v.is_floating_point() else v) for k, v in msgs.items()}
         ho_path = rd.view_dir / "handover" / "sample.safetensors"
         handover = load_tensors(ho_path) if ho_path.is_file() else None
@@ -226,20 +347,12 @@ class ServerView:
         if rd.public_path.is_file():
             p = load_tensors(rd.public_path)
             public = (p["images"], p["labels"])
-        from .checkpoint import check_finite, step_dirs, verified_step_dir
-
         server_state, released = None, {}
-        if rd.latest() is not None or step_dirs(rd):
-            server = [] if Cut(meta.diffusion, meta.t_c).sends_nothing else ["server_ema.safetensors"]
-            files = server + [f"client-{k}_ema.safetensors" for k in release_clients]
-            step_dir, _ = verified_step_dir(rd, files)  # the files read here match the checkpoint's manifest
-            if server:
-                server_state = load_tensors(step_dir / server[0])
-                check_finite(server_state, step_dir / server[0])
-            for k in release_clients:
-                released[int(k)] = load_tensors(step_dir / f"client-{k}_ema.safetensors")
-        elif release_clients:
-            raise UserError(f"{rd.path} has no checkpoint yet; train first")
+        if server:
+            server_state = load_tensors(step_dir / server[0])
+            check_finite(server_state, step_dir / server[0])
+        for k in release_clients:
+            released[int(k)] = load_tensors(step_dir / f"client-{k}_ema.safetensors")
         return cls(meta=meta, messages=msgs, handover=handover, public=public, record=rd.record(),
                    server_state=server_state, run_dir=rd.path, released_clients=released)  # fmt: skip
 

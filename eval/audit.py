@@ -197,7 +197,10 @@ def audit_resolved(cfg: Config, run_dir: Path, m: int, kind: str, target: str, s
     from collafuse_privacy.client_secrets import mix
     from collafuse_privacy.resolve import resolve, resolve_cut
 
+    from collafuse_privacy.resources import check_canary_memory
+
     base = resolve(cfg, run_dir, secrets)
+    check_canary_memory(base.cfg, m, base.data.shape)  # before the canaries are made
     path = canaries_path(run_dir)
     if path.is_file():
         can = Canaries.load(path)
@@ -327,6 +330,10 @@ def run_audit(cfg: Config, run_dir, *, canaries: int = DEFAULT_CANARIES, kind: s
     if target != SERVER and not cfg.defense.client_dp.enabled:
         raise UserError(f"--target {target}: the client audit needs DP-SGD clients (defense.client_dp.enabled: true); "
                         "without them client models have no formal epsilon to audit")  # fmt: skip
+    check_audit_methods(methods, options, target)  # every input checked before the twin trains
+    if (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir() and not canaries_path(run_dir).is_file():
+        raise UserError(f"--out {run_dir} holds an ordinary run, not an audit (it has no audit/canaries.safetensors): "
+                        "choose another --out")  # fmt: skip
     t0 = time.perf_counter()
     with locked(run_dir):
         resolved, can = audit_resolved(cfg, run_dir, canaries, kind, target, secrets)
@@ -340,6 +347,18 @@ def run_audit(cfg: Config, run_dir, *, canaries: int = DEFAULT_CANARIES, kind: s
                              device=str(trainer.device), target=target, seconds=time.perf_counter() - t0, log=log)  # fmt: skip
         RunDir(run_dir).write_metrics("audit", report)
     return report
+
+
+def check_audit_methods(methods: Optional[Sequence[str]], options: Optional[dict], target: str = SERVER) -> dict:
+    """The membership methods and options of an audit, checked (names, types, ranges) before it trains."""
+    from collafuse_privacy.attacks.base import check_family_options
+    from collafuse_privacy.attacks.membership import FAMILY
+
+    names = [n for n in (methods or []) if n != KNOWN_RELEASE]
+    if methods is not None and not isinstance(methods, (list, tuple)):
+        raise UserError(f"audit methods must be a list of names, got {methods!r}")
+    FAMILY.resolve(names)
+    return check_family_options(FAMILY, dict(options or {}), names)
 
 
 def parse_audit_target(target: str) -> str:
@@ -421,6 +440,10 @@ def score_audit(run_dir, can: Canaries, *, methods=None, options=None, one_run=F
             s = attack_scores(view, name, can, device, (options or {}).get(name, {}), target)
         except NotApplicable as exc:
             results[name] = AuditMethod(sees="server view", statistic="", reason=str(exc))
+            continue
+        if len(s) and np.isnan(s).all():  # no result, and said so (a diverged model, degenerate options)
+            results[name] = AuditMethod(sees="server view", statistic="", reason=f"all {len(s)} slot scores are NaN")
+            log(f"audit: {name}: all {len(s)} slot scores are NaN: no result")
             continue
         sees = "server view" if target == SERVER else f"server view + client {target.split(':')[1]}'s released model"
         stat = "score(x) - score(x')" if can.alt is not None else "score(x)"

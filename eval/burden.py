@@ -23,6 +23,7 @@ from collafuse_privacy.config import Config
 from collafuse_privacy.diffusion import p_losses
 from collafuse_privacy.protocol import Cut, protocol_for
 from collafuse_privacy.rundir import BurdenReport, RunDir
+from collafuse_privacy.sampler import Sampler
 from collafuse_privacy.sampling import client_denoise
 
 Burden = BurdenReport  # the measured figures, as metrics/burden.json stores them
@@ -45,9 +46,10 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
     labels = None
     if cfg.model.server_conditioning != "none":
         labels = torch.zeros(1, dtype=torch.long)
-    f_server = _flops(lambda: proto.server_denoise(server, x, labels, g)) if not cut.sends_nothing else 0
-    f_client = _flops(lambda: client_denoise(client, cut, x, g))
-    f_local = _flops(lambda: client_denoise(client, local, x, g))
+    sampler = Sampler.from_config(cfg, cut)
+    f_server = _flops(lambda: proto.server_denoise(server, x, labels, g, sampler)) if not cut.sends_nothing else 0
+    f_client = _flops(lambda: client_denoise(client, sampler, x, g))
+    f_local = _flops(lambda: client_denoise(client, sampler.at(local), x, g))
 
     xb = torch.randn(batch, C, S, S, generator=g)
 
@@ -59,8 +61,8 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
             fn()
         return (time.perf_counter() - t0) / reps / batch
 
-    s_client = timed(lambda: client_denoise(client, cut, xb, g))
-    s_local = timed(lambda: client_denoise(client, local, xb, g))
+    s_client = timed(lambda: client_denoise(client, sampler, xb, g))
+    s_local = timed(lambda: client_denoise(client, sampler.at(local), xb, g))
 
     # Training: one forward + backward per image the client trains on.
     share = t_c / T

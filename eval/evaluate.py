@@ -4,8 +4,11 @@ For a trained run it computes, per client and pooled, FID and KID of collaborati
 samples against that client's held-out images; and the same for the two ends of
 the sweep on the same data and seed, local-only (``c = 1``) and server-only
 (``c = 0``), trained as sibling runs ``<run>-c1`` and ``<run>-c0`` (resumable) unless
-``ends=False``. Every figure names its feature extractor; one extractor is used for
-the whole table. Also the disclosure figures (KID and mean pixel MSE between what the
+``ends=False``. Every figure names its feature extractor (and the sha256 of its weights);
+one extractor is used for the whole table. Every FID and KID has a 95% bootstrap interval
+over samples (eval/quality.py), and the table has a floor row: each client's members (a
+seeded subset, as many as the samples scored) against its held-out images, same
+extractor, same n: what real images of the same distribution score. Also the disclosure figures (KID and mean pixel MSE between what the
 server saw, in training and at inference, and each client's member images) and the
 client burden. Writes ``metrics/quality.json`` and ``metrics/burden.json``.
 """
@@ -25,8 +28,9 @@ from collafuse_privacy.config import with_overrides
 from .ground_truth import load_ground_truth
 
 from collafuse_privacy.party import resolve_device
-from collafuse_privacy.rundir import ClientDisclosure, ClientQuality, DisclosureFigures, PooledQuality, QualityReport, \
-    QualityRun, RunDir
+from collafuse_privacy.numbers import fmt_interval
+from collafuse_privacy.rundir import QUALITY_FORMAT, ClientDisclosure, ClientQuality, DisclosureFigures, PooledQuality, \
+    QualityFloor, QualityReport, QualityRun, RunDir
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.sampling import load_models, read_samples, sample_run
 from collafuse_privacy.training import train
@@ -34,7 +38,9 @@ from collafuse_privacy.view import ServerView
 
 from .burden import measure_burden
 from .features import get_extractor
-from .quality import Features, compute_fid, compute_kid, disclosure_figures, extract
+from .quality import KID_SCALE, KID_UNIT, Features, compute_fid, compute_kid, disclosure_figures, extract
+
+FLOOR_LABEL = "floor: members vs held-out"
 
 
 def _samples(run_dir: Path, n: int, device: str) -> torch.Tensor:
@@ -54,23 +60,32 @@ def _samples(run_dir: Path, n: int, device: str) -> torch.Tensor:
     return torch.stack([have[k][:n] for k in range(cfg.data.clients)])
 
 
-def _quality_row(samples: torch.Tensor, holdout: list[Features], pooled_real: Features, extractor, seed: int):
-    """Per-client and pooled FID/KID of ``samples`` [K, n, ...] against the held-out features."""
+def _quality_row(samples, holdout: list[Features], pooled_real: Features, extractor, seed: int):
+    """Per-client and pooled FID/KID (with bootstrap intervals) of ``samples`` (``K`` image sets
+    ``[n_k, C, S, S]``) against the held-out features."""
     per_client = []
     fakes = []
     for k, real in enumerate(holdout):
         fake = extract(samples[k], extractor)
         fakes.append(fake)
-        fid = compute_fid(fake, real, extractor)
+        fid = compute_fid(fake, real, extractor, seed=seed)
         kid = compute_kid(fake, real, extractor, seed=seed)
         per_client.append(ClientQuality(client=k, fid=fid.fid, kid=kid.kid_mean, kid_std=kid.kid_std,
-                                        n_samples=fid.n_fake, n_real=fid.n_real, kid_note=kid.note))  # fmt: skip
+                                        n_samples=fid.n_fake, n_real=fid.n_real, kid_note=kid.note, fid_ci=fid.ci,
+                                        kid_ci=kid.ci))  # fmt: skip
     fake = Features.cat(fakes)
-    fid = compute_fid(fake, pooled_real, extractor)
+    fid = compute_fid(fake, pooled_real, extractor, seed=seed)
     kid = compute_kid(fake, pooled_real, extractor, seed=seed)
     pooled = PooledQuality(fid=fid.fid, kid=kid.kid_mean, kid_std=kid.kid_std, n_samples=len(fake),
-                           n_real=len(pooled_real))  # fmt: skip
+                           n_real=len(pooled_real), fid_ci=fid.ci, kid_ci=kid.ci)  # fmt: skip
     return per_client, pooled
+
+
+def floor_images(members: list[torch.Tensor], n: int, seed: int) -> list[torch.Tensor]:
+    """A seeded subset of ``n`` of each client's member images (all of them if it has fewer):
+    indices are sorted and data sets such as mnist5k are ordered by class, so not the first n."""
+    g = torch.Generator().manual_seed(seed)
+    return [m[torch.randperm(len(m), generator=g)[:n]] for m in members]
 
 
 @locks_run
@@ -90,7 +105,7 @@ def evaluate_run(
     dev = str(resolve_device(device))
     check_writable(run_dir / "metrics")
     _, splits, ds = load_ground_truth(run_dir)
-    ext, note = get_extractor(extractor, dataset=ds, splits=splits, device=dev)
+    ext, note = get_extractor(extractor, dataset=ds, device=dev)
     log(note)
     # The reference features: every client's held-out images, extracted once for all runs compared.
     holdout = [extract(ds.images[torch.tensor(h, dtype=torch.long)], ext) for h in splits.holdout]
@@ -126,8 +141,11 @@ def evaluate_run(
             sel = view.handover["client"] == k
             inference = _disclosure(view.handover["h"][sel], members[k], ext, cfg.seed)
         disclosure.append(ClientDisclosure(client=k, training=training, inference=inference))
-    quality = QualityReport(extractor=ext.name, extractor_note=note, n_samples_per_client=n, runs=quality_runs,
-                            disclosure=disclosure)  # fmt: skip
+    per_client, pooled = _quality_row(floor_images(members, n, cfg.seed), holdout, pooled_real, ext, cfg.seed)
+    floor = QualityFloor(label=FLOOR_LABEL, per_client=per_client, pooled=pooled)
+    quality = QualityReport(extractor=ext.name, extractor_sha256=ext.sha256, extractor_note=note,
+                            n_samples_per_client=n, runs=quality_runs, floor=floor, disclosure=disclosure,
+                            format=QUALITY_FORMAT)  # fmt: skip
     rd.write_metrics("quality", quality)
 
     server, clients, _ = load_models(run_dir, cfg, torch.device("cpu"))
@@ -151,19 +169,24 @@ def _disclosure(server_images: torch.Tensor, client_images: torch.Tensor, ext, s
 def format_tables(result: dict) -> str:
     """The quality, disclosure and burden tables of :func:`evaluate_run`'s result (plain text)."""
     q, b = result["quality"], result["burden"]
-    lines = [f"quality ({q.extractor}; {q.n_samples_per_client} samples per client vs its held-out images)"]
-    lines.append(f"{'c':>5} {'t_c':>5} " + " ".join(f"{'FID client ' + str(r.client):>13}" for r in q.runs[0].per_client)
-                 + f" {'FID pooled':>11} {'KID pooled':>11}")  # fmt: skip
-    for run in q.runs:
-        cells = " ".join(f"{r.fid:>13.2f}" for r in run.per_client)
-        lines.append(f"{run.cut_ratio:>5g} {run.t_c:>5} {cells} {run.pooled.fid:>11.2f} {run.pooled.kid:>11.4f}")
+    lines = [f"quality ({q.extractor}, weights sha256 {q.extractor_sha256[:12]}; {q.n_samples_per_client} samples per "
+             f"client vs its held-out images; 95% bootstrap intervals over samples; {KID_UNIT})"]  # fmt: skip
+    cols = [f"FID client {r.client}" for r in q.runs[0].per_client] + ["FID pooled", f"{KID_UNIT} pooled"]
+    rows = [[f"{run.cut_ratio:g}", str(run.t_c)] + _quality_cells(run) for run in q.runs]
+    rows.append([q.floor.label, ""] + _quality_cells(q.floor))
+    widths = [max(len(x), 24) for x in cols]
+    lead = max(5, max(len(r[0]) for r in rows))
+    lines.append(f"{'c':>{lead}} {'t_c':>5} " + " ".join(f"{c:>{w}}" for c, w in zip(cols, widths)))
+    for r in rows:
+        lines.append(f"{r[0]:>{lead}} {r[1]:>5} " + " ".join(f"{c:>{w}}" for c, w in zip(r[2:], widths)))
     lines.append("disclosure (server images vs the client's members; lower = closer to the private data)")
     for d in q.disclosure:
         parts = []
         for where in ("training", "inference"):
             fig = getattr(d, where)
             if fig is not None and fig.kid is not None:
-                parts.append(f"{where}: KID {fig.kid:.4f}, pixel MSE {fig.pixel_mse:.4f} (n={fig.n_server})")
+                parts.append(f"{where}: {KID_UNIT} {fig.kid * KID_SCALE:.4g}, pixel MSE {fig.pixel_mse:.4f} "
+                             f"(n={fig.n_server})")  # fmt: skip
         lines.append(f"  client {d.client}: " + ("; ".join(parts) if parts else "nothing recorded"))
     lines.append(f"client burden (t_c = {b.t_c} of T = {b.timesteps}; ratios to local-only)")
     lines.append(f"  sampling: FLOPs/image {b.sampling_client_flops_per_image:.3g} (ratio {b.sampling_flop_ratio:.3f}), "
@@ -173,3 +196,12 @@ def format_tables(result: dict) -> str:
     lines.append(f"  bytes sent per training image {b.bytes_sent_per_training_image:.0f}, "
                  f"received per sample {b.bytes_received_per_sample}")
     return "\n".join(lines)
+
+
+def _quality_cells(row) -> list[str]:
+    """``value [lo, hi]`` cells of one quality row (a QualityRun or the QualityFloor): FID per client,
+    FID pooled, KID pooled (scaled to its printed unit)."""
+    fids = [fmt_interval(c.fid_ci, ".2f") for c in row.per_client] + [fmt_interval(row.pooled.fid_ci, ".2f")]
+    kid = row.pooled.kid_ci
+    kid = None if kid is None else {k: getattr(kid, k) * KID_SCALE for k in ("value", "lo", "hi")}
+    return fids + [fmt_interval(kid, ".4g")]

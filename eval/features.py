@@ -2,71 +2,107 @@
 
 An extractor is an ``nn.Module`` mapping images ``[N, C, H, W]`` with pixels in
 ``[-1, 1]`` to features ``[N, D]`` (``float64``), with a ``name`` that every quality
-figure records and a ``num_features = D`` that torchmetrics reads instead of probing
-the module with a dummy image. Figures from different extractors are never comparable.
+figure records, the ``sha256`` of its weights (its identity: figures made with two
+different hashes are never comparable, and ``report`` refuses to put them side by side),
+and a ``num_features = D`` that torchmetrics reads instead of probing the module.
 
 Two kinds:
 
 * ``inception``: Inception-v3 pool features (``D = 2048``) with the torch-fidelity
   weights, exactly the network torchmetrics' ``FrechetInceptionDistance`` builds
   (``NoTrainInceptionV3``). Used only when the weights file already sits in the torch
-  hub cache (``torch.hub.get_dir()/checkpoints/``); nothing is ever downloaded.
-* ``classifier``: offline stand-in. A small CNN trained once on an evaluation split of
-  the dataset; its features are the penultimate layer (``D = spec.feature_dim``). It is
-  cached under a hash of the dataset fingerprint, the split indices, the architecture
-  and hyper-parameters and the training code version, as safetensors plus a JSON that
-  holds its test accuracy.
+  hub cache (``torch.hub.get_dir()/checkpoints/``); nothing is ever downloaded. Its
+  ``sha256`` is that of the weights file.
+* ``classifier``: offline stand-in. A small CNN trained on a fixed split of the dataset;
+  its features are the penultimate layer (``D = spec.feature_dim``), its ``sha256`` that
+  of its weights serialised as safetensors (:func:`weights_bytes`, the bytes of the file).
 
-Which images the classifier sees (:func:`evaluation_split`):
-  FID/KID compare samples against a client's *held-out* images, and the generators were
-  trained on the clients' *members*. The feature network must not have been fit to the
-  members: a sample that copies a member would then land on "training-set" features.
-  We train on every image no client trains on, i.e. the public split plus all clients'
-  held-out images, and measure test accuracy on the members (never used for fitting,
-  only scored, so no parameter depends on them).
-  The risk: the FID reference images (held-out) are in the classifier's training set,
-  so fresh images from the true distribution could sit at an FID floor above the
-  held-out-vs-held-out value. We accept it because the public split alone (500 images
-  on mnist5k) stays near 96% test accuracy, below the 97% DESIGN.md asks, because the
-  floor would be the same for every cut ratio compared, and because we measured it to
-  be within sampling noise: on mnist5k 16x16, 112 images per set, clients 0-3, FID
-  held-out vs unseen members 5.8-11.8, random held-out halves 3.4-9.7, member halves
-  5.0-12.9, held-out vs uniform noise 283-303. ``tests/test_eval_quality.py`` keeps
-  checking that held-out vs members stays far below held-out vs noise.
+One set of weights per (dataset, image size, spec), whatever the run:
+
+* **Thread count.** Training and feature extraction run on the CPU with one torch thread
+  (:func:`one_thread`; multi-threaded reductions sum in another order, and the same
+  samples scored 115 or 125 FID with a classifier trained on 2 or 1 threads), and every
+  random draw comes from a seed: the weights are the same bytes on any machine with the
+  same torch build and CPU kind. The classifier is small enough that the GPU would not help.
+* **The split** (:func:`extractor_split`) is by image id, not by any run's split: a seeded
+  permutation of all ``N`` images, 10% (500 on mnist5k) held out to measure test
+  accuracy, the rest to train. A run's members and held-out images are then each, by
+  the same chance, in the classifier's training set or not, so the extractor treats
+  them alike, and two runs with different splits or seeds (``sweep --seeds K``) are
+  scored in the same feature space. (Earlier versions trained on each run's public and
+  held-out images: one extractor per split, and members and held-out treated differently.)
+  How much "fitted" images move the figures is measured, not assumed: the quality table's
+  floor row is members against held-out images with the same extractor and the same n.
+* **Shipped.** The default data set's extractors (mnist5k at 16x16 and 28x28) ship inside
+  the package (``collafuse_privacy/eval/extractors/``, with a JSON beside each that
+  records its sha256, test accuracy and how it was made); :func:`build_shipped_extractor`
+  (``python benchmarks/build_extractor.py``) regenerates them bit for bit. Any other data
+  set or size is trained once the same way and cached under a hash of the dataset
+  fingerprint, the split, the spec and the training code version
+  (``$COLLAFUSE_CACHE/classifiers`` or ``~/.cache/collafuse_privacy/classifiers``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from collafuse_privacy.data import Dataset, Splits
+from collafuse_privacy.data import Dataset
 from collafuse_privacy.errors import UserError
 
 # Bump when the training code changes what a given spec produces: it is part of the
 # cache key, so stale classifiers are retrained rather than silently reused.
-CLASSIFIER_CODE_VERSION = 1
+CLASSIFIER_CODE_VERSION = 2
 EXTRACTOR_KINDS = ("auto", "inception", "classifier")
+# The fixed split of every data set's images for the classifier (extractor_split).
+SPLIT_SEED = 0
+TEST_FRACTION = 0.1
+# Extractors shipped as package data: data set -> image sizes (files <name>-<size>.safetensors / .json).
+SHIPPED = {"mnist5k": (16, 28)}
+SHIPPED_PACKAGE = "collafuse_privacy.eval.extractors"
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body with one torch intra-op thread (restored after): results independent of the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class FeatureExtractor(nn.Module):
     """Base: ``forward(images [N, C, H, W] in [-1, 1]) -> features [N, D] float64``.
 
     Always in eval mode (BatchNorm / Dropout must not change features between calls).
+    ``sha256``: hash of the weights, the extractor's identity.
     """
 
     name: str
     num_features: int
+    sha256: str = ""
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         return super().train(False)
@@ -126,6 +162,7 @@ class InceptionFeatures(FeatureExtractor):
             raise UserError(f"Inception weights at {path} do not load: {e}") from None
         self.name = "inception-v3-pool2048 (torch-fidelity weights)"
         self.num_features = 2048
+        self.sha256 = sha256_file(path)  # about 0.3 s for its 100 MB, once per evaluate
         self.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -146,10 +183,8 @@ class InceptionFeatures(FeatureExtractor):
 class ClassifierSpec:
     """Architecture and training hyper-parameters of the offline classifier (all in the cache key).
 
-    Measured with the defaults (split of the module docstring, mnist5k, 4 iid clients):
-    16x16 test accuracy 98.0% (split seed 0), 97.7% (seeds 1, 2), trained in about 15 s on
-    2 CPU cores (20-25 s on one); 28x28 97.4% (seed 0), 97.7% (seed 1), about 35 s on 2
-    cores. Digits 8x8: 99.1%.
+    Measured with the defaults on mnist5k (:func:`extractor_split`: 4,500 images to train,
+    500 to test), one thread: see the shipped JSON files for test accuracy and seconds.
     """
 
     width: int = 16  # channels of the first stage; stages use width, 2*width, 4*width
@@ -159,7 +194,7 @@ class ClassifierSpec:
     lr: float = 3e-3  # peak of a one-cycle schedule
     weight_decay: float = 1e-4
     dropout: float = 0.2
-    # Random affine augmentation per image: the pool is small (about 1,400 images on mnist5k).
+    # Random affine augmentation per image.
     max_rotation: float = 0.2  # radians
     max_scale: float = 0.1  # relative
     max_shift: float = 0.15  # in affine_grid units (1.0 = half the image side)
@@ -191,32 +226,46 @@ class SmallCNN(nn.Module):
         return self.head(self.body(x))
 
 
-class ClassifierFeatures(FeatureExtractor):
-    """Penultimate-layer features of a trained :class:`SmallCNN`.
+def weights_bytes(net: nn.Module) -> bytes:
+    """The weights as safetensors bytes (names sorted, no metadata): what is saved, and what ``sha256`` hashes."""
+    from safetensors.torch import save
 
-    Attributes: ``name`` (``classifier-<dataset>-<key[:10]>``), ``key`` (full cache key),
-    ``test_accuracy`` (on the test indices it was built with), ``n_train``, ``n_test``,
-    ``from_cache`` (loaded rather than trained), ``path`` (the safetensors file).
+    return save({k: v.detach().cpu().contiguous() for k, v in sorted(net.state_dict().items())})
+
+
+class ClassifierFeatures(FeatureExtractor):
+    """Penultimate-layer features of a trained :class:`SmallCNN`, computed on the CPU with one thread.
+
+    Attributes: ``name`` (``classifier-<dataset>-<S>px-<sha256[:12]>``), ``sha256`` (of
+    :func:`weights_bytes`), ``key`` (cache key), ``test_accuracy`` (on the test ids of
+    :func:`extractor_split`), ``n_train``, ``n_test``, ``source`` (``shipped``, ``cached``
+    or ``trained``), ``path`` (the safetensors file).
     """
 
-    def __init__(self, net: SmallCNN, *, dataset: str, key: str, test_accuracy: float, n_train: int, n_test: int,
-                 from_cache: bool, path: Path, spec: ClassifierSpec):  # fmt: skip
+    def __init__(self, net: SmallCNN, *, dataset: str, image_size: int, key: str, sha256: str, test_accuracy: float,
+                 n_train: int, n_test: int, source: str, path: Path, spec: ClassifierSpec):  # fmt: skip
         super().__init__()
-        self.net = net
+        self.net = net.cpu()
         self.net.requires_grad_(False)
         self.key = key
-        self.name = f"classifier-{dataset}-{key[:10]}"
+        self.sha256 = sha256
+        self.name = f"classifier-{dataset}-{image_size}px-{sha256[:12]}"
         self.num_features = spec.feature_dim
         self.spec = spec
         self.test_accuracy = test_accuracy
         self.n_train = n_train
         self.n_test = n_test
-        self.from_cache = from_cache
+        self.source = source
         self.path = path
         self.eval()
 
+    @property
+    def from_cache(self) -> bool:
+        return self.source != "trained"
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.features(images.float()).double()
+        with one_thread():
+            return self.net.features(images.float().cpu()).double()
 
 
 def default_cache_dir() -> Path:
@@ -226,15 +275,17 @@ def default_cache_dir() -> Path:
     return base / "classifiers"
 
 
-def evaluation_split(splits: Splits) -> tuple[list[int], list[int]]:
-    """``(train, test)`` indices for the offline classifier.
+def extractor_split(n: int, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION) -> tuple[list[int], list[int]]:
+    """``(train, test)`` image ids (sorted) for the offline classifier: a seeded permutation
+    of all ``n`` ids, the first ``round(test_fraction * n)`` held out to measure accuracy.
+    Independent of any run's split (module docstring)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test = max(1, round(test_fraction * n))
+    return sorted(perm[n_test:]), sorted(perm[:n_test])
 
-    train = public split + every client's held-out images (all images no client trains on);
-    test = every client's members (scored only). See the module docstring for why.
-    """
-    train = sorted(set(splits.public).union(*map(set, splits.holdout)))
-    test = sorted(set().union(*map(set, splits.members)))
-    return train, test
+
+def _ids_sha256(ids: Sequence[int]) -> str:
+    return hashlib.sha256(json.dumps(sorted(int(i) for i in ids)).encode()).hexdigest()
 
 
 def classifier_key(ds: Dataset, train_idx: Sequence[int], test_idx: Sequence[int], spec: ClassifierSpec) -> str:
@@ -266,7 +317,7 @@ def _augment(x: torch.Tensor, spec: ClassifierSpec, g: torch.Generator) -> torch
     theta[:, 1, 0] = torch.sin(ang) * inv_scale
     theta[:, 1, 1] = torch.cos(ang) * inv_scale
     theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="border")
 
 
@@ -280,30 +331,27 @@ def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
 
 
 def train_classifier(
-    ds: Dataset, train_idx: Sequence[int], test_idx: Sequence[int], spec: ClassifierSpec, device: str = "cpu"
+    ds: Dataset, train_idx: Sequence[int], test_idx: Sequence[int], spec: ClassifierSpec
 ) -> tuple[SmallCNN, float]:
     """Train :class:`SmallCNN` on ``ds[train_idx]``; return it (eval mode) and its accuracy on ``ds[test_idx]``.
 
-    Deterministic: weights and dropout draw from a forked global RNG seeded with
-    ``spec.seed``, batch order and augmentation from a ``torch.Generator``; on CPU with a
-    fixed thread count the result is bit for bit reproducible.
+    The same bytes on any thread count: on the CPU, with one torch thread (:func:`one_thread`);
+    batch order and augmentation from a ``torch.Generator`` seeded with ``spec.seed``, weight
+    initialisation and dropout from the global RNG, forked (the caller's is untouched) and
+    seeded with ``spec.seed``.
     """
     if ds.num_classes < 2:
         raise UserError(f"the offline classifier needs labelled data with 2+ classes; {ds.name} has {ds.num_classes}")
     if len(train_idx) < ds.num_classes or len(test_idx) == 0:
-        raise UserError(
-            f"too few images for the offline classifier on {ds.name}: "
-            f"{len(train_idx)} to train, {len(test_idx)} to test "
-            "(raise data.public_fraction or data.holdout_fraction)"
-        )
+        raise UserError(f"too few images for the offline classifier on {ds.name}: "
+                        f"{len(train_idx)} to train, {len(test_idx)} to test")  # fmt: skip
     train_t = torch.as_tensor(list(train_idx), dtype=torch.long)
     test_t = torch.as_tensor(list(test_idx), dtype=torch.long)
-    x, y = ds.images[train_t].to(device), ds.labels[train_t].to(device)
+    x, y = ds.images[train_t].cpu(), ds.labels[train_t].cpu()
     g = torch.Generator().manual_seed(spec.seed)
-    devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(spec.seed)  # nn.init and Dropout use the global RNG; forked so callers' RNG is untouched
-        net = SmallCNN(ds.shape[0], ds.num_classes, spec).to(device)
+    with one_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)  # nn.init and Dropout draw from the global RNG
+        net = SmallCNN(ds.shape[0], ds.num_classes, spec)
         opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.steps)
         net.train()
@@ -311,15 +359,23 @@ def train_classifier(
         for _ in range(spec.steps):
             if pos + spec.batch_size > len(x):  # new epoch: reshuffle, drop the ragged tail
                 perm, pos = torch.randperm(len(x), generator=g), 0
-            b = perm[pos : pos + spec.batch_size].to(device)
+            b = perm[pos : pos + spec.batch_size]
             pos += spec.batch_size
             loss = F.cross_entropy(net(_augment(x[b], spec, g)), y[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    acc = _accuracy(net, ds.images[test_t].to(device), ds.labels[test_t].to(device))
+        acc = _accuracy(net, ds.images[test_t].cpu(), ds.labels[test_t].cpu())
     return net.eval(), acc
+
+
+def _load_net(ds: Dataset, spec: ClassifierSpec, blob: bytes) -> SmallCNN:
+    from safetensors.torch import load
+
+    net = SmallCNN(ds.shape[0], ds.num_classes, spec)
+    net.load_state_dict(load(blob))
+    return net.eval()
 
 
 def load_or_train_classifier(
@@ -328,37 +384,53 @@ def load_or_train_classifier(
     test_idx: Sequence[int],
     spec: ClassifierSpec = ClassifierSpec(),
     cache_dir: Optional[Union[str, Path]] = None,
-    device: str = "cpu",
 ) -> ClassifierFeatures:
     """The classifier extractor for this (dataset, split, spec), from the cache or trained and cached.
 
-    Cache: ``<cache_dir>/<key>.safetensors`` (weights) and ``<key>.json`` (spec, split
-    sizes, test accuracy, dataset fingerprint). ``cache_dir`` defaults to
-    :func:`default_cache_dir`. A cache entry that fails to load is retrained and replaced.
+    Cache: ``<cache_dir>/<key>.safetensors`` (:func:`weights_bytes`) and ``<key>.json`` (spec,
+    split sizes, test accuracy, dataset fingerprint, the weights' sha256). ``cache_dir``
+    defaults to :func:`default_cache_dir`. An entry that fails to load or whose bytes do not
+    hash to its recorded sha256 is retrained and replaced.
     """
-    from safetensors.torch import load_file, save_file
-
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key = classifier_key(ds, train_idx, test_idx, spec)
     weights, meta_path = cache / f"{key}.safetensors", cache / f"{key}.json"
-    common = dict(dataset=ds.name, key=key, n_train=len(train_idx), n_test=len(test_idx), path=weights, spec=spec)
+    common = dict(dataset=ds.name, image_size=ds.shape[-1], key=key, n_train=len(train_idx), n_test=len(test_idx),
+                  path=weights, spec=spec)  # fmt: skip
     if weights.is_file() and meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
-            if meta.get("key") != key:
-                raise ValueError("key mismatch")
-            net = SmallCNN(ds.shape[0], ds.num_classes, spec)
-            net.load_state_dict(load_file(str(weights)))
-            acc = float(meta["test_accuracy"])
-            return ClassifierFeatures(net.to(device), test_accuracy=acc, from_cache=True, **common)
+            blob = weights.read_bytes()
+            sha = hashlib.sha256(blob).hexdigest()
+            if meta.get("key") != key or meta.get("sha256") != sha:
+                raise ValueError("key or sha256 mismatch")
+            return ClassifierFeatures(_load_net(ds, spec, blob), sha256=sha, test_accuracy=float(meta["test_accuracy"]),
+                                      source="cached", **common)  # fmt: skip
         except Exception:
             pass  # corrupt or foreign entry: retrain below and overwrite it
-    t0 = time.perf_counter()
-    net, acc = train_classifier(ds, train_idx, test_idx, spec, device)
-    seconds = time.perf_counter() - t0
+    meta = _train_entry(ds, train_idx, test_idx, spec)
+    blob = meta.pop("_bytes")
+    net = meta.pop("_net")
+    meta["key"] = key
     cache.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "key": key,
+    # Write to temporary names, then rename: a crash never leaves a half-written entry under the key.
+    tmp_w, tmp_m = weights.with_suffix(f".tmp{os.getpid()}.st"), meta_path.with_suffix(f".tmp{os.getpid()}.json")
+    tmp_w.write_bytes(blob)
+    tmp_m.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp_w, weights)
+    os.replace(tmp_m, meta_path)
+    return ClassifierFeatures(net, sha256=meta["sha256"], test_accuracy=meta["test_accuracy"], source="trained",
+                              **common)  # fmt: skip
+
+
+def _train_entry(ds: Dataset, train_idx: Sequence[int], test_idx: Sequence[int], spec: ClassifierSpec) -> dict:
+    """Train and describe one classifier: the JSON written beside its weights (plus ``_bytes``, ``_net``)."""
+    t0 = time.perf_counter()
+    net, acc = train_classifier(ds, train_idx, test_idx, spec)
+    seconds = time.perf_counter() - t0
+    blob = weights_bytes(net)
+    return {
+        "sha256": hashlib.sha256(blob).hexdigest(),
         "code_version": CLASSIFIER_CODE_VERSION,
         "dataset": ds.name,
         "data_fingerprint": ds.fingerprint(),
@@ -366,17 +438,80 @@ def load_or_train_classifier(
         "num_classes": ds.num_classes,
         "n_train": len(train_idx),
         "n_test": len(test_idx),
+        "split_sha256": _ids_sha256(test_idx),
         "test_accuracy": acc,
-        "train_seconds": seconds,
+        "train_seconds": round(seconds, 1),
         "spec": dataclasses.asdict(spec),
+        "torch": torch.__version__,
+        "_bytes": blob,
+        "_net": net,
     }
-    # Write to temporary names, then rename: a crash never leaves a half-written entry under the key.
-    tmp_w, tmp_m = weights.with_suffix(f".tmp{os.getpid()}.st"), meta_path.with_suffix(f".tmp{os.getpid()}.json")
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp_w))
-    tmp_m.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp_w, weights)
-    os.replace(tmp_m, meta_path)
-    return ClassifierFeatures(net, test_accuracy=acc, from_cache=False, **common)
+
+
+# ---------------------------------------------------------------------------
+# Shipped extractors (package data)
+# ---------------------------------------------------------------------------
+
+
+def shipped_files(dataset: str, image_size: int) -> tuple[Path, Path]:
+    """``(weights, meta)`` paths of the shipped extractor for ``dataset`` at ``image_size`` (may not exist)."""
+    root = Path(str(resources.files(SHIPPED_PACKAGE)))
+    return root / f"{dataset}-{image_size}.safetensors", root / f"{dataset}-{image_size}.json"
+
+
+def shipped_classifier(ds: Dataset, spec: ClassifierSpec = ClassifierSpec()) -> tuple[Optional[ClassifierFeatures], str]:
+    """``(extractor, why_not)``: the shipped extractor for ``ds`` (None, with the reason, when
+    none fits: another data set, size, spec, or pixels that differ from the ones it was made for).
+
+    A shipped file whose bytes do not hash to the sha256 recorded beside it is a
+    :class:`UserError` (a damaged install), never a silently different extractor.
+    """
+    size = ds.shape[-1]
+    if size not in SHIPPED.get(ds.name, ()):
+        return None, f"none ships for {ds.name} at {size}x{size}"
+    if spec != ClassifierSpec():
+        return None, "the shipped one has the default spec"
+    weights, meta_path = shipped_files(ds.name, size)
+    if not (weights.is_file() and meta_path.is_file()):
+        return None, f"{weights.name} is missing from the install"
+    meta = json.loads(meta_path.read_text())
+    blob = weights.read_bytes()
+    sha = hashlib.sha256(blob).hexdigest()
+    if sha != meta["sha256"]:
+        raise UserError(f"the shipped extractor {weights} does not match the sha256 recorded beside it "
+                        "(a damaged install: reinstall collafuse-privacy)")  # fmt: skip
+    if meta["data_fingerprint"] != ds.fingerprint() or meta["code_version"] != CLASSIFIER_CODE_VERSION:
+        return None, (f"the shipped one was made for other {ds.name} pixels (fingerprint {meta['data_fingerprint']}, "
+                      f"these {ds.fingerprint()})")  # fmt: skip
+    train_idx, test_idx = extractor_split(len(ds))
+    ext = ClassifierFeatures(_load_net(ds, spec, blob), dataset=ds.name, image_size=size,
+                             key=classifier_key(ds, train_idx, test_idx, spec), sha256=sha,
+                             test_accuracy=float(meta["test_accuracy"]), n_train=int(meta["n_train"]),
+                             n_test=int(meta["n_test"]), source="shipped", path=weights, spec=spec)  # fmt: skip
+    return ext, ""
+
+
+def build_shipped_extractor(dataset: str = "mnist5k", image_size: int = 16,
+                            out_dir: Optional[Union[str, Path]] = None) -> dict:  # fmt: skip
+    """Train the extractor that ships for ``dataset`` at ``image_size`` and write
+    ``<out_dir>/<dataset>-<size>.safetensors`` and ``.json`` (default: the package's folder).
+    Returns the JSON's content. Deterministic: rerunning it reproduces the shipped bytes."""
+    from collafuse_privacy.config import DataConfig
+    from collafuse_privacy.data import load_dataset
+
+    ds = load_dataset(DataConfig(name=dataset, image_size=image_size))
+    meta = _train_entry(ds, *extractor_split(len(ds)), ClassifierSpec())
+    blob = meta.pop("_bytes")
+    meta.pop("_net")
+    meta["split"] = (f"extractor_split: torch.randperm({len(ds)}, Generator seed {SPLIT_SEED}); the first "
+                     f"{meta['n_test']} ids test, the rest train")  # fmt: skip
+    weights, meta_path = shipped_files(dataset, image_size)
+    if out_dir is not None:
+        weights, meta_path = Path(out_dir) / weights.name, Path(out_dir) / meta_path.name
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(blob)
+    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
 
 
 # ---------------------------------------------------------------------------
@@ -388,7 +523,6 @@ def get_extractor(
     kind: str = "auto",
     *,
     dataset: Optional[Dataset] = None,
-    splits: Optional[Splits] = None,
     spec: ClassifierSpec = ClassifierSpec(),
     cache_dir: Optional[Union[str, Path]] = None,
     device: str = "cpu",
@@ -397,24 +531,27 @@ def get_extractor(
 
     ``kind``: ``auto`` (Inception if its weights are cached, else the classifier),
     ``inception`` (fails with a :class:`UserError` if the weights are absent) or
-    ``classifier`` (needs ``dataset`` and ``splits``; trained on :func:`evaluation_split`).
+    ``classifier`` (needs ``dataset``: the shipped one when it fits, else trained on
+    :func:`extractor_split` and cached). ``device`` applies to Inception; the classifier
+    always runs on the CPU (its bits must not depend on the device).
     """
     if kind not in EXTRACTOR_KINDS:
         raise UserError(f"unknown feature extractor {kind!r} (known: {', '.join(EXTRACTOR_KINDS)})")
     if kind == "inception" or (kind == "auto" and inception_available()):
         ext = InceptionFeatures().to(device)
         how = " (auto: weights found in the torch hub cache)" if kind == "auto" else ""
-        return ext, f"features: {ext.name}{how}"
-    if dataset is None or splits is None:
-        raise UserError("the offline classifier extractor needs the dataset and its splits")
-    train_idx, test_idx = evaluation_split(splits)
-    ext = load_or_train_classifier(dataset, train_idx, test_idx, spec, cache_dir, device)
+        return ext, f"features: {ext.name}, sha256 {ext.sha256[:12]}{how}"
+    if dataset is None:
+        raise UserError("the offline classifier extractor needs the dataset")
+    ext, why_not = shipped_classifier(dataset, spec)
+    if ext is None:
+        ext = load_or_train_classifier(dataset, *extractor_split(len(dataset)), spec, cache_dir)
+    how = {"shipped": "shipped with the package", "cached": f"trained and cached ({why_not})",
+           "trained": f"trained now ({why_not})"}[ext.source]  # fmt: skip
     cached = inception_weights_path().name
     why = f"Inception weights not in the torch hub cache ({cached}); using " if kind == "auto" else "features: "
-    return ext, (
-        f"{why}{ext.name} (offline CNN, test accuracy {ext.test_accuracy:.2%} on {ext.n_test} member images, "
-        f"trained on {ext.n_train} public + held-out images{', cached' if ext.from_cache else ''})"
-    )
+    return ext, (f"{why}{ext.name} (offline CNN, {how}; test accuracy {ext.test_accuracy:.2%} on {ext.n_test} "
+                 f"images, trained on {ext.n_train}; sha256 {ext.sha256[:12]})")  # fmt: skip
 
 
 def extract_features(images: torch.Tensor, extractor: FeatureExtractor, batch_size: int = 256) -> torch.Tensor:

@@ -50,7 +50,7 @@ from collafuse_privacy.linalg import nearest
 from collafuse_privacy.numbers import fmt_interval, num, to_json
 from collafuse_privacy.party import resolve_device
 from collafuse_privacy.rundir import BestMethod, GDPSection, MembershipMethod, MembershipReport, MembershipResult, RunDir
-from collafuse_privacy.typed import Schema, from_data
+from collafuse_privacy.typed import Schema, from_data, to_data
 from collafuse_privacy.view import ServerView
 
 from .ground_truth import load_ground_truth, message_image_ids
@@ -187,12 +187,13 @@ def run_membership(
     if kind == "client" and not 0 <= tk < splits.num_clients:
         raise UserError(f"--target client:{tk}: the run has clients 0..{splits.num_clients - 1}")
     dev = str(resolve_device(device))  # UserError for cuda without a GPU
-    for folder in ("metrics", "figures"):  # before any computation: a read-only run fails now, naming the folder
-        check_writable(run_dir / folder)
+    # the view is verified (manifest, checkpoint, config) before anything is written
     if kind == "client" and cfg.t_c == 0:
         view = ServerView.load(run_dir)  # no client model was ever trained: attacks say NotApplicable
     else:
         view = ServerView.load(run_dir, release_clients=(tk,) if kind == "client" else ())
+    for folder in ("metrics", "figures"):  # before any computation: a read-only run fails now, naming the folder
+        check_writable(run_dir / folder)
     clients = [tk] if kind == "client" else list(range(splits.num_clients))
     cand = sample_candidates(splits, ds.images, clients, cap=cap, seed=seed)
     labels, owner = cand["labels"], cand["client"]
@@ -219,6 +220,11 @@ def run_membership(
             continue
         seconds = time.perf_counter() - t0
         n_nan = int(np.isnan(s).sum())
+        if len(s) and n_nan == len(s):  # nothing was scored: no result, and said so (never an AUC of 0.5)
+            why = f"all {n_nan} scores are NaN (a diverged model, or options that leave nothing to score): no result"
+            methods_out[name] = {"applicable": False, "reason": why, "seconds": seconds, "nan_scores": n_nan}
+            log(f"  {name}: {why}")
+            continue
         if n_nan:  # e.g. a diverged model: scored as "surely not a member", and said so
             log(f"  {name}: {n_nan} of {len(s)} scores are NaN; they count as the lowest score")
             s = np.where(np.isnan(s), -np.inf, s)
@@ -238,6 +244,17 @@ def run_membership(
         curves[name] = (fpr, tpr, m["auc"].value)
         log(f"  {name}: AUC {m['auc']}, TPR@1%FPR {m['tpr_at_1pct_fpr'] or unresolved.get('tpr_at_1pct_fpr')} "
             f"({seconds:.1f} s)")
+
+    for name, (entry, s) in _earlier_methods(rd, target, names, cand, cap, seed, log).items():
+        methods_out[name] = entry
+        if s is not None:
+            scores[name] = s
+            fpr, tpr, _ = roc_curve(s, labels)
+            curves[name] = (fpr, tpr, entry["auc"]["value"] if entry.get("auc") else roc_auc(s, labels))
+    order = [n for n in FAMILY.names() if n in methods_out]  # registry order, whichever ran when
+    methods_out = {n: methods_out[n] for n in order}
+    scores = {n: scores[n] for n in order if n in scores}
+    curves = {n: curves[n] for n in order if n in curves}
 
     n_non = int((1 - labels).sum())
     gdp, gdp_note = None, None
@@ -288,6 +305,42 @@ def run_membership(
     targets[target] = result
     rd.write_metrics("membership", MembershipReport(targets=targets))
     return result
+
+
+def _earlier_methods(rd: RunDir, target: str, names: list[str], cand: dict, cap: int, seed: int,
+                    log: Callable[[str], None]) -> dict[str, tuple[dict, Optional[np.ndarray]]]:  # fmt: skip
+    """Results of methods run earlier on ``target`` and not rerun now, kept when they were scored on
+    the same candidates (their scores file intact): ``{name: (entry, scores or None)}``. Otherwise
+    the caller replaces them, and this says so."""
+    try:
+        old = rd.metrics("membership")
+    except UserError:
+        return {}
+    prev = old.targets.get(target) if old is not None else None
+    others = [n for n in (prev.methods if prev is not None else {}) if n not in names]
+    if not others:
+        return {}
+    why = None
+    npz = None
+    if prev.caps.get("members_per_client") != cap or prev.caps.get("seed") != seed:
+        why = "they were scored on another candidate sample (cap or seed)"
+    elif not prev.scores or not (rd.path / prev.scores).is_file() or \
+            sha256(rd.path / prev.scores) != prev.files.get(prev.scores):  # fmt: skip
+        why = "their scores file is missing or changed"
+    else:
+        npz = np.load(rd.path / prev.scores)
+        if not (np.array_equal(npz["image_id"], cand["image_id"]) and np.array_equal(npz["labels"], cand["labels"])):
+            why = "they were scored on other candidates"
+    if why is not None:
+        log(f"  replacing the earlier results of {', '.join(others)} for {target}: {why}; rerun them with --method")
+        return {}
+    out = {}
+    for n in others:
+        entry = to_data(prev.methods[n], json_numbers=True)
+        key = f"score_{n}"
+        out[n] = (entry, npz[key].astype(np.float64) if prev.methods[n].applicable and key in npz.files else None)
+    log(f"  kept the earlier results of {', '.join(others)} for {target} (same candidates)")
+    return out
 
 
 def best_method(scores: dict[str, np.ndarray], labels: np.ndarray, n_boot: int, seed: int) -> Optional[BestMethod]:

@@ -18,7 +18,7 @@ from collafuse_privacy.eval.features import (
     FeatureExtractor,
     InceptionFeatures,
     classifier_key,
-    evaluation_split,
+    extractor_split,
     extract_features,
     get_extractor,
     inception_available,
@@ -29,8 +29,12 @@ from collafuse_privacy.eval.quality import (
     compute_fid,
     compute_kid,
     disclosure_figures,
+    fid_interval,
+    frechet_distance,
+    kid_interval,
     mean_pairwise_mse,
     pairwise_mse,
+    resample_counts,
 )
 
 
@@ -141,6 +145,76 @@ def test_fid_kid_need_two_images(sets):
 
 
 # ---------------------------------------------------------------------------
+# Bootstrap intervals
+# ---------------------------------------------------------------------------
+
+
+def test_replicate_formulas_match_the_point_estimates(sets):
+    """With every row drawn once, the batched replicate formulas give torchmetrics' FID and the
+    unbiased MMD^2 of the numpy reference."""
+    fake, real, ext = sets
+    f_fake, f_real = ext(fake).detach(), ext(real).detach()
+    ones = lambda n: torch.ones(1, n, dtype=torch.float64)  # noqa: E731
+    from collafuse_privacy.eval.quality import _weighted_moments
+
+    mu1, s1 = _weighted_moments(f_real, ones(len(f_real)))
+    mu2, s2 = _weighted_moments(f_fake, ones(len(f_fake)))
+    got = frechet_distance(mu1 + f_real.mean(0), s1, mu2 + f_fake.mean(0), s2)
+    assert float(got) == pytest.approx(compute_fid(fake, real, ext, n_boot=0).fid, rel=1e-9)
+    c = resample_counts(7, 50, torch.Generator().manual_seed(0))
+    assert c.shape == (50, 7) and (c.sum(1) == 7).all()
+
+
+@pytest.mark.parametrize("n_boot", [200])
+def test_intervals_contain_the_estimate_and_shrink_with_n(sets, n_boot):
+    fake, real, ext = sets
+    widths = {}
+    for n in (30, 240):
+        fid = compute_fid(fake[:n], real[:n], ext, n_boot=n_boot, seed=1)
+        kid = compute_kid(fake[:n], real[:n], ext, subsets=10, subset_size=n, seed=1, n_boot=n_boot)
+        for name, value, ci in (("fid", fid.fid, fid.ci), ("kid", kid.kid_mean, kid.ci)):
+            assert ci.lo <= value <= ci.hi and ci.lo < ci.hi and ci.n_boot == n_boot and ci.level == 0.95
+            widths[name, n] = ci.hi - ci.lo
+    assert widths["fid", 240] < 0.6 * widths["fid", 30]
+    assert widths["kid", 240] < 0.6 * widths["kid", 30]
+    # Seeded: the same call gives the same interval; another seed another one.
+    assert compute_fid(fake, real, ext, n_boot=50, seed=1).ci == compute_fid(fake, real, ext, n_boot=50, seed=1).ci
+    assert compute_fid(fake, real, ext, n_boot=50, seed=1).ci != compute_fid(fake, real, ext, n_boot=50, seed=2).ci
+    assert compute_fid(fake, real, ext, n_boot=0).ci is None
+
+
+def test_interval_covers_the_spread_of_fresh_draws():
+    """The interval's width is that of the figure over fresh draws of as many images (what it claims)."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 4, generator=g, dtype=torch.float64)
+    fids = []
+    for _ in range(60):
+        fake = torch.randn(60, 4, generator=g, dtype=torch.float64) * 1.2 + 0.3
+        mu1, s1, mu2, s2 = real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T)
+        fids.append(float(frechet_distance(mu1, s1, mu2, s2)))
+    fresh = np.quantile(fids, [0.025, 0.975])
+    iv = fid_interval(fids[0], fake, real, n_boot=300)
+    assert 0.5 < (iv.hi - iv.lo) / (fresh[1] - fresh[0]) < 2.0
+    kiv = kid_interval(0.0, fake, real, n_boot=300)
+    assert kiv.lo < 0 < kiv.hi
+
+
+def test_intervals_are_independent_of_the_thread_count(sets):
+    fake, real, ext = sets
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = fid_interval(1.0, ext(fake).detach(), ext(real).detach(), n_boot=100), \
+            kid_interval(0.0, ext(fake).detach(), ext(real).detach(), n_boot=100)
+        torch.set_num_threads(2)
+        b = fid_interval(1.0, ext(fake).detach(), ext(real).detach(), n_boot=100), \
+            kid_interval(0.0, ext(fake).detach(), ext(real).detach(), n_boot=100)
+    finally:
+        torch.set_num_threads(before)
+    assert a == b
+
+
+# ---------------------------------------------------------------------------
 # Disclosure figures
 # ---------------------------------------------------------------------------
 
@@ -179,27 +253,28 @@ def digits():
     return ds, make_splits(ds, cfg, seed=0)
 
 
-def test_evaluation_split_never_trains_on_members(digits):
-    ds, sp = digits
-    train, test = evaluation_split(sp)
-    members = set().union(*map(set, sp.members))
-    assert not members & set(train)
-    assert set(train) == set(sp.public).union(*map(set, sp.holdout))
-    assert set(test) == members
+def test_extractor_split_is_fixed_by_image_id_and_disjoint():
+    train, test = extractor_split(1797)
+    assert len(test) == 180 and len(train) == 1797 - 180 and not set(train) & set(test)
+    assert sorted(train + test) == list(range(1797))
+    assert extractor_split(1797) == (train, test)  # no run's split or seed enters it
+    assert extractor_split(1797, seed=1) != (train, test)
 
 
 def test_classifier_trains_caches_and_invalidates(digits, tmp_path, monkeypatch):
     ds, sp = digits
-    train, test = evaluation_split(sp)
+    train, test = extractor_split(len(ds))
     cache = tmp_path / "cls"
     first = load_or_train_classifier(ds, train, test, FAST, cache_dir=cache)
     assert not first.from_cache and first.test_accuracy > 0.9
     meta = json.loads((cache / f"{first.key}.json").read_text())
     assert meta["test_accuracy"] == first.test_accuracy and meta["n_train"] == len(train)
     assert (cache / f"{first.key}.safetensors").is_file()
+    assert meta["sha256"] == first.sha256 == feat.sha256_file(cache / f"{first.key}.safetensors")
+    assert first.sha256[:12] in first.name
 
     again = load_or_train_classifier(ds, train, test, FAST, cache_dir=cache)
-    assert again.from_cache and again.key == first.key and again.name == first.name
+    assert again.from_cache and again.key == first.key and again.name == first.name and again.sha256 == first.sha256
     x = ds.images[:32]
     assert torch.equal(again(x), first(x)) and again(x).dtype == torch.float64 and again(x).shape == (32, 16)
 
@@ -214,7 +289,13 @@ def test_classifier_trains_caches_and_invalidates(digits, tmp_path, monkeypatch)
 
     # Deterministic: retraining in a fresh cache gives the same weights bit for bit.
     fresh = load_or_train_classifier(ds, train, test, FAST, cache_dir=tmp_path / "fresh")
-    assert torch.equal(fresh(x), first(x))
+    assert torch.equal(fresh(x), first(x)) and fresh.sha256 == first.sha256
+
+    # An entry whose bytes do not hash to its recorded sha256 is retrained, not trusted.
+    w = cache / f"{first.key}.safetensors"
+    w.write_bytes(w.read_bytes()[:-4] + b"\0\0\0\0")
+    redone = load_or_train_classifier(ds, train, test, FAST, cache_dir=cache)
+    assert not redone.from_cache and redone.sha256 == first.sha256
 
     # The env var moves the default cache.
     monkeypatch.setenv("COLLAFUSE_CACHE", str(tmp_path / "env"))
@@ -225,14 +306,14 @@ def test_classifier_rejects_unlabelled_data(digits, tmp_path):
     ds, sp = digits
     flat = dataclasses.replace(ds, labels=torch.zeros_like(ds.labels))
     with pytest.raises(UserError, match="2\\+ classes"):
-        load_or_train_classifier(flat, *evaluation_split(sp), FAST, cache_dir=tmp_path)
+        load_or_train_classifier(flat, *extractor_split(len(ds)), FAST, cache_dir=tmp_path)
 
 
 def test_get_extractor_auto_falls_back_to_classifier(digits, empty_hub, tmp_path):
     ds, sp = digits
     assert not inception_available()
-    ext, note = get_extractor("auto", dataset=ds, splits=sp, spec=FAST, cache_dir=tmp_path)
-    assert ext.name.startswith("classifier-digits-")
+    ext, note = get_extractor("auto", dataset=ds, spec=FAST, cache_dir=tmp_path)
+    assert ext.name.startswith("classifier-digits-8px-")
     assert "Inception weights not in the torch hub cache" in note and ext.name in note and "\n" not in note
     with pytest.raises(UserError, match="Inception weights not in the torch hub cache"):
         get_extractor("inception")
@@ -243,11 +324,12 @@ def test_get_extractor_auto_falls_back_to_classifier(digits, empty_hub, tmp_path
 
 
 @pytest.fixture(scope="module")
-def mnist_classifier(tmp_path_factory):
+def mnist_classifier():
     cfg = DataConfig(name="mnist5k", image_size=16)
     ds = load_dataset(cfg)
     sp = make_splits(ds, cfg, seed=0)
-    ext, _ = get_extractor("classifier", dataset=ds, splits=sp, cache_dir=tmp_path_factory.mktemp("cls"))
+    ext, _ = get_extractor("classifier", dataset=ds)  # the shipped one: no training
+    assert ext.source == "shipped"
     return ds, sp, ext
 
 
@@ -266,18 +348,17 @@ def test_mnist5k_fid_real_halves_far_below_noise(mnist_classifier):
     members = members[torch.randperm(len(members), generator=g)[:n]]
     noise = torch.rand(n, *ds.shape, generator=g) * 2 - 1
     halves = compute_fid(held[:n], held[n : 2 * n], ext).fid
-    unseen = compute_fid(members, held[:n], ext).fid  # real images the classifier never fit: the FID floor
+    unseen = compute_fid(members, held[:n], ext).fid  # members against held-out: the FID floor
     vs_noise = compute_fid(noise, held[:n], ext).fid
     assert halves < 0.1 * vs_noise
     assert unseen < 0.1 * vs_noise
 
 
-@pytest.mark.slow
 def test_mnist5k_classifier_accuracy_at_28(tmp_path):
     cfg = DataConfig(name="mnist5k", image_size=28)
     ds = load_dataset(cfg)
-    ext, _ = get_extractor("classifier", dataset=ds, splits=make_splits(ds, cfg, seed=0), cache_dir=tmp_path)
-    assert ext.test_accuracy >= 0.97
+    ext, _ = get_extractor("classifier", dataset=ds, cache_dir=tmp_path)
+    assert ext.source == "shipped" and ext.test_accuracy >= 0.97
 
 
 # ---------------------------------------------------------------------------
@@ -314,7 +395,7 @@ def test_inception_path_with_cached_weights(empty_hub, monkeypatch):
     try:
         f = extract_features(grey, ext)
         assert f.shape == (2, 2048) and f.dtype == torch.float64 and torch.isfinite(f).all()
-        out = compute_fid(grey, torch.rand(2, 1, 16, 16, generator=g) * 2 - 1, ext)
+        out = compute_fid(grey, torch.rand(2, 1, 16, 16, generator=g) * 2 - 1, ext, n_boot=0)  # D = 2048: see fid_interval
     finally:
         torch.set_num_threads(threads)
     assert out.extractor == ext.name and np.isfinite(out.fid)

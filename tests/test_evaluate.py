@@ -43,12 +43,22 @@ def test_evaluate_cli_reports_all_three_cut_ratios(tmp_path, monkeypatch, empty_
     q = json.loads((run / "metrics" / "quality.json").read_text())
     assert sorted(x["cut_ratio"] for x in q["runs"]) == [0.0, 0.5, 1.0]
     assert q["extractor"].startswith("classifier")
-    for x in q["runs"]:
+    for x in q["runs"] + [q["floor"]]:
         assert len(x["per_client"]) == 2 and all(c["fid"] >= 0 for c in x["per_client"])
+        for c in x["per_client"] + [x["pooled"]]:
+            for key, value in (("fid_ci", c["fid"]), ("kid_ci", c["kid"])):
+                ci = c[key]
+                assert ci["lo"] <= value <= ci["hi"] and ci["n_boot"] > 0 and ci["level"] == 0.95
+    # The floor: each client's members against its held-out images, as many as the samples scored.
+    assert q["floor"]["label"] == "floor: members vs held-out"
+    assert [c["n_samples"] for c in q["floor"]["per_client"]] == [8, 8] and q["floor"]["pooled"]["n_samples"] == 16
+    assert q["floor"]["pooled"]["n_real"] == q["runs"][0]["pooled"]["n_real"]
+    assert len(q["extractor_sha256"]) == 64 and q["extractor_sha256"][:12] in q["extractor"]
     assert "training" in q["disclosure"][0] and "inference" in q["disclosure"][0]
     b = json.loads((run / "metrics" / "burden.json").read_text())
     assert b["sampling_flop_ratio"] == pytest.approx(0.5, rel=0.05)
     assert "client burden" in r.stdout and "FID client 0" in r.stdout
+    assert "floor: members vs held-out" in r.stdout and "KID (raw MMD^2) pooled" in r.stdout and " [" in r.stdout
     assert (tmp_path / "run-c0" / "checkpoints").is_dir() and (tmp_path / "run-c1" / "checkpoints").is_dir()
     assert read_run_config(tmp_path / "run-c1").protocol.cut_ratio == 1.0
 

@@ -77,7 +77,7 @@ def test_registry_contract():
     assert FAMILY.classes["loss"].__name__ == "LossAttack"  # the duplicate did not replace it
     with pytest.raises(UserError, match="has no option 'colour'.*n_noise"):
         make("loss", colour=3)
-    with pytest.raises(UserError, match="bad options"):
+    with pytest.raises(UserError, match="view-lrt.aggregate must be one of"):
         make("view-lrt", aggregate="median")
     for bad in ("client", "client:x", "server:0", "client:-1", ""):
         with pytest.raises(UserError):

@@ -78,8 +78,9 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path):
 
 
 def test_schedules_stay_well_conditioned_at_small_t(tmp_path):
-    """T = 20: the tail of the linear schedule is capped and the server's predicted hand-over
-    image is clipped as diffusers clips x0, so hand-over images and samples stay in range."""
+    """T = 20: the tail of the linear schedule is capped and, with ``sample.clip=x0`` (the tiny
+    config's), every party's ``x0_hat`` is clipped as diffusers clips x0, so a 30-round model's
+    hand-over images and samples stay in range."""
     from collafuse_privacy.protocol import Cut
     from collafuse_privacy.sampling import read_samples, sample_run
 

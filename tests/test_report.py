@@ -14,12 +14,28 @@ from collafuse_privacy.eval.report import collect, knee, pareto_front, write_rep
 from collafuse_privacy.numbers import Interval
 from collafuse_privacy.rundir import (BestMethod, BestReconstruction, BurdenReport, ClientDisclosure, ClientDPReport, ClientQuality, DisclosureFigures,
                                       GDPSection, MembershipMethod, MembershipReport, MembershipResult, PooledQuality,
-                                      PrivacyReport, QualityReport, QualityRun, ReconstructionMethod,
+                                      PrivacyReport, QUALITY_FORMAT, QualityFloor, QualityReport, QualityRun, ReconstructionMethod,
                                       ReconstructionReport, ReleasePrivacy, RunDir, ViewPrivacy)
 
 
 def iv(v, w=0.02):
     return Interval(v, v - w, v + w, 0.95, 200)
+
+
+def quality(c: float, fid: float, run: str, sha: str = "ab" * 32) -> QualityReport:
+    """A metrics/quality.json with intervals and the floor, in the schema evaluate writes."""
+    def pooled(f):
+        return PooledQuality(f, f / 1000, 0.0, 16, 16, fid_ci=iv(f, 1.5), kid_ci=iv(f / 1000, 0.001))
+
+    def client(k, f):
+        return ClientQuality(k, f, 0.0, 0.0, 8, 8, fid_ci=iv(f, 2.0), kid_ci=iv(0.0, 0.002))
+
+    return QualityReport(
+        extractor=f"classifier-test-{sha[:12]}", extractor_sha256=sha, extractor_note="", n_samples_per_client=8,
+        runs=[QualityRun(cut_ratio=c, t_c=int(round(c * 100)), run_dir=run, pooled=pooled(fid),
+                         per_client=[client(0, fid + 1), client(1, fid - 1)])],
+        floor=QualityFloor("floor: members vs held-out", per_client=[client(0, 3.0), client(1, 4.0)], pooled=pooled(1.25)),
+        disclosure=[ClientDisclosure(0, training=DisclosureFigures(kid=0.1, pixel_mse=0.5))], format=QUALITY_FORMAT)
 
 
 def fake_run(root: Path, name: str, c: float, fid: float, tpr: float, ssim: float, eps, dp: bool = False) -> Path:
@@ -31,11 +47,7 @@ def fake_run(root: Path, name: str, c: float, fid: float, tpr: float, ssim: floa
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     rd = RunDir(d)
     t_c = int(round(c * 100))
-    rd.write_metrics("quality", QualityReport(
-        extractor="classifier-test", extractor_note="", n_samples_per_client=8,
-        runs=[QualityRun(cut_ratio=c, t_c=t_c, run_dir=str(d), pooled=PooledQuality(fid, fid / 1000, 0.0, 16, 16),
-                         per_client=[ClientQuality(0, fid + 1, 0.0, 0.0, 8, 8), ClientQuality(1, fid - 1, 0.0, 0.0, 8, 8)])],
-        disclosure=[ClientDisclosure(0, training=DisclosureFigures(kid=0.1, pixel_mse=0.5))]))
+    rd.write_metrics("quality", quality(c, fid, str(d)))
     sent = c < 1
     method = (MembershipMethod(True, auc=iv(0.5 + tpr / 2), tpr_at_1pct_fpr=iv(tpr), tpr_at_01pct_fpr=iv(tpr / 2))
               if sent else MembershipMethod(False, reason="nothing sent"))
@@ -80,7 +92,10 @@ def test_report_numbers_come_from_metrics_files(runs, tmp_path):
     md = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     assert (out / "figures" / "tradeoff.png").stat().st_size > 1000
-    assert "12.00" in md and "0.200 [0.180, 0.220]" in md and "classifier-test" in md
+    assert "12.00 [10.50, 13.50]" in md and "0.200 [0.180, 0.220]" in md and "classifier-test" in md
+    assert "KID (raw MMD^2)" in md and "0.012 [0.011, 0.013]" in md  # KID printed with its unit
+    assert "floor: members vs held-out (4 settings) | - | 16 | 1.25 [-0.25, 2.75] | 0.00125 [0.00025, 0.00225]" in md
+    assert "sha256 abababababab" in md
     assert "nothing sent" in md
     assert "data:image/png;base64," in page and "<script" not in page  # self-contained, no scripts
     rows = {r["label"]: r for r in res["rows"]}
@@ -122,3 +137,54 @@ def test_pareto_front_and_knee():
     front = pareto_front(pts)
     assert front == [0, 1, 2, 3]  # (0.6, 5) is dominated by (0.5, 2)
     assert knee(pts, front) == 1  # the big drop in FID for little disclosure
+
+
+def test_report_refuses_two_extractors(runs, tmp_path):
+    other = quality(0.5, 12.0, str(runs[1]), sha="cd" * 32)
+    RunDir(runs[1]).write_metrics("quality", other)
+    with pytest.raises(UserError, match="2 different feature extractors cannot share a table") as exc:
+        write_report(runs, out=tmp_path / "r", screenshot=False, log=lambda m: None)
+    assert "\n" not in str(exc.value) and "abababababab" in str(exc.value) and "cdcdcdcdcdcd" in str(exc.value)
+    r = CliRunner().invoke(main, ["report", *map(str, runs), "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "different feature extractors" in r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+    # The same extractor again: the report is written.
+    RunDir(runs[1]).write_metrics("quality", quality(0.5, 12.0, str(runs[1])))
+    write_report(runs, out=tmp_path / "r3", screenshot=False, log=lambda m: None)
+
+
+def test_old_quality_files_are_refused_in_one_line(runs, tmp_path):
+    f = runs[0] / "metrics" / "quality.json"
+    q = json.loads(f.read_text())
+    for key in ("format", "floor", "extractor_sha256"):
+        del q[key]
+    for c in q["runs"][0]["per_client"] + [q["runs"][0]["pooled"]]:
+        del c["fid_ci"], c["kid_ci"]
+    f.write_text(json.dumps(q))
+    with pytest.raises(UserError, match="older collafuse-privacy .*rerun evaluate") as exc:
+        collect([runs[0]])
+    assert "\n" not in str(exc.value) and "quality.json" in str(exc.value)
+
+
+def test_across_seeds_shows_fid_and_kid_mean_and_spread(tmp_path):
+    from collafuse_privacy.eval.report import tables
+
+    cells = collect([fake_run(tmp_path, f"s{i}", 0.5, 10.0 + i, 0.2, 0.4, 800.0) for i in range(3)])
+    for c in cells:
+        c.setting = "c=0.5"
+    seeds = tables(cells)["seeds"]
+    assert "KID (raw MMD^2)" in " ".join(seeds[0])
+    row = seeds[1]
+    assert row[:2] == ["c=0.5", "3"] and row[2].startswith("11.00 [") and row[3].startswith("0.011 [")
+    assert row[-1].startswith("3.00 / 0.002 / ")  # median bootstrap widths of FID and of KID
+
+
+def test_a_folder_never_trained_is_not_listed_as_done(tmp_path):
+    """A config and nothing else (a train killed before its first checkpoint, a Flower `prepare`
+    folder): no intact checkpoint and no metrics, so the report says "not trained"."""
+    import shutil
+
+    d = fake_run(tmp_path, "r", 0.5, 10.0, 0.2, 0.4, 800.0)
+    shutil.rmtree(d / "metrics")
+    (cell,) = collect([d])
+    assert cell.status == "not trained" and "no checkpoint" in cell.error

@@ -41,6 +41,7 @@ from collafuse_privacy.linalg import chunk_sizes
 
 from .base import NotApplicable, register
 from .view_lrt import ViewLRT
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 @torch.no_grad()
@@ -121,6 +122,8 @@ def log_binom(n: int, r: torch.Tensor) -> torch.Tensor:
 @register("view-composed")
 class ViewComposed(ViewLRT):
     """``releases``: ``R`` when known (otherwise scanned over ``1..r_max``)."""
+
+    OPTIONS = {"releases": Opt(int, 1, 1_000_000, nullable=True), "r_max": Opt(int, 1, 1_000_000)}
 
     def __init__(self, target="server", device="cpu", releases: Optional[int] = None, r_max: int = 64):
         super().__init__(target, device, aggregate="logsumexp", null="gaussian")

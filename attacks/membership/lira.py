@@ -29,11 +29,14 @@ from collafuse_privacy.rng import generator
 
 from .base import NotApplicable, register
 from .loss import LossAttack
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 @register("lira")
 class LiRA(LossAttack):
     default = False
+    OPTIONS = {"n_ref": Opt(int, 2, 1000), "ref_steps": Opt(int, 1, 10_000_000, nullable=True),
+               "ref_batch": Opt(int, 1, 1_000_000, nullable=True)}
 
     def __init__(self, target="server", device="cpu", n_ref: int = 4, ref_steps=None, ref_batch=None, **kw):
         super().__init__(target, device, **kw)

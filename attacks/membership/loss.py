@@ -18,11 +18,14 @@ import torch
 
 from .base import register
 from .model_attack import ModelAttack, local_steps
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 @register("loss")
 class LossAttack(ModelAttack):
     """``fractions``: where in the target's range to probe (0 = its lowest-noise step)."""
+
+    OPTIONS = {"fractions": Opt(list, 0.0, 1.0, item=float), "n_noise": Opt(int, 1, 10_000)}
 
     def __init__(self, target="server", device="cpu", fractions=(0.0, 0.1, 0.25), n_noise: int = 1, **kw):
         super().__init__(target, device, **kw)

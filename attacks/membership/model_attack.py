@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 
 from .base import MembershipAttack, NotApplicable
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 # The papers attack DDPMs with T = 1000 linear betas from 1e-4 to 0.02 (Ho et al. 2020); their
@@ -54,6 +55,7 @@ class ModelAttack(MembershipAttack):
     """Loads the target model in ``fit`` and gives subclasses ``eps(x_s, s)`` in local steps."""
 
     min_steps = 1  # timesteps the method needs in the target model's range
+    OPTIONS = {"batch_size": BATCH, "seed": SEED}
 
     def __init__(self, target="server", device="cpu", batch_size: int = 512, seed: int = 0):
         super().__init__(target, device)

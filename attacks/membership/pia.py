@@ -23,11 +23,14 @@ import math
 
 from .base import register
 from .model_attack import ModelAttack
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 @register("pia")
 class PIA(ModelAttack):
     min_steps = 2
+
+    OPTIONS = {"ts": Opt(list, 1, 999, item=int), "p": Opt(float, 0.0, 1e6, lo_open=True)}
 
     def __init__(self, target="server", device="cpu", ts=(200,), p: float = 4.0, **kw):
         super().__init__(target, device, **kw)

@@ -27,6 +27,7 @@ import torch
 
 from .base import register
 from .model_attack import ModelAttack
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 def ddim_move(x_s: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) -> torch.Tensor:
@@ -38,6 +39,8 @@ def ddim_move(x_s: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) 
 @register("secmi")
 class SecMI(ModelAttack):
     min_steps = 2
+
+    OPTIONS = {"t_sec": Opt(int, 2, 999), "k": Opt(int, 1, 998)}
 
     def __init__(self, target="server", device="cpu", t_sec: int = 100, k: int = 10, **kw):
         super().__init__(target, device, **kw)

@@ -50,6 +50,7 @@ import torch
 from collafuse_privacy.linalg import BLOCK_ELEMS, chunk_sizes, nearest
 
 from .base import MembershipAttack, NotApplicable, register
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 def _logsumexp_(blk: torch.Tensor) -> torch.Tensor:
     """Row logsumexp of ``blk`` [m, n], overwriting it. Terms below ``exp(-80)`` of the row
@@ -135,6 +136,8 @@ class ViewLRT(MembershipAttack):
     """Likelihood of the recorded releases given the candidate (cut-image), or the exact
     check (shared-noise, ``t_c = 0``). No model, no training: ``fit`` only prepares the
     releases (and the public-split null)."""
+
+    OPTIONS = {"aggregate": Opt(str, choices=("logsumexp", "max")), "null": Opt(str, choices=("gaussian", "kde", "flat"))}
 
     def __init__(self, target="server", device="cpu", aggregate: str = "logsumexp", null: str = "gaussian"):
         super().__init__(target, device)

@@ -52,6 +52,7 @@ from collafuse_privacy.linalg import pairwise_sqdist
 from .base import NotApplicable, ReconstructionAttack, ReconstructionOutput, register
 from .denoiser import denoise, public_images
 from .learned import fitted_denoiser
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 def _distinct(x: torch.Tensor, idx: torch.Tensor, tol: float) -> torch.Tensor:
@@ -92,6 +93,12 @@ def false_link_radius(centres: torch.Tensor, public: torch.Tensor, a: float, n_p
 @register("average")
 class Average(ReconstructionAttack):
     """Linking of fresh releases (radius from the public split), averaging, denoising (module doc)."""
+
+    OPTIONS = {"false_links": Opt(float, 0.0, 1e6), "k": Opt(float, 0.0, 1e6, lo_open=True),
+               "passes": Opt(int, 1, 1000), "dup_tol": Opt(float, 0.0, 1e6),
+               "denoiser": Opt(str, choices=("learned", "rescale")), "r_max": Opt(int, 1, 1_000_000),
+               "preset": PRESET, "steps": Opt(int, 1, 10_000_000), "batch_size": BATCH,
+               "lr": Opt(float, 0.0, 10.0, lo_open=True), "seed": SEED}
 
     def __init__(self, false_links: float = 0.5, k: float = 3.0, passes: int = 2, dup_tol: float = 0.05,
                  denoiser: str = "learned", preset: str = "micro", steps: int = 150, batch_size: int = 64,

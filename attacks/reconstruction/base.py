@@ -27,6 +27,7 @@ import torch
 from collafuse_privacy.errors import UserError
 
 from ..base import Family, NotApplicable  # noqa: F401  (NotApplicable: part of this family's API)
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class ReconstructionAttack:
 
     name: ClassVar[str] = ""
     source: ClassVar[str] = "messages"
+
+    OPTIONS = {"seed": SEED}
 
     def __init__(self, device: str = "cpu", seed: int = 0):
         self.device = torch.device(device)

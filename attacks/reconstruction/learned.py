@@ -24,6 +24,7 @@ import torch
 
 from .base import NotApplicable, ReconstructionAttack, ReconstructionOutput, noisy_rows, register
 from .denoiser import cached, denoise, fit_x0_denoiser, public_images
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 def level_sampler(view, r_max: int):
@@ -65,6 +66,9 @@ def fitted_denoiser(view, preset: str, steps: int, batch_size: int, lr: float, r
 @register("learned")
 class Learned(ReconstructionAttack):
     """Public-data MMSE denoiser at the received level (see module doc)."""
+
+    OPTIONS = {"seed": SEED, "preset": PRESET, "steps": Opt(int, 1, 10_000_000), "batch_size": BATCH,
+               "lr": Opt(float, 0.0, 10.0, lo_open=True), "r_max": Opt(int, 1, 1_000_000)}
 
     def __init__(self, preset: str = "micro", steps: int = 150, batch_size: int = 64, lr: float = 2e-3,
                  r_max: int = 128, device: str = "cpu", seed: int = 0):  # fmt: skip

@@ -22,6 +22,7 @@ from collafuse_privacy.rng import generator
 
 from .base import NotApplicable, ReconstructionAttack, ReconstructionOutput, noisy_rows, register
 from .denoiser import ancestral_sample, cached, fit_eps_model, public_images
+from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 
 
 def fitted_eps_model(view, preset: str, steps: int, batch_size: int, lr: float, seed: int, device):
@@ -42,6 +43,10 @@ def fitted_eps_model(view, preset: str, steps: int, batch_size: int, lr: float, 
 @register("posterior")
 class Posterior(ReconstructionAttack):
     """Public-data DDPM run from each received image's level down to the clean image."""
+
+    OPTIONS = {"seed": SEED, "preset": PRESET, "steps": Opt(int, 1, 10_000_000), "batch_size": BATCH,
+               "lr": Opt(float, 0.0, 10.0, lo_open=True), "sample_steps": Opt(int, 1, 100_000),
+               "n_samples": Opt(int, 1, 100_000)}
 
     def __init__(self, preset: str = "micro", steps: int = 150, batch_size: int = 64, lr: float = 2e-3,
                  sample_steps: int = 20, n_samples: int = 4, device: str = "cpu", seed: int = 0):  # fmt: skip

@@ -82,10 +82,20 @@ class Protocol:
         """What the server trains on: ``(x_t, t, target_noise)``, ``t`` global timesteps."""
         raise NotImplementedError
 
+    def full_chain_eps(self, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The server model's noise prediction ``eps`` at global timesteps ``t`` ([B]) in the full
+        chain's parameterisation (what the one sampler steps with; the identity where the server
+        trains on the full chain's noise)."""
+        return eps
+
     @torch.no_grad()
-    def server_denoise(self, model, x: torch.Tensor, class_labels, gen: torch.Generator) -> torch.Tensor:
-        """The server's part of sampling, ``x_{T-1} -> h = x_{t_c-1}``."""
-        raise NotImplementedError
+    def server_denoise(self, model, x: torch.Tensor, class_labels, gen: torch.Generator, sampler) -> torch.Tensor:
+        """The server's part of sampling, ``x_{T-1} -> h = x_{t_c-1}``: the full-chain steps
+        ``t = T-1 .. t_c`` of the one ``sampler`` (``collafuse_privacy.sampler.Sampler``)."""
+        def predict(x, t):
+            return self.full_chain_eps(model(x, t, class_labels=class_labels).sample, t)
+
+        return sampler.run(predict, x, self.cut.T - 1, self.cut.t_c, gen)
 
     # ---- the view --------------------------------------------------------------------
     def level_range(self) -> tuple[int, int]:

@@ -107,14 +107,6 @@ class Cut:
         return float(self.abar_table[self.t_c])
 
     @property
-    def handover_step_var(self) -> float:
-        """DDPM posterior variance of the step ``t_c -> t_c - 1`` of the full chain,
-        ``beta[t_c] (1 - abar[t_c - 1]) / (1 - abar[t_c])`` (``0 < t_c < T``): the noise the server's
-        last step adds so that its hand-over image has the marginal of ``x_{t_c - 1}``."""
-        ab = self.abar
-        return float(self.betas[self.t_c]) * float(1 - ab[self.t_c - 1]) / float(1 - ab[self.t_c])
-
-    @property
     def server_steps(self) -> int:
         return self.T - self.t_c
 
@@ -129,22 +121,14 @@ class Cut:
     def tail_scheduler(self) -> DDPMScheduler:
         """The server's DDPM in ``cut-image``: betas ``[t_c:]``, data = hand-over images.
 
-        Its predicted "x0" is ``h``, clipped as diffusers clips a DDPM's x0 (``clip_sample``) but to
-        the range ``h`` can take (:attr:`handover_range`; [-1, 1] at ``t_c = 0``): without it a
-        small-T tail, whose last ``abar`` is tiny, divides prediction errors by ``sqrt(abar)``
-        and the hand-over images explode.
-        Reverse variance ``beta_t`` (``fixed_large``): Ho et al. (2020) show it is the
-        optimal choice for isotropic Gaussian data, and the hand-over images are nearly
-        that (variance ``1 - abar[t_c-1]`` around a shrunken image). With the
-        Bayes-optimal denoiser, ``fixed_small`` gives ``h`` 8-16% too little variance at
-        T = 50..200, ``fixed_large`` plus the final-step noise of the cut-image server's
-        sampling about 1% (tests/test_sampling.py).
+        Training only: the server draws its levels and noise on this schedule. At inference every
+        party steps the one full-chain sampler (``collafuse_privacy.sampler``), to which the
+        server's tail prediction is mapped (``CutImage.full_chain_eps``).
         """
         if self.sends_nothing:
             raise ValueError("c = 1: the server owns no steps and has no schedule")
         betas = self.betas[self.t_c :]
-        return DDPMScheduler(num_train_timesteps=len(betas), trained_betas=betas.tolist(), clip_sample=True,
-                             clip_sample_range=self.handover_range, variance_type="fixed_large")  # fmt: skip
+        return DDPMScheduler(num_train_timesteps=len(betas), trained_betas=betas.tolist())
 
     @cached_property
     def tail_abar(self) -> torch.Tensor:

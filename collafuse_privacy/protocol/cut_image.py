@@ -19,6 +19,8 @@ and unit noise, so with sensitivity ``D = 2 sqrt(d)`` it is ``mu``-GDP with
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 
 from ..diffusion import q_sample
@@ -59,20 +61,28 @@ class CutImage(Protocol):
         t = (s + self.cut.t_c).to(device)  # the model is told the global timestep
         return x_t, t, target
 
-    @torch.no_grad()
-    def server_denoise(self, model, x, class_labels, gen):
+    def full_chain_eps(self, eps, t):
+        """``eps_full = sqrt((1 - abar_t) / (1 - abar_t / abar_h)) eps_tail`` (DESIGN.md §5).
+
+        The server's model predicts the tail DDPM's noise ``eps2`` of
+        ``x_t = sqrt(abar'_t) h + sqrt(1 - abar'_t) eps2``, ``abar'_t = abar_t / abar_h``. Given
+        ``x0``, ``x_t - sqrt(abar_t) x0 = sqrt(abar'_t (1 - abar_h)) eps1 + sqrt(1 - abar'_t) eps2``
+        is Gaussian with variance ``1 - abar_t``, so ``E[eps2 | x_t, x0] = sqrt(1 - abar'_t)
+        (x_t - sqrt(abar_t) x0) / (1 - abar_t) = sqrt((1 - abar'_t) / (1 - abar_t)) E[eps | x_t, x0]``
+        with ``eps`` the full chain's noise; averaging over ``x0 | x_t`` gives the same factor
+        between the Bayes-optimal predictors, so the mapped prediction steps the full chain."""
+        return eps * self._eps_scale.to(eps.device, eps.dtype)[t].view(-1, *([1] * (eps.dim() - 1)))
+
+    @cached_property
+    def _eps_scale(self) -> torch.Tensor:
+        """``sqrt((1 - abar_t) / (1 - abar_t / abar_h))`` float64 ``[T]`` (1 below ``t_c``, unused)."""
         cut = self.cut
-        sched = cut.tail_scheduler
-        for s in range(cut.server_steps - 1, -1, -1):
-            t = torch.full((x.shape[0],), s + cut.t_c, device=x.device, dtype=torch.long)
-            eps = model(x, t, class_labels=class_labels).sample
-            x = sched.step(eps, s, x, generator=gen).prev_sample
-        if not cut.sends_clean:
-            # The tail DDPM's last step returns E[h | x_{t_c}]; but h = x_{t_c-1} is itself a
-            # noisy level, so it gets the noise of an ordinary step t_c -> t_c-1 (DDPM posterior
-            # variance of the full chain). Without it h is under-dispersed (tests/test_sampling.py).
-            x = x + cut.handover_step_var**0.5 * torch.randn(x.shape, generator=gen).to(x.device)
-        return x
+        ab = cut.abar
+        scale = torch.ones_like(ab)
+        if not cut.sends_nothing:
+            tail = ab[cut.t_c :]
+            scale[cut.t_c :] = ((1 - tail) / (1 - tail / cut.abar_handover)).sqrt()
+        return scale
 
     def level_range(self):
         return self.cut.handover_level, self.cut.handover_level

@@ -4,8 +4,8 @@ Each client draws ``t`` and ``eps`` per image; the images with ``t >= t_c`` go t
 server as ``(x_t, t, eps)`` and it minimises ``|eps_theta(x_t, t) - eps|^2``. Because
 ``eps`` travels with ``x_t`` the server recovers
 ``x0 = (x_t - sqrt(1 - abar[t]) eps) / sqrt(abar[t])`` exactly: the view's epsilon is
-infinite for every cut below 1. At inference the server runs the full chain's steps
-``T-1 .. t_c``.
+infinite for every cut below 1. The server's model predicts the full chain's noise, so at
+inference it steps the one sampler with its prediction as it is (``T-1 .. t_c``).
 """
 
 from __future__ import annotations
@@ -41,15 +41,6 @@ class SharedNoise(Protocol):
         t = torch.cat([m.t for m in msgs]).to(device)
         target = torch.cat([m.eps for m in msgs])
         return x_t, t, target
-
-    @torch.no_grad()
-    def server_denoise(self, model, x, class_labels, gen):
-        sched = self.cut.scheduler()
-        for s in range(self.cut.T - 1, self.cut.t_c - 1, -1):
-            t = torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
-            eps = model(x, t, class_labels=class_labels).sample
-            x = sched.step(eps, s, x, generator=gen).prev_sample
-        return x
 
     def level_range(self):
         return self.cut.t_c, self.cut.T - 1

@@ -57,9 +57,47 @@ def disclosure_axes(cells: list[CellResult]) -> list[tuple[str, str, Callable[[C
             ("eps", "formal epsilon of the server's view (GDP, log scale)", eps)]  # fmt: skip
 
 
+def _fid_text(c: CellResult) -> str:
+    iv = c.fid_ci
+    return f"{c.fid:.1f}" + (f" [{iv['lo']:.1f}, {iv['hi']:.1f}]" if iv else " (no interval)")
+
+
+def utility_reading(cells: list[CellResult]) -> list[str]:
+    """What the quality axis shows: pooled FID with its 95% bootstrap interval beside the floor
+    (members against held-out images, same extractor and n), and whether collaboration (``c = 0``,
+    one model trained on every client's images) beats local-only (``c = 1``) by more than the
+    intervals: non-overlapping intervals, or else "not resolved"."""
+    done = [c for c in cells if c.fid is not None and math.isfinite(c.fid)]
+    if not done:
+        return []
+    best = min(done, key=lambda c: c.fid)
+    worst = max(done, key=lambda c: c.fid)
+    line = (f"Image quality (pooled FID, 95% bootstrap interval over samples; lower is better): from "
+            f"{_fid_text(best)} [{best.label}] to {_fid_text(worst)} [{worst.label}]")  # fmt: skip
+    floor = next((c.floor for c in done if c.floor and c.floor.get("fid")), None)
+    if floor:
+        f = floor["fid"]
+        line += f"; the floor (real members against held-out images, same n) is {f['value']:.1f} [{f['lo']:.1f}, {f['hi']:.1f}]"
+    lines = [line + "."]
+    plain = [c for c in done if not (c.dp and c.dp.get("enabled")) and not c.fixed_noise]
+    ends = {e: [c for c in plain if c.cut_ratio == e] for e in (0.0, 1.0)}
+    if len(ends[0.0]) == 1 and len(ends[1.0]) == 1 and ends[0.0][0].fid_ci and ends[1.0][0].fid_ci:
+        a, b = ends[0.0][0], ends[1.0][0]
+        if a.fid_ci["hi"] < b.fid_ci["lo"]:
+            verdict = "collaboration improves on local-only: the intervals do not overlap"
+        elif b.fid_ci["hi"] < a.fid_ci["lo"]:
+            verdict = "local-only is better than one model trained on every client's images: the intervals do not overlap"
+        else:
+            verdict = "the intervals overlap, so this run does not resolve whether collaboration helps"
+        lines.append(f"Collaboration: server-only c = 0 scores {_fid_text(a)} against local-only c = 1 {_fid_text(b)}; "
+                     f"{verdict}.")  # fmt: skip
+    return lines
+
+
 def reading(cells: list[CellResult]) -> list[str]:
-    """A short plain-language reading: dominated settings and the knee, per disclosure measure."""
-    lines = []
+    """A short plain-language reading: the quality axis, then dominated settings and the knee per
+    disclosure measure."""
+    lines = utility_reading(cells)
     for key, label, get in disclosure_axes(cells)[:2]:
         pts, names = [], []
         for c in cells:
@@ -117,7 +155,7 @@ def reading(cells: list[CellResult]) -> list[str]:
 def across_seeds(cells: list[CellResult]) -> list[dict]:
     """Settings trained with several seeds: the mean of each headline number over the seeds with a
     95% t-interval (training randomness), beside the median width of the per-seed bootstrap
-    intervals (candidate sampling). One dict per setting with at least two finished seeds."""
+    intervals (candidates for the attacks, generated and real images for FID / KID). One dict per setting with at least two finished seeds."""
     from scipy import stats
 
     groups: dict[str, list[CellResult]] = {}
@@ -129,7 +167,8 @@ def across_seeds(cells: list[CellResult]) -> list[dict]:
         if len(cs) < 2:
             continue
         row = {"setting": setting, "seeds": len(cs)}
-        for key, get in (("fid", lambda c: (c.fid, None)),
+        for key, get in (("fid", lambda c: (c.fid, _width(c.fid_ci))),
+                         ("kid", lambda c: (c.kid, _width(c.kid_ci))),
                          ("tpr1", lambda c: _iv_of(c.best_membership("server", "tpr1"))),
                          ("auc", lambda c: _iv_of(c.best_membership("server", "auc"))),
                          ("ssim", lambda c: _iv_of(c.best_reconstruction("ssim")))):  # fmt: skip
@@ -144,6 +183,10 @@ def across_seeds(cells: list[CellResult]) -> list[dict]:
                 row[key] = None
         out.append(row)
     return out
+
+
+def _width(ci: Optional[dict]) -> Optional[float]:
+    return None if ci is None else ci["hi"] - ci["lo"]
 
 
 def _iv_of(best) -> tuple[Optional[float], Optional[float]]:

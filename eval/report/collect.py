@@ -8,9 +8,10 @@ from typing import Optional
 
 import numpy as np
 
+from collafuse_privacy.checkpoint import verified_step_dir
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.numbers import num
-from collafuse_privacy.rundir import RunDir
+from collafuse_privacy.rundir import METRICS, RunDir
 from collafuse_privacy.sweep import read_cell, read_index
 
 
@@ -38,8 +39,12 @@ class CellResult:
     seed: int = 0
     fid: Optional[float] = None
     fid_per_client: list = field(default_factory=list)
-    kid: Optional[float] = None
+    kid: Optional[float] = None  # raw; tables print it as "KID x 10^3"
+    fid_ci: Optional[dict] = None  # {'value', 'lo', 'hi'}: 95% bootstrap over samples
+    kid_ci: Optional[dict] = None
     extractor: Optional[str] = None
+    extractor_sha256: Optional[str] = None  # the extractor's identity: cells with two cannot share a table
+    floor: Optional[dict] = None  # {'label', 'fid': ci, 'kid': ci, 'n'}: members vs held-out, same extractor and n
     membership: dict = field(default_factory=dict)  # target -> method -> {auc, tpr1, tpr01, applicable, reason}
     membership_gdp: dict = field(default_factory=dict)  # target -> GDPSection
     reconstruction: dict = field(default_factory=dict)  # method -> {ssim, psnr, mse, ident, chance, ...}
@@ -92,7 +97,9 @@ class CellResult:
         """The headline numbers as plain data (what the report's table shows)."""
         row = {"label": self.label, "status": self.status, "cut_ratio": self.cut_ratio, "t_c": self.t_c,
                "protocol": self.protocol, "defence": self.defence, "fid": self.fid, "kid": self.kid,
-               "extractor": self.extractor, "view_epsilon": self.view_epsilon,
+               "fid_ci": self.fid_ci, "kid_ci": self.kid_ci, "floor": self.floor,
+               "extractor": self.extractor, "extractor_sha256": self.extractor_sha256,
+               "view_epsilon": self.view_epsilon,
                "client_dp_epsilon": num(self.dp.get("epsilon")) if self.dp and self.dp.get("enabled") else None,
                "client_flop_share": self.client_flop_share, "bytes_per_image": self.bytes_per_image,
                "paper_kid": self.paper_kid, "paper_mse": self.paper_mse}  # fmt: skip
@@ -129,18 +136,28 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
     r = CellResult(label=label, run_dir=rd.path, setting=setting or label, status=status, error=error,
                    cut_ratio=cfg.protocol.cut_ratio, protocol=cfg.protocol.kind, fixed_noise=cfg.protocol.fixed_noise,
                    seed=cfg.seed, secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
+    # A folder with a config but neither an intact checkpoint nor any scored metrics was never trained (a
+    # killed first round, a Flower `prepare`): not "done". Metrics alone are enough (reports read only them).
+    if status == "done" and rd.exists() and not any(rd.metrics_path(n).is_file() for n in METRICS):
+        try:
+            verified_step_dir(rd)
+        except UserError as e:
+            r.status, r.error = "not trained", str(e)
     dp = cfg.defense.client_dp
     if dp.enabled:
         r.dp = {"enabled": True, "noise_multiplier": dp.noise_multiplier, "target_epsilon": dp.target_epsilon}
 
     q = rd.metrics("quality")
     if q is not None:
-        r.extractor = q.extractor
+        r.extractor, r.extractor_sha256 = q.extractor, q.extractor_sha256
         own = [x for x in q.runs if abs(x.cut_ratio - r.cut_ratio) < 1e-9]
         if own:
             r.fid, r.kid = own[0].pooled.fid, own[0].pooled.kid
+            r.fid_ci, r.kid_ci = _iv(own[0].pooled.fid_ci), _iv(own[0].pooled.kid_ci)
             r.fid_per_client = [c.fid for c in own[0].per_client]
             r.t_c = own[0].t_c
+        r.floor = {"label": q.floor.label, "fid": _iv(q.floor.pooled.fid_ci), "kid": _iv(q.floor.pooled.kid_ci),
+                   "n": q.floor.pooled.n_samples, "n_real": q.floor.pooled.n_real}  # fmt: skip
         training = [d.training for d in q.disclosure if d.training is not None and d.training.kid is not None]
         r.paper_kid = float(np.mean([t.kid for t in training])) if training else None
         r.paper_mse = float(np.mean([t.pixel_mse for t in training])) if training else None
@@ -242,4 +259,19 @@ def collect(dirs) -> list[CellResult]:
             raise UserError(f"{d} is neither a run directory (config.yaml) nor a sweep directory (sweep.json)")
     if not out:
         raise UserError("no runs found in " + ", ".join(map(str, dirs)))
+    check_one_extractor(out)
     return out
+
+
+def check_one_extractor(cells: list[CellResult]) -> None:
+    """UserError (one line) when the cells' quality numbers come from different feature extractors
+    (different weights' sha256): an FID is only comparable in one feature space."""
+    seen: dict[str, CellResult] = {}
+    for c in cells:
+        if c.extractor_sha256 is not None:
+            seen.setdefault(c.extractor_sha256, c)
+    if len(seen) > 1:
+        a, b = list(seen.values())[:2]
+        raise UserError(f"quality numbers from {len(seen)} different feature extractors cannot share a table: "
+                        f"[{a.label}] {a.extractor} (sha256 {a.extractor_sha256[:12]}) vs [{b.label}] {b.extractor} "
+                        f"(sha256 {b.extractor_sha256[:12]}); rerun evaluate on one side with the other's extractor")

@@ -48,6 +48,10 @@ def tradeoff_figure(cells: list[CellResult], path: Path) -> None:
             mk = "s" if c.dp and c.dp.get("enabled") else ("D" if c.fixed_noise else markers["none"])
             ax.scatter([x], [y], s=46, marker=mk, color="C3" if c.dp and c.dp.get("enabled") else "C0", zorder=3,
                        edgecolor="k", lw=0.5)  # fmt: skip
+            xiv = _x_interval(c, key)
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - c.fid_ci["lo"])], [max(0.0, c.fid_ci["hi"] - y)]] if c.fid_ci else None,
+                        xerr=[[max(0.0, x - xiv[0])], [max(0.0, xiv[1] - x)]] if xiv else None,
+                        fmt="none", ecolor="0.35", elinewidth=0.9, capsize=2, zorder=2)  # fmt: skip
             tag = f"c={c.cut_ratio:g}" + (" DP" if c.dp and c.dp.get("enabled") else "") + (" fixed" if c.fixed_noise else "")
             if key == "mia" and c.nothing_sent():
                 tag += " (nothing sent: chance)"
@@ -58,6 +62,12 @@ def tradeoff_figure(cells: list[CellResult], path: Path) -> None:
             ax.annotate(tag, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7.5)
         if key == "eps":
             _audit_marks(ax, cells, lo, hi)
+        floor = next((c.floor["fid"] for c in names if c.floor and c.floor.get("fid")), None)
+        if floor:
+            ax.axhspan(floor["lo"], floor["hi"], color="0.85", zorder=0)
+            ax.axhline(floor["value"], color="0.6", lw=0.8, zorder=0)
+            ax.text(0.99, floor["value"], "floor: real members vs held-out ", transform=ax.get_yaxis_transform(),
+                    fontsize=7, color="0.4", ha="right", va="bottom")  # fmt: skip
         if len(pts) >= 2:
             front = pareto_front(pts)
             fx, fy = zip(*[pts[i] for i in front])
@@ -70,12 +80,21 @@ def tradeoff_figure(cells: list[CellResult], path: Path) -> None:
         ax.set_xlabel(label, fontsize=8.5)
         ax.set_ylabel(f"pooled FID ({ext}) - lower is better", fontsize=8.5)
         ax.grid(alpha=0.3)
-    fig.suptitle("Utility vs disclosure across cut ratios and defences (faint dots: per-client FID; "
-                 "square: DP-SGD clients; triangle: audited empirical epsilon, 95% lower bound)", fontsize=10)  # fmt: skip
+    fig.suptitle("Utility vs disclosure across cut ratios and defences (bars: 95% intervals; faint dots: per-client "
+                 "FID; square: DP-SGD clients" + ("; triangle: audited empirical epsilon, 95% lower bound" if any(
+                     c.audits for c in cells) else "") + ")", fontsize=10)  # fmt: skip
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
 
+
+
+def _x_interval(c: CellResult, key: str):
+    """``(lo, hi)`` of a cell's disclosure number on axis ``key`` (None without an interval)."""
+    best = c.best_membership("server", "tpr1") if key == "mia" else c.best_reconstruction("ssim") if key == "ssim" else None
+    if not best or not isinstance(best[1], dict) or best[1].get("lo") is None or best[1].get("hi") is None:
+        return None
+    return best[1]["lo"], best[1]["hi"]
 
 
 def _audit_marks(ax, cells: list[CellResult], lo: float, hi: float) -> None:

@@ -18,12 +18,18 @@ from collafuse_privacy.numbers import fmt as _fmt
 from collafuse_privacy.numbers import fmt_interval
 
 from .analyse import across_seeds, reading
+from ..quality import KID_SCALE, KID_UNIT
 from .collect import CellResult, collect
 from .figures import tradeoff_figure
 
 
 def _fmt_iv(iv, spec=".3f") -> str:
     return fmt_interval(iv, spec)
+
+
+def _kid_iv(iv) -> str:
+    """A KID interval in its printed unit (KID_UNIT)."""
+    return fmt_interval(None if iv is None else {k: iv[k] * KID_SCALE for k in ("value", "lo", "hi")}, ".4g")
 
 
 ADJACENCY_NOTE = ("formal eps (view): GDP of what crosses the cut under replace-one adjacency (one image replaced by "
@@ -65,14 +71,15 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
     """Named tables (header row first) of the report; ``notes`` (if given) receives the
     footnotes of each table: ``{table name: [reason, ...]}``."""
     mia_notes, main_notes = _Notes(), _Notes()
-    main = [["setting", "c", "t_c", "protocol", "defence", "FID pooled", "KID pooled", "formal eps (view)",
+    main = [["setting", "c", "t_c", "protocol", "defence", "FID pooled [95%]", f"{KID_UNIT} pooled [95%]", "formal eps (view)",
              "client FLOP share", "bytes sent / image", "rows not recorded", "status"]]  # fmt: skip
     for c in cells:
         eps = _fmt(c.view_epsilon)
         if c.view_epsilon is not None:
             eps += " " + main_notes.na(ADJACENCY_NOTE)[4:]
         main.append([c.label, _fmt(c.cut_ratio, "g"), str(c.t_c if c.t_c is not None else "n/a"), c.protocol, c.defence,
-                     _fmt(c.fid, ".2f"), _fmt(c.kid, ".4f"), eps, _fmt(c.client_flop_share, ".3f"),
+                     _fmt_iv(c.fid_ci, ".2f") if c.fid_ci else _fmt(c.fid, ".2f"), _kid_iv(c.kid_ci), eps,
+                     _fmt(c.client_flop_share, ".3f"),
                      _fmt(c.bytes_per_image, ".0f"), _fmt(c.not_recorded, ".0f"),
                      c.status + (f": {c.error}" if c.error else "")])  # fmt: skip
     mia_methods = sorted({m for c in cells for t in c.membership.values() for m in t})
@@ -117,20 +124,40 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
         chances = [v.get("chance") for v in c.reconstruction.values() if v.get("chance") is not None]
         row.append(_fmt(chances[0], ".4f") if chances else "n/a")
         rec.append(row)
-    paper = [["setting", "KID(server training images, client data)", "pixel MSE over pairs",
+    quality = [["setting", "c", "n per client", "FID pooled [95%]", f"{KID_UNIT} pooled [95%]", "extractor"]]
+    floors: dict = {}
+    for c in cells:
+        if c.extractor is None:
+            continue
+        quality.append([c.label, _fmt(c.cut_ratio, "g"), _fmt(c.floor["n"] if c.floor else None, ".0f"),
+                        _fmt_iv(c.fid_ci, ".2f"), _kid_iv(c.kid_ci), f"{c.extractor} (sha256 {c.extractor_sha256[:12]})"])
+        if c.floor is not None:  # one row per distinct floor (cells that share a split and n share it)
+            key = (c.floor["fid"]["value"], c.floor["n"], c.floor["n_real"]) if c.floor["fid"] else (c.label,)
+            floors.setdefault(key, (c.floor, []))[1].append(c.label)
+    for fl, labels in floors.values():
+        who = labels[0] if len(labels) == 1 else f"{len(labels)} settings"
+        quality.append([f"{fl['label']} ({who})", "-", _fmt(fl["n"], ".0f"), _fmt_iv(fl["fid"], ".2f"), _kid_iv(fl["kid"]),
+                        "same"])  # fmt: skip
+    paper = [["setting", f"{KID_UNIT}(server training images, client data)", "pixel MSE over pairs",
               "ours: strongest TPR@1%FPR (held-out)", "ours: best SSIM (held-out)"]]  # fmt: skip
     for c in cells:
         bm, br = c.best_membership(), c.best_reconstruction()
-        paper.append([c.label, _fmt(c.paper_kid, ".4f"), _fmt(c.paper_mse, ".4f"),
+        paper.append([c.label, _fmt(None if c.paper_kid is None else c.paper_kid * KID_SCALE, ".4g"), _fmt(c.paper_mse, ".4f"),
                       f"{_fmt(bm[1]['value'], '.3f')} ({bm[0]})" if bm else "n/a",
                       f"{_fmt(br[1]['value'], '.3f')} ({br[0]})" if br else "n/a"])  # fmt: skip
-    seeds = [["setting", "seeds", "FID pooled: mean [95% across seeds]", "strongest TPR@1%FPR",
-              "strongest AUC", "best SSIM", "median bootstrap width (TPR / AUC / SSIM)"]]  # fmt: skip
+    seeds = [["setting", "seeds", "FID pooled: mean [95% across seeds]", f"{KID_UNIT} pooled: mean [95% across seeds]",
+              "strongest TPR@1%FPR", "strongest AUC", "best SSIM",
+              f"median bootstrap width (FID / {KID_UNIT} / TPR / AUC / SSIM)"]]  # fmt: skip
     for g in across_seeds(cells):
         cell = lambda key, spec=".3f": ("n/a" if g.get(key) is None else  # noqa: E731
                                         f"{_fmt(g[key]['mean'], spec)} [{_fmt(g[key]['lo'], spec)}, {_fmt(g[key]['hi'], spec)}]")
-        widths = " / ".join(_fmt((g.get(k) or {}).get("bootstrap_width"), ".3f") for k in ("tpr1", "auc", "ssim"))
-        seeds.append([g["setting"], str(g["seeds"]), cell("fid", ".2f"), cell("tpr1"), cell("auc"), cell("ssim"), widths])
+        kid = g.get("kid")
+        kid = None if kid is None else {k: None if v is None else v * KID_SCALE for k, v in kid.items()}
+        g = {**g, "kid": kid}
+        widths = " / ".join(_fmt((g.get(k) or {}).get("bootstrap_width"), {"fid": ".2f", "kid": ".4g"}.get(k, ".3f"))
+                            for k in ("fid", "kid", "tpr1", "auc", "ssim"))  # fmt: skip
+        seeds.append([g["setting"], str(g["seeds"]), cell("fid", ".2f"), cell("kid", ".4g"), cell("tpr1"), cell("auc"),
+                      cell("ssim"), widths])  # fmt: skip
     aud_notes = _Notes()
     audit = [["setting", "target", "canaries", "formal eps", "empirical eps lower bound [point, upper]", "ratio",
               "canaries certify at most", "strongest (chosen on a held-out half)", "best attack without ground-truth links",
@@ -150,7 +177,8 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
         notes["audit"] = aud_notes.items
         notes["membership"] = mia_notes.items
         notes["settings"] = main_notes.items
-    return {"settings": main, "membership": mia, "reconstruction": rec, "paper": paper, "seeds": seeds, "audit": audit}
+    return {"settings": main, "quality": quality, "membership": mia, "reconstruction": rec, "paper": paper,
+            "seeds": seeds, "audit": audit}  # fmt: skip
 
 
 def _md_table(rows: list[list[str]]) -> str:
@@ -206,19 +234,25 @@ def _write_report(dirs, cells, out: Path, screenshot: bool, log) -> dict:
     notes: dict = {}
     tabs = tables(cells, notes)
     words = reading(cells)
-    ext = next((c.extractor for c in cells if c.extractor), None)
+    ext = next((f"{c.extractor}, weights sha256 {c.extractor_sha256[:12]}" for c in cells if c.extractor), None)
     title = "CollaFuse privacy report: " + ", ".join(d.name for d in dirs)
     lead = (f"{len(cells)} setting{'' if len(cells) == 1 else 's'}. Utility: FID/KID of collaborative samples against each client's held-out "
-            f"images ({ext or 'no quality metrics found'}). Disclosure: what an honest-but-curious server "
+            f"images ({ext or 'no quality metrics found'}; 95% bootstrap intervals over samples; {KID_UNIT}), read "
+            "beside the floor: real members against held-out images, same extractor and n. Disclosure: what an honest-but-curious server "
             "infers from its view alone (membership and reconstruction attacks, scored against ground truth "
             "with bootstrap 95% intervals over candidates; the strongest method of each family is chosen on one "
             "half of the candidates and scored on the other), and the formal GDP epsilon of that view.")  # fmt: skip
     if any(c.secrets_derived_from_seed for c in cells):
         lead += " " + SECRETS_NOTE
-    sections = [("Trade-off", None), ("Reading", None), ("Settings", "settings"), ("Membership inference", "membership"),
+    sections = [("Trade-off", None), ("Reading", None), ("Settings", "settings"),
+                ("Quality, beside the floor (members vs held-out, same extractor and n)", "quality"),
+                ("Membership inference", "membership"),
                 ("Reconstruction", "reconstruction"), ("The paper's disclosure figures beside ours", "paper")]  # fmt: skip
+    if len(tabs["quality"]) == 1:
+        sections = [x for x in sections if x[1] != "quality"]
     if len(tabs["audit"]) > 1:
-        sections.insert(4, ("Privacy audit: an empirical epsilon beside the formal one", "audit"))
+        at = sections.index(("Reconstruction", "reconstruction"))
+        sections.insert(at, ("Privacy audit: an empirical epsilon beside the formal one", "audit"))
     if len(tabs["seeds"]) > 1:
         sections.append(("Across training seeds (training randomness beside the candidate bootstrap)", "seeds"))
 
