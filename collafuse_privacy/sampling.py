@@ -45,8 +45,9 @@ class SampleStats:
     """What the images looked like before the final clamp to [-1, 1] (a model that diverged
     hides behind it): per client the largest ``|x|``, the share of pixels outside [-1, 1] and the
     share beyond ``tolerance`` (what the last step's noise explains, :func:`overshoot_tolerance`),
-    non-finite values anywhere, and the hand-over images' largest ``|h|`` against the range a
-    hand-over image can take (``Cut.handover_range``)."""
+    non-finite values anywhere, and the hand-over images' largest ``|h|`` and the share of their
+    pixels beyond the range a hand-over image takes (``Cut.handover_range``, a 4-sigma excursion).
+    Shares, not maxima, decide: an unclipped chain leaves a few stray pixels, a diverged one many."""
 
     max_abs: list[float]
     outside: list[float]
@@ -55,6 +56,7 @@ class SampleStats:
     handover_range: Optional[float] = None
     tolerance: Optional[float] = None
     beyond: Optional[list[float]] = None
+    handover_beyond: Optional[float] = None  # share of hand-over pixels beyond handover_range
 
     def problem(self) -> Optional[str]:
         """Why these samples must not be scored, or None. A good chain overshoots [-1, 1] a little
@@ -70,7 +72,12 @@ class SampleStats:
         elif worst > 1.0 + 1e-4 and max(self.outside) > 0.01:  # a manifest written before the tolerance existed
             return (f"{max(self.outside):.1%} of the pixels leave [-1, 1] before the final clamp (max |x| = {worst:.3g}): "
                     "a metric of clamped pixels would describe the clamp, not the model")  # fmt: skip
-        if self.handover_max_abs is not None and self.handover_max_abs > 2 * self.handover_range:
+        if self.handover_beyond is not None:
+            if self.handover_beyond > MAX_BEYOND_SHARE:
+                return (f"{self.handover_beyond:.1%} of the server's hand-over pixels lie beyond +-{self.handover_range:.3g}, "
+                        f"the 4-sigma range a hand-over image takes (max |h| = {self.handover_max_abs:.3g}): the server's "
+                        "model diverged (a weakly trained model at small T: train longer, or sample with sample.clip=x0)")  # fmt: skip
+        elif self.handover_max_abs is not None and self.handover_max_abs > 2 * self.handover_range:  # an older manifest
             return (f"the server's hand-over images reach |h| = {self.handover_max_abs:.3g}, far outside the range a "
                     f"hand-over image takes (about {self.handover_range:.3g}): the server's model diverged "
                     "(a weakly trained model at small T: train longer, or sample with sample.clip=x0)")
@@ -202,6 +209,8 @@ def sample_stats(raw: torch.Tensor, handovers: Optional[torch.Tensor], cut: Cut)
                        handover_max_abs=float(torch.nan_to_num(handovers.abs(), nan=0.0, posinf=0.0).max())
                        if handovers is not None else None,
                        handover_range=cut.handover_range if handovers is not None else None,
+                       handover_beyond=float((torch.nan_to_num(handovers.abs(), nan=0.0, posinf=0.0) > cut.handover_range)
+                                             .double().mean()) if handovers is not None else None,
                        tolerance=tol, beyond=[float(v) for v in (a > tol).double().mean(1)])  # fmt: skip
 
 

@@ -57,3 +57,19 @@ def test_server_hands_over_the_right_marginal_and_client_recovers_x0(kind, T):
     assert abs(h.var(0).mean() / (1 - ac) - 1) < 0.05
     out = client_denoise(PointMassOracle(x0, abar), sampler, h, g)
     assert (out - x0).abs().max() < 1e-5
+
+
+def test_the_guard_refuses_divergence_not_a_few_stray_pixels():
+    """Shares decide: a good unclipped chain overshoots [-1, 1] a little at the background and
+    leaves a few stray hand-over pixels; a diverged one puts many pixels far outside."""
+    from collafuse_privacy.sampling import SampleStats
+
+    ok = SampleStats(max_abs=[1.05, 9.0], outside=[0.7, 0.8], non_finite=0, tolerance=1.13, beyond=[0.0, 0.001],
+                     handover_max_abs=9.45, handover_range=3.13, handover_beyond=1e-4)
+    assert ok.problem() is None
+    assert "pixels lie beyond" in SampleStats(max_abs=[30.0], outside=[0.9], non_finite=0, tolerance=1.13,
+                                              beyond=[0.05]).problem()
+    assert "hand-over pixels lie beyond" in SampleStats(max_abs=[1.0], outside=[0.0], non_finite=0, tolerance=1.13,
+                                                        beyond=[0.0], handover_max_abs=50.0, handover_range=3.13,
+                                                        handover_beyond=0.2).problem()
+    assert "non-finite" in SampleStats(max_abs=[1.0], outside=[0.0], non_finite=1, tolerance=1.13, beyond=[0.0]).problem()
