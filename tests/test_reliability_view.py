@@ -6,31 +6,13 @@ import shutil
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from collafuse_privacy.cli import main
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.training import train
 
 from conftest import TINY, tiny_config
-
-
-def _run(*args):
-    return CliRunner().invoke(main, list(args))
-
-
-def _sets(*overrides):
-    out = []
-    for o in list(TINY) + list(overrides):
-        out += ["--set", o]
-    return out
-
-
-def _exit_2(r, words):
-    assert r.exit_code == 2, r.output
-    errors = [line for line in r.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in r.output, r.stderr
-    assert words in errors[0], errors[0]
+from test_reliability import _copy, _run, _sets
+from test_reliability import _one_line_exit_2 as _exit_2
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +20,6 @@ def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("rel23") / "run"
     train(tiny_config("train.steps=4"), run, device="cpu", quiet=True)
     return run
-
-
-def _copy(run, dest):
-    shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".lock"))
-    return dest
 
 
 def _attack(run, *extra):
