@@ -409,10 +409,10 @@ def _run_cell_job(args) -> dict:
     return run_cell(cell, stages, threads=threads, quiet=True, log=lambda m: print(m, flush=True), secrets=secrets)
 
 
-def _prepare_extractors(cells: list[Cell], opts: dict, log: Callable[[str], None], secrets) -> None:
+def _prepare_extractors(cells: list[Cell], opts: dict, log: Callable[[str], None]) -> None:
     """Train (or find shipped or cached) the offline FID classifier once per data set, before
     parallel cells would each train the same one. It depends on the data only, not on a
-    cell's split or secrets (eval/features.py), so ``secrets`` is not needed here."""
+    cell's split or secrets (eval/features.py)."""
     from .data import load_dataset
     from .eval.features import get_extractor
 
@@ -483,7 +483,7 @@ def _run_sweep(sweep: Sweep, jobs: int, log: Callable[[str], None], quiet: bool,
         from .ray_executor import run_cells
 
         if "evaluate" in sweep.stages:
-            _prepare_extractors(todo, sweep.stages["evaluate"], log, secrets)
+            _prepare_extractors(todo, sweep.stages["evaluate"], log)
         if todo:
             run_cells(todo, sweep.cell_stages, secrets, log=log, **(ray or {}))
     elif jobs <= 1 or len(todo) <= 1:
@@ -495,7 +495,7 @@ def _run_sweep(sweep: Sweep, jobs: int, log: Callable[[str], None], quiet: bool,
         from concurrent.futures import ProcessPoolExecutor
 
         if "evaluate" in sweep.stages:
-            _prepare_extractors(todo, sweep.stages["evaluate"], log, secrets)
+            _prepare_extractors(todo, sweep.stages["evaluate"], log)
 
         import torch
 
