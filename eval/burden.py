@@ -1,9 +1,13 @@
 """Client burden (DESIGN.md §5): what a client pays to collaborate, against local-only.
 
-* Sampling: FLOPs (``torch.utils.flop_counter``) and wall time of the client's
-  steps ``t = t_c-1 .. 0`` per image, as a ratio to sampling all ``T`` steps locally.
-  Both are measured by running the real sampling loops, not by formula; with equal
-  architectures the FLOP ratio is ``t_c / T``.
+* Sampling: FLOPs and wall time of the client's steps ``t = t_c-1 .. 0`` per image, as a
+  ratio to sampling all ``T`` steps locally, measured on the real sampling loops, not by
+  formula: the model calls a loop makes are counted (a forward hook on the real loop at
+  batch 1), times the FLOPs of one forward pass of that model (``torch.utils.flop_counter``,
+  which counts the convolutions and matrix products; every one of them is inside the model,
+  the sampler's own arithmetic is elementwise). The same total as counting the whole loop
+  under the counter, without its per-op dispatch cost (seconds per chain on a CPU). With
+  equal architectures the FLOP ratio is ``t_c / T``.
 * Training: FLOPs and wall time per training image of the client's share (images with
   ``t < t_c`` train its model; the fraction comes from the run's own log), as a ratio
   to local-only training (every image trains the client model).
@@ -35,8 +39,34 @@ def _flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
-def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, batch: int = 32, reps: int = 2) -> Burden:
-    """Measure the client's burden for ``cfg`` with its ``server`` and ``client`` models (CPU)."""
+def _calls(model, fn) -> int:
+    """How many times ``fn()`` calls ``model``'s forward."""
+    n = [0]
+
+    def hook(*_):
+        n[0] += 1
+
+    handle = model.register_forward_hook(hook)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return n[0]
+
+
+def _forward_flops(model, x: torch.Tensor, labels=None) -> int:
+    """FLOPs of one forward pass of ``model`` on ``x`` (the UNet's cost does not depend on ``t``)."""
+    t = torch.zeros(len(x), dtype=torch.long)
+    kwargs = {} if labels is None else {"class_labels": labels}
+    with torch.no_grad():
+        return _flops(lambda: model(x, t, **kwargs))
+
+
+def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, batch: int = 32, reps: int = 1) -> Burden:
+    """Measure the client's burden for ``cfg`` with its ``server`` and ``client`` models (CPU).
+
+    Wall times: ``reps`` runs of each sampling chain (one chain is ``t_c`` or ``T`` forward
+    passes at ``batch``), ``4 reps`` training steps, each after a warm-up."""
     proto = protocol_for(cfg)
     cut, local = proto.cut, Cut.at_ratio(cfg.diffusion, 1.0)
     T, t_c = cut.T, cut.t_c
@@ -47,15 +77,23 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
     if cfg.model.server_conditioning != "none":
         labels = torch.zeros(1, dtype=torch.long)
     sampler = Sampler.from_config(cfg, cut)
-    f_server = _flops(lambda: proto.server_denoise(server, x, labels, g, sampler)) if not cut.sends_nothing else 0
-    f_client = _flops(lambda: client_denoise(client, sampler, x, g))
-    f_local = _flops(lambda: client_denoise(client, sampler.at(local), x, g))
+    f_server = 0
+    if not cut.sends_nothing:
+        f_server = _calls(server, lambda: proto.server_denoise(server, x, labels, g, sampler)) \
+            * _forward_flops(server, x, labels)
+    f_forward = _forward_flops(client, x)
+    f_client = _calls(client, lambda: client_denoise(client, sampler, x, g)) * f_forward
+    f_local = _calls(client, lambda: client_denoise(client, sampler.at(local), x, g)) * f_forward
 
     xb = torch.randn(batch, C, S, S, generator=g)
 
-    def timed(fn, reps: int = reps) -> float:
+    def warm_up():
+        with torch.no_grad():
+            client(xb, torch.zeros(batch, dtype=torch.long))  # one forward pass at the batch size, not a chain
+
+    def timed(fn, reps: int = reps, warm=warm_up) -> float:
         """Seconds per image of ``batch`` (the measured call may hold fewer images)."""
-        fn()  # warm-up
+        warm()
         t0 = time.perf_counter()
         for _ in range(reps):
             fn()
@@ -81,8 +119,8 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
     # A round of `batch` images costs the client one step on its share of them;
     # per training image, against a local-only step on all of them.
     xl = xb[: max(1, round(batch * share))]
-    s_train_full = timed(lambda: train_step(xb), reps=4 * reps)
-    s_train_client = timed(lambda: train_step(xl), reps=4 * reps)
+    s_train_full = timed(lambda: train_step(xb), reps=4 * reps, warm=lambda: train_step(xb))
+    s_train_client = timed(lambda: train_step(xl), reps=4 * reps, warm=lambda: train_step(xl))
     client.zero_grad(set_to_none=True)
 
     d = C * S * S

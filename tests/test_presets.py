@@ -23,7 +23,7 @@ def test_paper_presets_need_data_root(name):
 def test_default_sweep_cells(tmp_path):
     sw = load_sweep(CONFIGS / "sweep-default.yaml", tmp_path / "demo")
     cuts = sorted(c.config["protocol"]["cut_ratio"] for c in sw.cells)
-    assert cuts == [0.0, 0.2, 0.5, 0.5, 0.8, 1.0]
+    assert cuts == [0.0, 0.2, 0.5, 0.5, 1.0]
     assert sum(c.config["defense"]["client_dp"]["enabled"] for c in sw.cells) == 1
     assert all(c.config["data"]["name"] == "mnist5k" for c in sw.cells)
     assert not (tmp_path / "demo").exists()  # loading a sweep touches nothing
