@@ -62,6 +62,10 @@ def resolve_cut(cfg: Config, data: Dataset, splits: Splits, run_dir: Optional[Pa
     """
     from .defenses.accounting import smallest_cut
 
+    if cfg.model.server_conditioning == "labels":
+        raise UserError("protocol.target_epsilon with model.server_conditioning=labels: the labels cross the cut in "
+                        "the clear, so no cut gives a finite epsilon (the view's replace-one adjacency replaces the "
+                        "label too); condition the server on 'client' or 'none', or drop target_epsilon")  # fmt: skip
     p, delta, shape = cfg.protocol, view_delta(cfg), tuple(data.shape)
     releases, fail = planned_releases(cfg, [len(m) for m in splits.members])
     cut = Cut.from_config(cfg)

@@ -340,6 +340,8 @@ class MembershipMethod:
     tpr_at_1pct_fpr: Optional[Interval] = None
     tpr_at_01pct_fpr: Optional[Interval] = field(default=None, metadata={"key": "tpr_at_0.1pct_fpr"})
     unresolved: dict[str, str] = field(default_factory=dict)  # statistic -> why it is not given
+    # statistic -> Clopper-Pearson intervals of TPR and FPR where no point estimate is resolvable (eval/roc.py)
+    unresolved_intervals: dict[str, dict] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     nan_scores: int = 0
     per_client_auc: Optional[dict[str, Interval]] = None
@@ -471,8 +473,7 @@ class AuditBound:
     """One threshold test (chosen on the calibration slots) counted on the evaluation slots."""
 
     value: float  # the lower bound, confidence 1 - alpha
-    point: float  # at the observed rates
-    upper: float  # at the rates' lower confidence limits
+    point: float  # at the observed rates (an estimate, not a bound)
     threshold: float
     fpr: float
     fnr: float
@@ -487,18 +488,26 @@ class AuditOneRun:
     correct: int
     slots: int
     abstain_fraction: float
+    calibration: float = 0.0  # the bound on the calibration slots
 
 
 @dataclass(frozen=True)
 class AuditMethod:
+    """One attack's bounds. ``independent``: each slot's score depends only on its own randomness, so the
+    slots are independent trials and the Clopper-Pearson routes (``epsilon``, ``mu``) are valid; otherwise
+    (one view or model scores every slot) only the one-run route is, and ``epsilon``/``mu`` stay empty."""
+
     sees: str  # "server view" or "auditor: ground-truth links of the canaries' releases"
     statistic: str
     auc: Optional[float] = None
-    epsilon: Optional[AuditBound] = None  # the (eps, delta) route
-    mu: Optional[AuditBound] = None  # the GDP route (targets with a GDP claim)
-    epsilon_from_mu: Optional[float] = None
-    one_run: Optional[AuditOneRun] = None
-    calibration: Optional[float] = None  # the headline bound on the calibration slots (best-of choice)
+    independent: bool = False
+    epsilon: Optional[AuditBound] = None  # the (eps, delta) route, Clopper-Pearson (independent scores only)
+    mu: Optional[AuditBound] = None  # the GDP route: a bound on mu, not epsilon (independent scores, GDP claims)
+    one_run: Optional[AuditOneRun] = None  # Steinke et al. 2023: valid for dependent scores too
+    epsilon_lb: Optional[float] = None  # this method's assumption-free epsilon bound ...
+    epsilon_route: Optional[str] = None  # ... and its route: "clopper-pearson" or "one-run"
+    calibration_epsilon: Optional[float] = None  # the same bound on the calibration slots (best-of choice)
+    calibration_mu: Optional[float] = None  # the mu bound on the calibration slots (best-of choice)
     reason: Optional[str] = None  # why it could not run
 
 
@@ -512,6 +521,9 @@ class AuditReleases:
     none: int  # slots whose canary never crossed the cut (their coin cannot be seen)
 
 
+AUDIT_FORMAT = 2  # 1: an epsilon from the GDP route, Clopper-Pearson on dependent scores (refused: rerun)
+
+
 @dataclass(frozen=True)
 class AuditReport:
     target: str  # "server" (its view) or "client:K" (client K's released model)
@@ -523,24 +535,33 @@ class AuditReport:
     delta: float
     formal_epsilon: float
     formal_note: str
-    route: str  # "gdp" or "eps-delta": how the headline bound is computed
+    claim: str  # "mu-GDP" (the view's release bound: the headline is mu) or "(eps, delta)" (Opacus: epsilon)
     methods: dict[str, AuditMethod]
-    best: Optional[str]
-    epsilon_lb: float
-    epsilon_interval: Optional[Interval]
-    ratio: Optional[float]
+    best: Optional[str]  # the headline's method, chosen on the calibration slots
+    epsilon_lb: float  # the best assumption-free epsilon lower bound (chosen on the calibration slots) ...
+    epsilon_method: Optional[str]
+    epsilon_route: Optional[str]  # ... its route: "clopper-pearson" (independent scores) or "one-run"
+    ratio: Optional[float]  # headline bound / formal number: mu_lb / formal_mu (mu-GDP) or epsilon_lb / formal_epsilon
+    ratio_of: str  # "mu" or "epsilon"
     max_certifiable_epsilon: float
     check: str  # "passed" | "failed"
     message: str
     seconds: float
     formal_mu: Optional[float] = None
-    mu_lb: Optional[float] = None
+    mu_lb: Optional[float] = None  # GDP route, independent scores only: bounds mu, not epsilon
+    mu_method: Optional[str] = None
     canary_formal_mu: Optional[float] = None  # the largest per-canary mu at its own releases and distance
     max_certifiable_mu: Optional[float] = None
     releases: Optional[AuditReleases] = None
-    one_run_epsilon: Optional[float] = None
     notes: list[str] = field(default_factory=list)
+    format: int = 1  # AUDIT_FORMAT of the writer; a file without it is format 1
     schema: int = SCHEMA
+
+    def __post_init__(self):
+        if self.format != AUDIT_FORMAT:
+            raise ValueError(f"audit format {self.format}, written by an older collafuse-privacy (an epsilon from the "
+                             f"GDP route, Clopper-Pearson on dependent scores; this version reads format "
+                             f"{AUDIT_FORMAT}): rerun the audit")  # fmt: skip
 
 
 # name -> (file in metrics/, its dataclass)

@@ -272,7 +272,7 @@ class ServerView:
 
     @cached_property
     def protocol(self) -> Protocol:
-        return make_protocol(self.meta.protocol, self.cut, self.meta.fixed_noise)
+        return make_protocol(self.meta.protocol, self.cut, self.meta.fixed_noise, self.meta.server_conditioning == "labels")
 
     @property
     def t_c(self) -> int:

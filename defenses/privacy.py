@@ -73,6 +73,11 @@ def compute_privacy(
         note = f"{proto.name} sends eps beside x_t: the server recovers x0 exactly (epsilon infinite)"
     elif cut.sends_clean:
         note = "c = 0: the server receives the clean images (epsilon infinite)"
+    elif proto.sends_labels:
+        note = (f"model.server_conditioning = labels: every release carries its image's label in the clear; under "
+                f"the view's replace-one adjacency a replaced label is seen exactly, so no finite epsilon holds "
+                f"(the images alone would give mu = {release_mu_images(proto, image_shape, releases):.4g} per image, "
+                f"a bound only for replacements within one class)")  # fmt: skip
     else:
         note = (
             f"{proto.name}: each release h is a Gaussian mechanism, mu = sqrt(abar/(1-abar)) * D with "
@@ -86,6 +91,15 @@ def compute_privacy(
     return PrivacyReport(protocol=p.kind, cut_ratio=p.cut_ratio, t_c=cut.t_c, timesteps=cut.T, step=steps, view=view,
                          client_dp=_client_dp(cfg, dp_states, n_members, cut.t_c), cut_choice=cut_choice,
                          secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
+
+
+def release_mu_images(proto, image_shape, releases: int) -> float:
+    """The release mu of the images alone (what the view's bound would be without labels)."""
+    import copy
+
+    p = copy.copy(proto)
+    p.sends_labels = False
+    return p.release_mu(image_shape, releases)
 
 
 def _client_dp(cfg: Config, dp_states, n_members, t_c) -> ClientDPReport:

@@ -14,11 +14,18 @@ lower bound on ``eps`` that holds with probability ``>= 1 - alpha`` (Jagielski, 
 
 A ``mu``-GDP mechanism (Dong, Roth, Su 2022) forces ``FNR >= Phi(Phi^-1(1 - FPR) - mu)`` at every
 threshold, so ``mu >= Phi^-1(1 - FPR) - Phi^-1(FNR)``; with the same upper bounds on the rates it is
-a lower bound on ``mu`` at confidence ``1 - alpha``, and a lower bound on the ``eps(delta)`` of
-any ``mu``-GDP claim (Nasr et al. 2023 fit the trade-off curve the same way). The GDP route uses
-the whole shape of a Gaussian mechanism's trade-off curve and so certifies far more from the same
-canaries than the ``(eps, delta)`` route at small delta; it audits a GDP claim (the release bound
-of the view is one), not an arbitrary ``(eps, delta)`` one.
+a lower bound on ``mu`` at confidence ``1 - alpha``: no ``mu'``-GDP claim with ``mu'`` below it can
+hold (Nasr et al. 2023 fit the trade-off curve the same way). It bounds ``mu``, not ``epsilon``: a
+mechanism that is not Gaussian can give a large ``mu`` bound at a small ``epsilon`` (randomised
+response with pure ``epsilon = 2`` yields ``mu >= 2.36``, whose GDP ``eps(delta = 1e-5)`` is 12.3), so
+its ``eps(delta)`` is never reported as an epsilon bound. It audits a GDP claim (the release bound
+of the view is one) against its ``mu``; the ``(eps, delta)`` route above is the assumption-free
+epsilon bound.
+
+Both routes treat the slots as independent Bernoulli trials (Clopper-Pearson): valid where each
+slot's score depends only on its own randomness (the auditor's known-release test), not where one
+view or one model trained on every canary scores all of them (then the trials are dependent). For
+those, :func:`one_run` (below) is the valid route: it needs only the coins to be independent.
 
 The threshold is chosen on a calibration half of the slots and the rates are counted on the other
 half: choosing it on the scored slots would make the bound optimistic.
@@ -99,8 +106,7 @@ class Bound:
     """A lower bound from one threshold test counted on the evaluation half."""
 
     value: float  # the lower bound (confidence 1 - alpha)
-    point: float  # the same statistic at the observed rates
-    upper: float  # ... at the rates' lower confidence limits (the other end of the interval)
+    point: float  # the same statistic at the observed rates (an estimate, not a bound)
     threshold: float
     fpr: float
     fnr: float
@@ -127,8 +133,7 @@ def threshold_bound(scores, labels, cal: np.ndarray, ev: np.ndarray, kind: str, 
     n_neg, n_pos = int((~ye).sum()), int(ye.sum())
     lo_bound = float(f(cp_upper(fp, n_neg, alpha / 2), cp_upper(fn, n_pos, alpha / 2)))
     point = float(f(fp / n_neg, fn / n_pos))
-    up = float(f(cp_lower(fp, n_neg, alpha / 2), cp_lower(fn, n_pos, alpha / 2)))
-    return Bound(lo_bound, point, up, best, fp / n_neg, fn / n_pos, n_pos, n_neg)
+    return Bound(lo_bound, point, best, fp / n_neg, fn / n_pos, n_pos, n_neg)
 
 
 def max_certifiable(n_pos: int, n_neg: int, delta: float, alpha: float = 0.05) -> tuple[float, float]:
@@ -173,11 +178,12 @@ def one_run_bound(m: int, r: int, v: int, delta: float, alpha: float = 0.05) -> 
 
 @dataclass(frozen=True)
 class OneRun:
-    epsilon: float
+    epsilon: float  # the lower bound on the evaluation slots
     guesses: int
     correct: int
     slots: int
-    abstain_fraction: float
+    abstain_fraction: float  # chosen on the calibration slots
+    calibration: float = 0.0  # the bound on the calibration slots (where the abstain fraction was chosen)
 
 
 ABSTAIN_GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -186,7 +192,12 @@ ABSTAIN_GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 def one_run(scores, labels, cal: np.ndarray, ev: np.ndarray, delta: float, alpha: float = 0.05) -> OneRun:
     """Steinke et al.'s bound on the evaluation slots: guess the coin of the most confident slots (the
     ``1 - f`` largest ``|score - median|``, with the sign of ``score - median``), abstain on the rest;
-    the fraction ``f`` is chosen on the calibration slots (where it gives the largest bound)."""
+    the fraction ``f`` is chosen on the calibration slots (where it gives the largest bound).
+
+    Valid for dependent scores (one view or one model scoring every slot): the theorem needs only
+    the coins to be independent and the guesses to be a function of the output. The calibration
+    slots' coins are known to the guesser, so they count as fixed inputs: the bound is over the
+    ``m = len(ev)`` evaluation slots."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
 
@@ -200,9 +211,10 @@ def one_run(scores, labels, cal: np.ndarray, ev: np.ndarray, delta: float, alpha
         r, v = guess(idx, f)
         return one_run_bound(len(idx), r, v, delta, alpha)
 
-    f = max(ABSTAIN_GRID, key=lambda f: bound(cal, f))
+    on_cal = {f: bound(cal, f) for f in ABSTAIN_GRID}
+    f = max(ABSTAIN_GRID, key=lambda f: on_cal[f])
     r, v = guess(ev, f)
-    return OneRun(one_run_bound(len(ev), r, v, delta, alpha), r, v, len(ev), f)
+    return OneRun(one_run_bound(len(ev), r, v, delta, alpha), r, v, len(ev), f, on_cal[f])
 
 
 def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

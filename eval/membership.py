@@ -55,7 +55,8 @@ from collafuse_privacy.view import ServerView
 
 from .ground_truth import load_ground_truth, message_image_ids
 from .roc import auc as roc_auc
-from .roc import calibration_halves, membership_metrics, resolvable, roc_curve, tpr_at_fpr, tpr_band
+from .roc import FPR_TARGETS, MIN_FALSE_POSITIVES, calibration_halves, membership_metrics, resolvable, roc_curve, tpr_at_fpr, tpr_band, \
+    unresolved_tpr
 from .stats import bootstrap
 
 DEFAULT_CAP = 200  # members and as many held-out images per client
@@ -232,7 +233,8 @@ def run_membership(
         m, unresolved = membership_metrics(s, labels, n_boot=n_boot, seed=seed)
         entry = {"applicable": True, **{k: (v.to_dict() if v is not None else None) for k, v in m.items()},
                  "unresolved": unresolved, "seconds": seconds, "settings": to_json(attack.describe()),
-                 "nan_scores": n_nan}  # fmt: skip
+                 "nan_scores": n_nan, "unresolved_intervals": {k: to_json(unresolved_tpr(s, labels, FPR_TARGETS[k]))
+                                                               for k in unresolved if k in FPR_TARGETS}}  # fmt: skip
         if len(clients) > 1:
             entry["per_client_auc"] = {
                 str(k): bootstrap(roc_auc, s[owner == k], labels[owner == k], n_boot=min(n_boot, 200), seed=seed,
@@ -284,9 +286,10 @@ def run_membership(
         methods={k: _method(v) for k, v in methods_out.items()},
         caps={"members_per_client": cap, "nonmembers_per_client": cap,
               "per_client": {str(k): v for k, v in cand["per_client"].items()}, "seed": seed},
-        min_resolvable_fpr=(1.0 / n_non) if n_non else None,
-        tpr_interpolation="linear between ROC vertices (top of vertical segments); TPR at an FPR below "
-                          "1/n_nonmembers is not reported (not resolvable)",
+        min_resolvable_fpr=(MIN_FALSE_POSITIVES / n_non) if n_non else None,
+        tpr_interpolation="linear between ROC vertices (top of vertical segments); TPR at an FPR f with fewer "
+                          "than 10/f non-members is not reported (not resolvable; Clopper-Pearson intervals of TPR "
+                          "and FPR instead, unresolved_intervals)",
         n_boot=n_boot, gdp=gdp, gdp_note=gdp_note, best=best_method(scores, labels, n_boot, seed), record=view.record,
         scores=scores_rel, figure=fig_rel)  # fmt: skip
     if view.record is not None and view.record.not_recorded and kind == "server":
@@ -412,11 +415,22 @@ def format_membership(result: MembershipResult, target: str) -> str:
             lines.append(f"{name:<10} not applicable: {m.reason}")
             continue
         u = m.unresolved
+
+        def tpr(iv, key):
+            cp = (m.unresolved_intervals or {}).get(key) or {}
+            if iv is None and cp.get("tpr_interval"):
+                lo, hi = cp["tpr_interval"]
+                return f"n.r.; CP [{lo:.3f}, {hi:.3f}]"  # no point estimate: the Clopper-Pearson interval only
+            return f(iv, u.get(key))
+
         lines.append(f"{name:<10} {f(m.auc):<24} {f(m.balanced_accuracy, u.get('balanced_accuracy')):<24} "
-                     f"{f(m.tpr_at_1pct_fpr, u.get('tpr_at_1pct_fpr')):<24} "
-                     f"{f(m.tpr_at_01pct_fpr, u.get('tpr_at_0.1pct_fpr')):<24} {m.seconds:>6.1f}")  # fmt: skip
+                     f"{tpr(m.tpr_at_1pct_fpr, 'tpr_at_1pct_fpr'):<24} "
+                     f"{tpr(m.tpr_at_01pct_fpr, 'tpr_at_0.1pct_fpr'):<24} {m.seconds:>6.1f}")  # fmt: skip
     notes = sorted({why for m in result.methods.values() for why in m.unresolved.values()})
     lines += [f"  {why}" for why in notes]
+    if any(m.unresolved_intervals for m in result.methods.values()):
+        lines.append("  n.r.; CP [lo, hi]: no point estimate; 95% Clopper-Pearson interval of the TPR at the threshold "
+                     "that admits at most floor(FPR x n) non-members (unresolved_intervals in membership.json)")  # fmt: skip
     if result.best is not None:
         b = result.best
         lines.append(f"strongest: {b.method} (chosen by {b.selected_by}): AUC {f(b.auc)}, TPR@1%FPR "

@@ -11,9 +11,13 @@ From First Principles": report TPR at low FPR on a log-log ROC).
   between consecutive vertices**. At a vertical segment (several members between
   two non-members) the top of the segment is used. Interpolation is the TPR of a
   test that randomises between the two neighbouring thresholds, so it is
-  achievable. Below ``FPR = 1 / n_nonmembers`` this is determined by the
-  ``FPR = 0`` vertex (how many members outscore every non-member): such FPRs are
-  not resolved by the sample, which :func:`membership_metrics` records.
+  achievable.
+* Resolution: a TPR at FPR ``f`` is given as a number only where the sample holds at
+  least ``10 / f`` non-members (10 false positives at that FPR, :data:`MIN_FALSE_POSITIVES`):
+  with fewer, the threshold rests on a handful of non-members and the point estimate is
+  noise. There :func:`membership_metrics` records "not resolvable" and :func:`unresolved_tpr`
+  gives Clopper-Pearson intervals of the TPR and of the FPR at the threshold that admits at
+  most ``floor(f n)`` of the ``n`` non-members (no point estimate).
 * balanced accuracy: the threshold is chosen on a calibration half (:func:`calibration_halves`),
   the accuracy measured on the other half (:func:`membership_metrics`).
 
@@ -112,9 +116,44 @@ def calibration_halves(labels, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(np.concatenate(cal)), np.sort(np.concatenate(ev))
 
 
+MIN_FALSE_POSITIVES = 10  # a TPR at FPR f needs at least 10 / f non-members for a point estimate
+
+
 def resolvable(fpr_target: float, n_nonmembers: int) -> bool:
-    """Whether ``n_nonmembers`` resolve a false-positive rate of ``fpr_target`` (at least one of them)."""
-    return n_nonmembers > 0 and fpr_target * n_nonmembers >= 1.0 - 1e-9
+    """Whether ``n_nonmembers`` resolve a false-positive rate of ``fpr_target``: at least
+    :data:`MIN_FALSE_POSITIVES` of them would be false positives at that rate."""
+    return n_nonmembers > 0 and fpr_target * n_nonmembers >= MIN_FALSE_POSITIVES - 1e-9
+
+
+def unresolved_why(fpr_target: float, n_nonmembers: int) -> str:
+    need = int(np.ceil(MIN_FALSE_POSITIVES / fpr_target - 1e-9))
+    return (f"not resolvable: FPR {fpr_target:g} needs at least {need} non-members ({MIN_FALSE_POSITIVES} false "
+            f"positives) for a point estimate, there are {n_nonmembers}")  # fmt: skip
+
+
+def unresolved_tpr(scores, labels, fpr_target: float, level: float = 0.95) -> dict:
+    """What the sample does say about TPR at ``fpr_target`` where it cannot resolve it (no point estimate):
+    at the threshold that admits at most ``floor(fpr_target n)`` of the ``n`` non-members (``score`` strictly
+    above the next non-member's), two-sided Clopper-Pearson intervals at ``level`` of its TPR (members above
+    it) and of its FPR (the non-members above it are few, so the FPR is itself only loosely known)."""
+    from scipy.stats import beta
+
+    s, y = _check(scores, labels)
+    neg, pos = np.sort(s[~y])[::-1], s[y]
+    n, m = len(neg), len(pos)
+    k = int(np.floor(fpr_target * n + 1e-9))
+    th = neg[k] if k < n else -np.inf  # positives: score > th, so at most k non-members pass
+    fp, tp = int((neg > th).sum()), int((pos > th).sum())
+    a = (1 - level) / 2
+
+    def cp(x, total):
+        lo = 0.0 if x == 0 else float(beta.ppf(a, x, total - x + 1))
+        hi = 1.0 if x == total else float(beta.ppf(1 - a, x + 1, total - x))
+        return [lo, hi]
+
+    return {"fpr_target": fpr_target, "level": level, "tpr_interval": cp(tp, m) if m else None,
+            "fpr_interval": cp(fp, n) if n else None, "true_positives": tp, "n_members": m,
+            "false_positives": fp, "n_nonmembers": n}  # fmt: skip
 
 
 FPR_TARGETS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
@@ -125,7 +164,8 @@ def membership_metrics(scores, labels, n_boot: int = 1000, seed: int = 0,
     """AUC, balanced accuracy and TPR at 1% and 0.1% FPR as :class:`Interval`s, and the reasons
     for those that cannot be given.
 
-    * TPR at an FPR below ``1 / n_nonmembers`` is not resolved by the sample: ``None`` and the reason.
+    * TPR at an FPR ``f`` with fewer than ``10 / f`` non-members is not resolved by the sample: ``None``
+      and the reason (:func:`unresolved_tpr` gives its intervals).
     * Balanced accuracy: the threshold is chosen on a calibration half of the candidates and the
       accuracy measured on the other half (bootstrap over that half, threshold fixed), so with no
       signal it is centred on 0.5 rather than biased upwards by choosing on the scored data.
@@ -149,7 +189,7 @@ def membership_metrics(scores, labels, n_boot: int = 1000, seed: int = 0,
             out[key] = bootstrap(lambda a, b, f=f: tpr_at_fpr(a, b, f), s, y, **kw)
         else:
             out[key] = None
-            notes[key] = f"not resolvable: FPR {f:g} needs at least {int(np.ceil(1 / f))} non-members, there are {n_non}"
+            notes[key] = unresolved_why(f, n_non)
     return out, notes
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from collafuse_privacy.data import load_dataset
-from collafuse_privacy.protocol import PROTOCOLS, Cut, CutImageMessage, SharedNoiseMessage, from_tensors, make_protocol
+from collafuse_privacy.protocol import PROTOCOLS, Cut, CutImageMessage, SharedNoiseMessage, from_tensors, make_protocol, \
+    protocol_for
 from collafuse_privacy.training import train
 from collafuse_privacy.view import ServerView, load_shards
 
@@ -125,7 +126,13 @@ def test_cut_zero_gives_the_server_everything(tmp_path, kind):
     if kind == "cut-image":
         assert torch.equal(view.messages["x"], x0)  # h = x0: the server sees clean images
     else:
+        # x_t and the noise it was drawn with: the server recovers every image exactly (float32 rounding of
+        # x_t aside, which the division by sqrt(abar) amplifies: compared at the scale of x_t)
         assert view.messages["t"].min() >= 0
+        x0_hat = protocol_for(cfg).recover_x0(view.messages).float()
+        a = Cut.from_config(cfg).abar[view.messages["t"].long()].float()
+        err = (x0_hat - x0).abs().flatten(1).max(1).values
+        assert (err * a.sqrt()).max() < 1e-6
 
 
 def test_shared_noise_view_contains_eps_and_reveals_x0(tmp_path):

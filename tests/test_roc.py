@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from collafuse_privacy.eval.roc import (auc, best_threshold, calibration_halves, interp_tpr, membership_metrics,
-                                       roc_curve, tpr_at_fpr)  # fmt: skip
+                                       resolvable, roc_curve, tpr_at_fpr, unresolved_tpr)  # fmt: skip
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -53,11 +53,40 @@ def test_balanced_accuracy_without_signal_is_at_chance():
 
 
 def test_tpr_below_the_resolution_of_the_sample_is_not_a_number():
+    """A point estimate of TPR at FPR f needs 10 / f non-members (10 false positives): 600 resolve neither
+    1% (1,000 needed) nor 0.1%; 1,000 resolve 1%."""
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(600), np.zeros(600)].astype(int)
-    m, notes = membership_metrics(rng.normal(size=1200) + y, y, n_boot=100)
-    assert m["tpr_at_1pct_fpr"] is not None
-    assert m["tpr_at_0.1pct_fpr"] is None and "1000 non-members, there are 600" in notes["tpr_at_0.1pct_fpr"]
+    s = rng.normal(size=1200) + y
+    m, notes = membership_metrics(s, y, n_boot=100)
+    assert m["tpr_at_1pct_fpr"] is None and "1000 non-members (10 false positives)" in notes["tpr_at_1pct_fpr"]
+    assert m["tpr_at_0.1pct_fpr"] is None and "10000 non-members" in notes["tpr_at_0.1pct_fpr"]
+    assert not resolvable(0.01, 999) and resolvable(0.01, 1000)
+    y2 = np.r_[np.ones(1000), np.zeros(1000)].astype(int)
+    m2, notes2 = membership_metrics(rng.normal(size=2000) + y2, y2, n_boot=100)
+    assert m2["tpr_at_1pct_fpr"] is not None and "tpr_at_1pct_fpr" not in notes2
+
+
+def test_an_unresolved_tpr_gets_clopper_pearson_intervals_that_cover():
+    """Where no point estimate is given: at the threshold admitting at most floor(f n) non-members, the
+    95% Clopper-Pearson intervals of TPR and FPR cover the true rates of that threshold in about 95% of
+    samples (scores N(1, 1) for members, N(0, 1) for non-members: rates are normal tails)."""
+    from scipy.stats import norm
+
+    hits_t = hits_f = 0
+    reps = 200
+    for seed in range(reps):
+        rng = np.random.default_rng(seed)
+        y = np.r_[np.ones(300), np.zeros(300)].astype(bool)
+        s = rng.normal(size=600) + y
+        r = unresolved_tpr(s, y, 0.01)
+        th = np.sort(s[~y])[::-1][3]  # floor(0.01 x 300) = 3 false positives at most
+        assert r["false_positives"] <= 3 and set(r) >= {"tpr_interval", "fpr_interval"} and "tpr" not in r
+        lo, hi = r["tpr_interval"]
+        hits_t += lo <= norm.sf(th - 1) <= hi
+        lo, hi = r["fpr_interval"]
+        hits_f += lo <= norm.sf(th) <= hi
+    assert hits_t >= 0.9 * reps and hits_f >= 0.9 * reps, (hits_t, hits_f)
 
 
 def test_tpr_at_fpr_interpolates_linearly_between_vertices():
@@ -80,7 +109,7 @@ def test_metrics_intervals():
     y = np.r_[np.ones(300), np.zeros(300)].astype(int)
     s = rng.normal(size=600) + 1.0 * y
     m, notes = membership_metrics(s, y, n_boot=200)
-    assert set(notes) == {"tpr_at_0.1pct_fpr"}  # 300 non-members resolve 1% but not 0.1%
+    assert set(notes) == {"tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}  # 300 non-members resolve neither (10 / FPR)
     for k, iv in m.items():
         if iv is not None:
             assert iv.lo <= iv.value <= iv.hi, k

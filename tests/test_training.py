@@ -1,16 +1,18 @@
 """Training loop: checkpoints, resume == uninterrupted (bitwise), reproducibility, sampling."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from collafuse_privacy.io import load_tensors
+from collafuse_privacy.rundir import RunDir
 from collafuse_privacy.sampling import sample_run
 from collafuse_privacy.training import train
 from collafuse_privacy.view import ServerView, list_shards
 
-from conftest import tiny_config
+from conftest import TINY, tiny_config
 
 
 class Interrupt(Exception):
@@ -117,3 +119,21 @@ def test_server_conditioning_labels_sends_labels(tmp_path):
     view = ServerView.load(tmp_path / "run")
     assert "labels" in view.messages and view.messages["labels"].max() <= 9
     sample_run(tmp_path / "run", n=3, device="cpu")
+    # the labels cross in the clear: no finite epsilon for the view (replace-one replaces the label too)
+    priv = RunDir(tmp_path / "run").metrics("privacy").view
+    assert math.isinf(priv.epsilon) and math.isinf(priv.mu) and "labels" in priv.note
+    assert math.isinf(view.protocol.release_mu(view.image_shape, 1))
+    # the same run without labels has a finite one
+    train(tiny_config("protocol.cut_ratio=0.3"), tmp_path / "plain", device="cpu", quiet=True)
+    assert math.isfinite(RunDir(tmp_path / "plain").metrics("privacy").view.epsilon)
+
+
+def test_target_epsilon_with_labels_is_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from collafuse_privacy.cli import main
+
+    sets = [a for kv in TINY + ["model.server_conditioning=labels", "protocol.target_epsilon=8"] for a in ("--set", kv)]
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "run"), "--quiet", *sets])
+    assert r.exit_code == 2 and "labels cross the cut in the clear" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -53,9 +53,13 @@ class Protocol:
     name: ClassVar[str] = ""
     sends_noise: ClassVar[bool] = False
 
-    def __init__(self, cut: Cut, fixed_noise: bool = False):
+    def __init__(self, cut: Cut, fixed_noise: bool = False, sends_labels: bool = False):
         self.cut = cut
         self.fixed_noise = bool(fixed_noise)
+        # model.server_conditioning = labels: every row carries its image's label in the clear. Under the
+        # view's replace-one adjacency (any image for any other) a replaced image's label is seen exactly,
+        # so no finite mu or epsilon holds for the view (release_mu is infinite where anything crosses).
+        self.sends_labels = bool(sends_labels)
 
     # ---- configuration ------------------------------------------------------------
     @classmethod
@@ -156,11 +160,13 @@ PROTOCOLS: Registry = Registry("protocol", Protocol)
 register = PROTOCOLS.register
 
 
-def make_protocol(kind: str, cut: Cut, fixed_noise: bool = False) -> Protocol:
+def make_protocol(kind: str, cut: Cut, fixed_noise: bool = False, sends_labels: bool = False) -> Protocol:
     """The protocol ``kind`` for ``cut`` (UserError listing the known kinds for an unknown one)."""
-    return PROTOCOLS.get(kind)(cut, fixed_noise)
+    return PROTOCOLS.get(kind)(cut, fixed_noise, sends_labels)
 
 
 def protocol_for(cfg, cut: Optional[Cut] = None) -> Protocol:
-    """The protocol of a config (``protocol.kind`` at ``protocol.cut_ratio``)."""
-    return make_protocol(cfg.protocol.kind, cut or Cut.from_config(cfg), cfg.protocol.fixed_noise)
+    """The protocol of a config (``protocol.kind`` at ``protocol.cut_ratio``; labels cross the cut with
+    ``model.server_conditioning = labels``)."""
+    return make_protocol(cfg.protocol.kind, cut or Cut.from_config(cfg), cfg.protocol.fixed_noise,
+                         cfg.model.server_conditioning == "labels")  # fmt: skip

@@ -19,6 +19,7 @@ and unit noise, so with sensitivity ``D = 2 sqrt(d)`` it is ``mu``-GDP with
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 
 import torch
@@ -99,6 +100,8 @@ class CutImage(Protocol):
 
         if self.cut.sends_nothing or releases <= 0:
             return 0.0
+        if self.sends_labels:  # the label crosses in the clear: a replaced label is seen exactly
+            return math.inf
         return release_mu(self.cut.abar_handover, image_shape, releases, sensitivity_l2)
 
     def row_fields(self):

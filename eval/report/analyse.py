@@ -41,8 +41,8 @@ def disclosure_axes(cells: list[CellResult]) -> list[tuple[str, str, Callable[[C
 
     def mia(c: CellResult):
         if c.nothing_sent():
-            return 0.01  # nothing crossed the cut: no test beats chance, TPR = FPR
-        best = c.best_membership("server", "tpr1")
+            return 0.5  # nothing crossed the cut: no test beats chance
+        best = c.best_membership("server", "auc")
         return best[1]["value"] if best else None
 
     def ssim(c: CellResult):
@@ -52,7 +52,9 @@ def disclosure_axes(cells: list[CellResult]) -> list[tuple[str, str, Callable[[C
     def eps(c: CellResult):
         return c.view_epsilon if c.view_epsilon is not None and not math.isnan(c.view_epsilon) else None
 
-    return [("mia", "membership TPR @ 1% FPR (strongest attack on the server's view, chosen on a held-out half)", mia),
+    # AUC, not TPR at 1% FPR: the held-out half of a demo's candidates (hundreds of non-members) does not
+    # resolve a 1% FPR (10 / FPR non-members needed for a point estimate); the tables give TPR where it is
+    return [("mia", "membership AUC (strongest attack on the server's view, chosen and scored on separate halves)", mia),
             ("ssim", "reconstruction SSIM of training images (best method)", ssim),
             ("eps", "formal epsilon of the server's view (GDP, log scale)", eps)]  # fmt: skip
 
@@ -140,11 +142,15 @@ def reading(cells: list[CellResult]) -> list[str]:
         for a in c.audits:
             what = "the server's view" if a["target"] == "server" else a["target"].replace(":", " ") + "'s model"
             vo = a["view_only"]
-            lines.append(f"Audit of [{c.label}] ({what}, {a['canaries']} {a['canary_kind']} canaries): epsilon is at "
-                         f"least {a['epsilon_lb']:.3g} with 95% confidence against a formal {a['formal_epsilon']:.4g}"
-                         + (f" (ratio {a['ratio']:.2f})" if a["ratio"] is not None else "")
-                         + (f"; without ground-truth links the best attack ({vo['method']}) certifies "
-                            f"{vo['epsilon_lb']:.3g}" if vo and a["target"] == "server" else "")
+            mu = (f"mu is at least {a['mu_lb']:.3g} (GDP route, {a['mu_method']}) against a formal mu "
+                  f"{a['formal_mu']:.4g}; " if a.get("mu_lb") is not None and a.get("formal_mu") is not None else "")
+            lines.append(f"Audit of [{c.label}] ({what}, {a['canaries']} {a['canary_kind']} canaries, 95% confidence): "
+                         + mu + f"epsilon is at least {a['epsilon_lb']:.3g} ({a['epsilon_route'] or 'no'} route, "
+                         f"{a['epsilon_method'] or 'no method'}) against a formal {a['formal_epsilon']:.4g}"
+                         + (f" (ratio of {a['ratio_of']} {a['ratio']:.2f})" if a["ratio"] is not None else "")
+                         + (f"; without ground-truth links the best attack ({vo['method']}, chosen on a held-out "
+                            f"half) certifies epsilon {vo['epsilon_lb']:.3g} ({vo['route']} route)"
+                            if vo and a["target"] == "server" else "")
                          + (". FAILED: the run discloses more than its accounting says." if a["check"] == "failed"
                             else "."))  # fmt: skip
     return lines

@@ -169,7 +169,9 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
             name: {"applicable": m.applicable, "reason": m.reason, "auc": _iv(m.auc), "tpr1": _iv(m.tpr_at_1pct_fpr),
                    "tpr01": _iv(m.tpr_at_01pct_fpr), "bacc": _iv(m.balanced_accuracy),
                    "unresolved": {"tpr1": m.unresolved.get("tpr_at_1pct_fpr"),
-                                  "tpr01": m.unresolved.get("tpr_at_0.1pct_fpr")}}
+                                  "tpr01": m.unresolved.get("tpr_at_0.1pct_fpr")},
+                   "unresolved_cp": {"tpr1": (m.unresolved_intervals.get("tpr_at_1pct_fpr") or {}).get("tpr_interval"),
+                                     "tpr01": (m.unresolved_intervals.get("tpr_at_0.1pct_fpr") or {}).get("tpr_interval")}}
             for name, m in res.methods.items()
         }  # fmt: skip
         r.membership_gdp[target] = res.gdp
@@ -220,21 +222,19 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
 
 
 def _audit_row(a) -> dict:
-    """The headline numbers of one ``metrics/audit.json``."""
-    view_only = [(n, m) for n, m in a.methods.items() if m.reason is None and not m.sees.startswith("auditor")]
-
-    def lb(m):
-        return m.epsilon_from_mu if m.epsilon_from_mu is not None else (m.epsilon.value if m.epsilon else 0.0)
-
-    best_view = max(view_only, key=lambda nm: lb(nm[1]), default=None)
-    iv = a.epsilon_interval
+    """The headline numbers of one ``metrics/audit.json``; the best attack without ground-truth links is
+    chosen on the calibration slots (its ``calibration_epsilon``), and its bound is the evaluation slots'."""
+    view_only = [(n, m) for n, m in a.methods.items() if m.reason is None and not m.sees.startswith("auditor")
+                 and m.epsilon_lb is not None and m.calibration_epsilon is not None]  # fmt: skip
+    best_view = max(view_only, key=lambda nm: nm[1].calibration_epsilon, default=None)
     return {"target": a.target, "game": a.game, "canaries": a.canaries, "canary_kind": a.canary_kind,
-            "formal_epsilon": a.formal_epsilon, "epsilon_lb": a.epsilon_lb,
-            "interval": None if iv is None else {"value": num(iv.value), "lo": num(iv.lo), "hi": num(iv.hi)},
-            "ratio": a.ratio, "max_certifiable": a.max_certifiable_epsilon, "best": a.best, "check": a.check,
-            "message": a.message, "seconds": a.seconds, "notes": list(a.notes), "route": a.route,
-            "view_only": None if best_view is None else {"method": best_view[0], "epsilon_lb": lb(best_view[1]),
-                                                         "auc": best_view[1].auc}}  # fmt: skip
+            "formal_epsilon": a.formal_epsilon, "formal_mu": a.formal_mu, "claim": a.claim,
+            "epsilon_lb": a.epsilon_lb, "epsilon_route": a.epsilon_route, "epsilon_method": a.epsilon_method,
+            "mu_lb": a.mu_lb, "mu_method": a.mu_method, "ratio": a.ratio, "ratio_of": a.ratio_of,
+            "max_certifiable": a.max_certifiable_epsilon, "best": a.best, "check": a.check,
+            "message": a.message, "seconds": a.seconds, "notes": list(a.notes),
+            "view_only": None if best_view is None else {"method": best_view[0], "epsilon_lb": best_view[1].epsilon_lb,
+                                                         "route": best_view[1].epsilon_route, "auc": best_view[1].auc}}  # fmt: skip
 
 
 def collect(dirs) -> list[CellResult]:

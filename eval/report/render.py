@@ -58,8 +58,12 @@ AUDIT_READING = (
     "the image in question and faces the most different pair of images the pixel range allows. The audit "
     "plays exactly that game: it inserts canaries (by default images at the largest possible distance), "
     "each with a coin flip, trains as usual, and turns the best test's true and false positive rates "
-    "into a lower bound on epsilon that holds with 95% confidence. When that bound comes close to the "
-    "formal number, the accounting is tight for this implementation as it runs; a bound above it is a "
+    "into lower bounds that hold with 95% confidence. The view's guarantee is a GDP claim, so its headline is "
+    "mu: the GDP route bounds mu (no mu-GDP claim below it can hold), not epsilon. Epsilon bounds come only "
+    "from assumption-free routes, each named: Clopper-Pearson where every slot is an independent trial (the "
+    "auditor's test scores each canary from its own releases), the one-run bound of Steinke et al. (2023) "
+    "where one view or one model scores every slot. When a bound comes close to its formal number, the "
+    "accounting is tight for this implementation as it runs; a bound above it is a "
     "failed check (the pipeline sends more than it accounts for). The membership table above asks a "
     "different question: how much a server without those links learns about typical images, which it "
     "must first find among a client's thousands of releases. That search is why the attacks from the "
@@ -77,6 +81,8 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
         eps = _fmt(c.view_epsilon)
         if c.view_epsilon is not None:
             eps += " " + main_notes.na(ADJACENCY_NOTE)[4:]
+            if c.secrets_derived_from_seed:  # beside the number it qualifies, cell by cell
+                eps += " (derived secrets) " + main_notes.na(SECRETS_NOTE)[4:]
         main.append([c.label, _fmt(c.cut_ratio, "g"), str(c.t_c if c.t_c is not None else "n/a"), c.protocol, c.defence,
                      _fmt_iv(c.fid_ci, ".2f") if c.fid_ci else _fmt(c.fid, ".2f"), _kid_iv(c.kid_ci), eps,
                      _fmt(c.client_flop_share, ".3f"),
@@ -100,7 +106,9 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
                     elif not mm.get("applicable", True):
                         row.append(mia_notes.na(mm.get("reason")))
                     elif mm.get(key) is None and (mm.get("unresolved") or {}).get(key):
-                        row.append("not resolvable " + mia_notes.na(mm["unresolved"][key])[4:])
+                        cp = (mm.get("unresolved_cp") or {}).get(key)
+                        row.append("not resolvable" + (f"; CP [{cp[0]:.3f}, {cp[1]:.3f}]" if cp else "") + " "
+                                   + mia_notes.na(mm["unresolved"][key])[4:])  # fmt: skip
                     else:
                         row.append(_fmt_iv(mm.get(key)))
             best = c.membership_best.get(t)
@@ -159,18 +167,21 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
         seeds.append([g["setting"], str(g["seeds"]), cell("fid", ".2f"), cell("kid", ".4g"), cell("tpr1"), cell("auc"),
                       cell("ssim"), widths])  # fmt: skip
     aud_notes = _Notes()
-    audit = [["setting", "target", "canaries", "formal eps", "empirical eps lower bound [point, upper]", "ratio",
-              "canaries certify at most", "strongest (chosen on a held-out half)", "best attack without ground-truth links",
-              "check", "minutes"]]  # fmt: skip
+    audit = [["setting", "target", "canaries", "claim", "formal eps (mu)", "mu lower bound (GDP route)",
+              "eps lower bound (route)", "ratio", "canaries certify at most eps", "headline method (chosen on a held-out half)",
+              "best attack without ground-truth links", "check", "minutes"]]  # fmt: skip
     for c in cells:
         for a in c.audits:
-            iv = a["interval"]
-            lbs = _fmt(a["epsilon_lb"], ".3g") + (f" [{_fmt(iv['value'], '.3g')}, {_fmt(iv['hi'], '.3g')}]" if iv else "")
             vo = a["view_only"]
-            audit.append([c.label, a["target"], f"{a['canaries']} {a['canary_kind']} ({a['game']})",
-                          _fmt(a["formal_epsilon"], ".4g"), lbs, _fmt(a["ratio"], ".2f"), _fmt(a["max_certifiable"], ".3g"),
-                          str(a["best"] or "none"),
-                          f"{_fmt(vo['epsilon_lb'], '.3g')} ({vo['method']}, AUC {_fmt(vo['auc'], '.3f')})" if vo else "n/a",
+            formal = _fmt(a["formal_epsilon"], ".4g") + (f" ({_fmt(a['formal_mu'], '.4g')})" if a.get("formal_mu") is not None else "")
+            if c.secrets_derived_from_seed:
+                formal += " (derived secrets) " + aud_notes.na(SECRETS_NOTE)[4:]
+            mu = f"{_fmt(a['mu_lb'], '.3g')} ({a['mu_method']})" if a.get("mu_lb") is not None else "n/a"
+            eps = f"{_fmt(a['epsilon_lb'], '.3g')} ({a['epsilon_route'] or 'none'}, {a['epsilon_method'] or 'no method'})"
+            audit.append([c.label, a["target"], f"{a['canaries']} {a['canary_kind']} ({a['game']})", a["claim"], formal,
+                          mu, eps, (f"{_fmt(a['ratio'], '.2f')} ({a['ratio_of']})" if a["ratio"] is not None else "n/a"),
+                          _fmt(a["max_certifiable"], ".3g"), str(a["best"] or "none"),
+                          f"{_fmt(vo['epsilon_lb'], '.3g')} ({vo['method']}, {vo['route']}, AUC {_fmt(vo['auc'], '.3f')})" if vo else "n/a",
                           a["check"] + "".join(" " + aud_notes.na(n)[4:] for n in ([a["message"]] if a["check"] == "failed" else []) + a["notes"]),
                           _fmt(a["seconds"] / 60, ".1f")])  # fmt: skip
     if notes is not None:
