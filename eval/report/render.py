@@ -91,7 +91,7 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
     mia_methods = sorted({m for c in cells for t in c.membership.values() for m in t})
     targets = sorted({t for c in cells for t in c.membership})
     mia = [["setting", "target"] + [f"{m} AUC" for m in mia_methods] + [f"{m} TPR@1%FPR" for m in mia_methods]
-           + ["strongest (chosen on a held-out half): TPR@1%FPR", "GDP bound TPR@1%FPR"]]  # fmt: skip
+           + ["strongest (chosen on a held-out half): AUC, TPR@1%FPR where resolvable", "GDP bound TPR@1%FPR"]]  # fmt: skip
     for c in cells:
         for t in targets:
             res = c.membership.get(t)
@@ -112,8 +112,8 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
                     else:
                         row.append(_fmt_iv(mm.get(key)))
             best = c.membership_best.get(t)
-            row.append(f"{_fmt_iv(best['tpr1'])} ({best['method']})" if best and best.get("tpr1") else
-                       (f"n/a ({best['method']})" if best else "n/a"))  # fmt: skip
+            row.append(f"{best['method']}: AUC {_fmt_iv(best['auc'])}" + (f", TPR@1%FPR {_fmt_iv(best['tpr1'])}"
+                       if best.get("tpr1") else "") if best else "n/a")  # fmt: skip
             gdp = c.membership_gdp.get(t)
             row.append(_fmt(gdp.tpr_bound_at_1pct_fpr, ".3f") if gdp is not None else "n/a")
             mia.append(row)
