@@ -391,16 +391,19 @@ def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool, seeds=
               help="Membership method(s) on the canaries (default: view-lrt and view-composed for the server, loss "
                    "for a client); the server audit always adds the auditor's known-release test.")
 @click.option("--option", "options", multiple=True, metavar="METHOD.KEY=VALUE", help="An option of one method.")
-@click.option("--one-run", is_flag=True, help="Also the one-run bound of Steinke, Nasr, Jagielski 2023.")
+@click.option("--one-run", is_flag=True, help="Also the one-run bound of Steinke, Nasr, Jagielski 2023 for the known-release "
+              "test (methods with dependent slot scores always get it, and only it).")
 @click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.05,
               show_default=True, help="1 - confidence of the lower bounds.")
 @DEVICE
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def audit(config, overrides, run_dir, out, canaries, kind, target, methods, options, one_run, alpha, device, quiet):
-    """Privacy audit: canaries in the clients' data, the ordinary pipeline, an empirical lower bound on
-    epsilon beside the formal one (writes metrics/audit.json). Exit code 1 when the lower bound exceeds
-    the formal epsilon (the pipeline leaks more than its accounting says)."""
+    """Privacy audit: canaries in the clients' data, the ordinary pipeline, empirical lower bounds beside
+    the formal numbers, each naming its route: mu (GDP route) for the view's GDP claim, epsilon from
+    Clopper-Pearson (independent slot scores) or the one-run bound (dependent ones). Writes
+    metrics/audit.json. Exit code 1 when a lower bound exceeds its formal number (the pipeline leaks
+    more than its accounting says)."""
     from .attacks import parse_options
     from .client_secrets import read_secrets
     from .eval.audit import DEFAULT_CANARIES, audit_dir, format_audit, run_audit

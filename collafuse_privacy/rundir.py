@@ -521,6 +521,17 @@ class AuditReleases:
     none: int  # slots whose canary never crossed the cut (their coin cannot be seen)
 
 
+@dataclass(frozen=True)
+class AuditStratum:
+    """The known-release test's mu bound within the slots of one release count."""
+
+    releases: int
+    slots: int
+    mu_lb: Optional[float]
+    formal_mu: float
+    alpha: float
+
+
 AUDIT_FORMAT = 2  # 1: an epsilon from the GDP route, Clopper-Pearson on dependent scores (refused: rerun)
 
 
@@ -553,6 +564,7 @@ class AuditReport:
     canary_formal_mu: Optional[float] = None  # the largest per-canary mu at its own releases and distance
     max_certifiable_mu: Optional[float] = None
     releases: Optional[AuditReleases] = None
+    strata: list[AuditStratum] = field(default_factory=list)  # by release count (fresh noise: counts vary)
     notes: list[str] = field(default_factory=list)
     format: int = 1  # AUDIT_FORMAT of the writer; a file without it is format 1
     schema: int = SCHEMA

@@ -217,6 +217,42 @@ def one_run(scores, labels, cal: np.ndarray, ev: np.ndarray, delta: float, alpha
     return OneRun(one_run_bound(len(ev), r, v, delta, alpha), r, v, len(ev), f, on_cal[f])
 
 
+@dataclass(frozen=True)
+class Stratum:
+    """The GDP route's mu bound within the slots of one release count (independent scores only)."""
+
+    releases: int
+    slots: int
+    mu_lb: Optional[float]  # None where the stratum lacks both coins in both halves
+    formal_mu: float  # the largest formal mu of its slots (at their releases and distance)
+    alpha: float  # its share of the confidence budget (alpha / number of strata, a union bound)
+
+
+def stratified_mu(scores, labels, cal: np.ndarray, ev: np.ndarray, releases, formal_mu, delta: float,
+                  alpha: float = 0.05, min_slots: int = 40) -> list[Stratum]:  # fmt: skip
+    """mu bounds per release count. With fresh noise a canary's release count is binomial and its formal
+    ``mu`` grows as ``sqrt(count)``: a bound over all slots pools a mixture of trade-off curves and sits below
+    the curve of the largest count the formal number uses. Each count with at least ``min_slots`` slots is
+    bounded on its own slots (threshold on its calibration slots, rates on its evaluation slots), at
+    confidence ``1 - alpha / k`` for ``k`` strata, so that all of them hold together at ``1 - alpha``."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    r = np.asarray(releases)
+    f = np.asarray(formal_mu, dtype=np.float64)
+    in_cal = np.zeros(len(s), dtype=bool)
+    in_cal[cal] = True
+    in_ev = np.zeros(len(s), dtype=bool)
+    in_ev[ev] = True
+    counts = [int(c) for c in np.unique(r) if c > 0 and (r == c).sum() >= min_slots]
+    out = []
+    for c in counts:
+        sel = r == c
+        b = threshold_bound(s, y, np.flatnonzero(sel & in_cal), np.flatnonzero(sel & in_ev), "mu", delta,
+                            alpha / len(counts))  # fmt: skip
+        out.append(Stratum(c, int(sel.sum()), None if b is None else b.value, float(f[sel].max()), alpha / len(counts)))
+    return out
+
+
 def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded split of ``n`` slots into ``(calibration, evaluation)`` halves."""
     perm = np.random.default_rng([seed, 0xA0D17]).permutation(n)

@@ -127,6 +127,26 @@ def test_dependent_scores_get_only_the_one_run_bound():
     assert r.calibration_epsilon == r.one_run.calibration > 0
 
 
+def test_strata_by_release_count_bound_each_count_against_its_own_formal_mu():
+    """Fresh noise: slots released once or four times (formal mu and 2 mu). The pooled bound mixes the two
+    trade-off curves; per count, each bound stays below its own formal mu, and the four-release stratum
+    certifies more than a single release's mu could (so pooling would have hidden it)."""
+    mu1, m, d = 0.8, 8000, 64
+    rng = np.random.default_rng(0)
+    r = np.where(rng.random(m) < 0.5, 1, 4)
+    coin = rng.random(m) < 0.5
+    # the known-release statistic of r Gaussian releases at per-release mu1: N(+-r mu1^2 / 2, r mu1^2)
+    s = np.where(coin, 1, -1) * r * mu1**2 / 2 + np.sqrt(r) * mu1 * rng.standard_normal(m)
+    cal, ev = st.halves(m, 0)
+    strata = st.stratified_mu(s, coin, cal, ev, r, mu1 * np.sqrt(r), DELTA)
+    assert [x.releases for x in strata] == [1, 4] and all(x.alpha == 0.025 for x in strata)
+    for x in strata:
+        assert x.mu_lb <= x.formal_mu, x
+    assert strata[1].mu_lb > mu1 * 1.2  # the four-release slots show more than one release can
+    pooled = st.threshold_bound(s, coin, cal, ev, "mu", DELTA).value
+    assert pooled < strata[1].mu_lb
+
+
 def test_the_release_audit_detects_a_leak_of_0_8_times_the_accounted_noise():
     """The hand-over sends 0.8 x the noise its accounting assumes (true mu = 1.25 x the formal mu): the
     mu bound of 4,000 canaries exceeds the formal mu."""
