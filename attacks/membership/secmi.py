@@ -82,6 +82,10 @@ class SecMI(ModelAttack):
 
 
 # Measured on configs/positive-control.yaml (benchmarks/positive_control.py): AUC 0.93-0.97 on
-# the server at c = 0 (it memorised), 0.68-0.75 on a client model that memorised at c = 0.2, and
-# below chance (about 0.45) on a shared-noise server at c = 0.2, whose lowest level is already
-# noisy (abar about 0.6), far from the low-noise regime (abar about 0.9) the method relies on.
+# the server at c = 0 (it memorised), and at chance or below on client 0's model that memorised at
+# c = 0.2 (0.47, where loss reaches 0.94 and pia 0.83; starting from an on-distribution noised
+# point at the mapped t = 50 instead of x_0 and averaging 4 or 16 start noises: 0.47 / 0.48;
+# t_sec / k = 200 / 50: 0.35). The one-step round trip measures how much the predicted noise
+# changes between two neighbouring levels, and a memorised noise field is sharper around members:
+# members get the larger t-error. Also below chance (about 0.45) on a shared-noise server at
+# c = 0.2, whose lowest level is already noisy (abar about 0.6).
