@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..numbers import fmt
 from ..rundir import ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, RunDir, ViewPrivacy
 from ..resolve import planned_releases
-from .accounting import INF, dp_sgd_epsilon, sensitivity
+from .accounting import INF, dp_sgd_epsilon, release_mu, sensitivity
 
 
 SEED_SECRETS_WARNING = ("secrets.derive_from_seed: the clients' secrets were derived from the config's seed, so a "
@@ -76,7 +76,7 @@ def compute_privacy(
     elif proto.sends_labels:
         note = (f"model.server_conditioning = labels: every release carries its image's label in the clear; under "
                 f"the view's replace-one adjacency a replaced label is seen exactly, so no finite epsilon holds "
-                f"(the images alone would give mu = {release_mu_images(proto, image_shape, releases):.4g} per image, "
+                f"(the images alone would give mu = {release_mu(cut.abar_handover, image_shape, releases):.4g} per image, "
                 f"a bound only for replacements within one class)")  # fmt: skip
     else:
         note = (
@@ -91,15 +91,6 @@ def compute_privacy(
     return PrivacyReport(protocol=p.kind, cut_ratio=p.cut_ratio, t_c=cut.t_c, timesteps=cut.T, step=steps, view=view,
                          client_dp=_client_dp(cfg, dp_states, n_members, cut.t_c), cut_choice=cut_choice,
                          secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
-
-
-def release_mu_images(proto, image_shape, releases: int) -> float:
-    """The release mu of the images alone (what the view's bound would be without labels)."""
-    import copy
-
-    p = copy.copy(proto)
-    p.sends_labels = False
-    return p.release_mu(image_shape, releases)
 
 
 def _client_dp(cfg: Config, dp_states, n_members, t_c) -> ClientDPReport:

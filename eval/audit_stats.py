@@ -44,27 +44,11 @@ from typing import Optional
 
 import numpy as np
 from scipy.special import ndtri
-from scipy.stats import beta as beta_dist
 from scipy.stats import binom
 
+from .stats import cp_lower, cp_upper  # noqa: F401  (Clopper-Pearson, part of this module's API)
+
 MAX_THRESHOLDS = 2048  # candidate thresholds scanned on the calibration half (quantiles)
-
-
-def cp_upper(k, n, alpha: float):
-    """One-sided Clopper-Pearson upper bound at confidence ``1 - alpha`` on a rate with ``k`` of ``n``
-    (array in, array out; 1 where ``n = 0``)."""
-    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = beta_dist.ppf(1.0 - alpha, k + 1.0, np.maximum(n - k, 1e-300))
-    return np.where((k >= n) | (n <= 0), 1.0, out)
-
-
-def cp_lower(k, n, alpha: float):
-    """One-sided Clopper-Pearson lower bound at confidence ``1 - alpha`` (0 where ``k = 0``)."""
-    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = beta_dist.ppf(alpha, np.maximum(k, 1e-300), n - k + 1.0)
-    return np.where((k <= 0) | (n <= 0), 0.0, out)
 
 
 def eps_from_rates(fpr, fnr, delta: float):

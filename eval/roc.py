@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from .stats import Interval, bootstrap
+from .stats import Interval, bootstrap, cp_lower, cp_upper
 
 
 def _check(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +136,6 @@ def unresolved_tpr(scores, labels, fpr_target: float, level: float = 0.95) -> di
     at the threshold that admits at most ``floor(fpr_target n)`` of the ``n`` non-members (``score`` strictly
     above the next non-member's), two-sided Clopper-Pearson intervals at ``level`` of its TPR (members above
     it) and of its FPR (the non-members above it are few, so the FPR is itself only loosely known)."""
-    from scipy.stats import beta
-
     s, y = _check(scores, labels)
     neg, pos = np.sort(s[~y])[::-1], s[y]
     n, m = len(neg), len(pos)
@@ -146,10 +144,8 @@ def unresolved_tpr(scores, labels, fpr_target: float, level: float = 0.95) -> di
     fp, tp = int((neg > th).sum()), int((pos > th).sum())
     a = (1 - level) / 2
 
-    def cp(x, total):
-        lo = 0.0 if x == 0 else float(beta.ppf(a, x, total - x + 1))
-        hi = 1.0 if x == total else float(beta.ppf(1 - a, x + 1, total - x))
-        return [lo, hi]
+    def cp(x, total):  # two-sided: each end one-sided at (1 - level) / 2
+        return [float(cp_lower(x, total, a)), float(cp_upper(x, total, a))]
 
     return {"fpr_target": fpr_target, "level": level, "tpr_interval": cp(tp, m) if m else None,
             "fpr_interval": cp(fp, n) if n else None, "true_positives": tp, "n_members": m,

@@ -3,7 +3,9 @@
 ``bootstrap(stat, *arrays)`` resamples the rows of all arrays jointly (the same
 indices for each), optionally within strata (e.g. members and non-members kept
 at their sizes, so every resample has both classes), and returns the statistic
-on the full data with a percentile interval.
+on the full data with a percentile interval. Also one-sided Clopper-Pearson bounds on a
+rate (``cp_upper``, ``cp_lower``: the audit's rates, and TPR/FPR where a sample does not
+resolve a point estimate).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
+from scipy.stats import beta
 
 from collafuse_privacy.numbers import Interval, to_json  # noqa: F401  (Interval is part of this module's API)
 
@@ -52,3 +55,20 @@ def bootstrap(
 def mean_ci(values, **kwargs) -> Interval:
     """Mean of ``values`` with a bootstrap interval."""
     return bootstrap(lambda v: float(np.mean(v)), np.asarray(values, dtype=np.float64), **kwargs)
+
+
+def cp_upper(k, n, alpha: float):
+    """One-sided Clopper-Pearson upper bound at confidence ``1 - alpha`` on a rate with ``k`` of ``n``
+    (array in, array out; 1 where ``n = 0``)."""
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = beta.ppf(1.0 - alpha, k + 1.0, np.maximum(n - k, 1e-300))
+    return np.where((k >= n) | (n <= 0), 1.0, out)
+
+
+def cp_lower(k, n, alpha: float):
+    """One-sided Clopper-Pearson lower bound at confidence ``1 - alpha`` (0 where ``k = 0``)."""
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = beta.ppf(alpha, np.maximum(k, 1e-300), n - k + 1.0)
+    return np.where((k <= 0) | (n <= 0), 0.0, out)
