@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench test-flower
+.PHONY: demo test test-slow bench test-flower
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# the tests marked slow (long end-to-end runs on real data), which `make test` deselects
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -m slow
 
 # the Flower engine tests (optional extra; CI runs only the tests of the parties without Flower)
 test-flower: $(STAMP)

@@ -27,8 +27,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/positive-control")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--cuts", default="0,0.2")
-    ap.add_argument("--attacks", default="loss,secmi,pia", help="e.g. loss,lira (lira trains reference models)")
-    ap.add_argument("--n-ref", type=int, default=4, help="lira's reference models")
+    ap.add_argument("--attacks", default="loss,secmi,pia",
+                    help="e.g. loss,lira,rmia (lira and rmia train reference models)")
+    ap.add_argument("--n-ref", type=int, default=4, help="lira's and rmia's reference models")
+    ap.add_argument("--ref-steps", type=int, default=None,
+                    help="rounds each reference trains (default: as many as the target)")
     args = ap.parse_args()
 
     from importlib import resources
@@ -65,7 +68,8 @@ def main() -> None:
         holdout = ds.images[sorted(i for k in clients for i in splits.holdout[k])]
         for name in args.attacks.split(","):
             t1 = time.perf_counter()
-            attack = make(name, target=target, **({"n_ref": args.n_ref} if name == "lira" else {})).fit(view)
+            refs = {"n_ref": args.n_ref, "ref_steps": args.ref_steps} if name in ("lira", "rmia") else {}
+            attack = make(name, target=target, **refs).fit(view)
             score = lambda x: attack.score(view, x, client=clients[0] if target != "server" else None).numpy()  # noqa: E731
             s_mem, s_non = score(members), np.r_[score(holdout), score(unseen)]
             t_attack = time.perf_counter() - t1

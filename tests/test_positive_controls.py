@@ -64,23 +64,61 @@ def test_the_same_attacks_are_at_chance_on_images_the_model_never_saw(memorised)
         assert iv.lo <= 0.5 <= iv.hi, (name, iv)
 
 
-def test_lira_finds_the_members_and_is_at_chance_on_unseen_images(memorised):
-    """The calibrated attack (offline LiRA, reference models on public images) has the same controls.
-    To keep the test short its two references train 150 of the target's 500 rounds, which costs it
-    some AUC (0.86 measured; `benchmarks/positive_control.py --attacks loss,lira` for full-length ones)."""
+@pytest.mark.parametrize("name,min_auc", [("lira", 0.8), ("rmia", 0.75)])
+def test_the_calibrated_attacks_find_the_members_and_are_at_chance_on_unseen_images(memorised, name, min_auc):
+    """The calibrated attacks (offline LiRA and RMIA, reference models on public images) have the same
+    controls. To keep the test short their two references train 150 of the target's 500 rounds, which
+    costs some AUC (measured: lira 0.86, rmia 0.815; `benchmarks/positive_control.py --attacks
+    loss,lira,rmia` for more references). RMIA's bar is lower: its population is the server's 10
+    public images, so its score moves in steps of 0.1 and ties cost AUC."""
     from collafuse_privacy.rundir import RunDir
 
     run, cfg = memorised
     view = ServerView.load(run)
-    attack = make("lira", n_ref=2, ref_steps=150).fit(view)
+    attack = make(name, n_ref=2, ref_steps=150).fit(view)
     splits, data = RunDir(run).splits(), load_dataset(cfg.data)
     mem = torch.tensor([i for c in splits.clients for i in c.members])
     non = torch.tensor([i for h in splits.holdout for i in h])
     s = torch.cat([attack.score(view, data.images[mem]), attack.score(view, data.images[non])]).numpy()
     y = np.r_[np.ones(len(mem)), np.zeros(len(non))].astype(int)
-    assert auc(s, y) >= 0.8
+    assert auc(s, y) >= min_auc, (name, auc(s, y))
     unseen = _unseen(run, cfg)
     s0 = attack.score(view, unseen).numpy()
     y0 = np.r_[np.ones(100), np.zeros(100)].astype(int)
     iv = bootstrap(auc, s0, y0, n_boot=300, strata=y0)
     assert iv.lo <= 0.5 <= iv.hi, iv
+
+
+@pytest.fixture(scope="module")
+def memorised_client(tmp_path_factory):
+    """The same config at c = 0.2: each client's own model (t < t_c) trains 500 rounds on its 22
+    members at the low noise levels and memorises them."""
+    run = tmp_path_factory.mktemp("pc-client") / "run"
+    cfg = load_config(CONFIGS / "positive-control.yaml")
+    cfg = dataclasses.replace(cfg, protocol=dataclasses.replace(cfg.protocol, cut_ratio=0.2))
+    train(cfg, run, device="cpu", quiet=True)
+    return run, cfg
+
+
+def test_the_model_attacks_find_the_members_of_a_released_client_model(memorised_client):
+    """Target ``client:0`` (its model released to the attacker): members against its held-out images
+    and 200 never-seen ones (measured, seeds 0 / 1 of the training: loss 0.95, secmi 0.91 / 0.91,
+    pia 0.92; secmi with the paper's k = 10 reaches 0.44 / 0.47 here), and at chance on two halves
+    of never-seen images."""
+    from collafuse_privacy.rundir import RunDir
+
+    run, cfg = memorised_client
+    view = ServerView.load(run, release_clients=(0,))
+    splits, data = RunDir(run).splits(), load_dataset(cfg.data)
+    mem = data.images[sorted(splits.members[0])]
+    non = torch.cat([data.images[sorted(splits.holdout[0])], _unseen(run, cfg)])
+    y = np.r_[np.ones(len(mem)), np.zeros(len(non))].astype(int)
+    unseen = _unseen(run, cfg, seed=1)
+    y0 = np.r_[np.ones(100), np.zeros(100)].astype(int)
+    for name in MODEL_ATTACKS:
+        attack = make(name, target="client:0").fit(view)
+        s = torch.cat([attack.score(view, mem, client=0), attack.score(view, non, client=0)]).numpy()
+        assert auc(s, y) >= 0.85, (name, auc(s, y))
+        s0 = attack.score(view, unseen, client=0).numpy()
+        iv = bootstrap(auc, s0, y0, n_boot=300, strata=y0)
+        assert iv.lo <= 0.5 <= iv.hi, (name, iv)
