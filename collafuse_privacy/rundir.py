@@ -82,6 +82,9 @@ class ViewMeta:
     server_lr: float = 2e-3
     server_lr_warmup: int = 50
     server_grad_clip: float = 1.0
+    # how the clients drew their batches (Config.client_sampling): shuffle | poisson (the server knows the
+    # protocol; the draws themselves stay secret)
+    sampling: str = "shuffle"
     schema: int = SCHEMA
 
     @property
@@ -145,6 +148,11 @@ class ReleasePrivacy:
 VIEW_ADJACENCY = ("replace-one: one image of a client replaced by any other image of the pixel domain "
                   "(L2 sensitivity 2 sqrt(d))")
 DPSGD_ADJACENCY = "add/remove one image of the client's member set (Opacus' accountant, Poisson sampling)"
+# the threat model of each formal number of the view, one line each (issue 25; defenses/unlinked.py)
+LINKED_THREAT = ("linked: a server that attributes every release to its image (the most releases any image got, "
+                 "composed as Gaussian mechanisms)")  # fmt: skip
+UNLINKED_THREAT = ("unlinked: the server of our threat model (rows without ids or order, the clients' draws secret): "
+                   "per client and round the Poisson-subsampled Gaussian, composed over the rounds (dp_accounting PLD)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,37 @@ class ViewPrivacy:
     note: str
     delta_release_bound: float = 0.0  # the probability that the bound on releases per image fails
     adjacency: str = VIEW_ADJACENCY
+    threat: str = LINKED_THREAT
+
+
+@dataclass(frozen=True)
+class UnlinkedClient:
+    client: int
+    sample_rate: float  # min(1, batch_size / members) * P(t >= t_c): a release's chance per round
+    epsilon_replace_one: float
+    epsilon_add_remove: float
+
+
+@dataclass(frozen=True)
+class UnlinkedPrivacy:
+    """The view's epsilon for the unlinked server (``defenses/unlinked.py``): both adjacencies, the
+    largest over clients; None with ``reason`` where an assumption of the accounting fails."""
+
+    epsilon_replace_one: Optional[float]
+    epsilon_add_remove: Optional[float]
+    delta: float
+    rounds: int
+    reason: Optional[str] = None  # one line: the assumption that failed (then both epsilons are None)
+    mu_per_release: Optional[float] = None
+    batch_rate: Optional[float] = None  # q = batch_size / members, of the client with the fewest members
+    server_draw_probability: Optional[float] = None  # P(t >= t_c)
+    sample_rate: Optional[float] = None  # q * P(t >= t_c)
+    clients: list[UnlinkedClient] = field(default_factory=list)
+    accountant: str = ("dp_accounting PLDAccountant (pessimistic PLD): PoissonSampledDpEvent(rate, "
+                       "GaussianDpEvent(noise_multiplier = 1 / mu)) composed over the rounds")  # fmt: skip
+    adjacency: str = ("replace-one (dp_accounting REPLACE_ONE: a replacement moves the release by 2 mu, conservative) "
+                      "and add/remove (ADD_OR_REMOVE_ONE), side by side")  # fmt: skip
+    threat: str = UNLINKED_THREAT
 
 
 @dataclass(frozen=True)
@@ -172,6 +211,7 @@ class CutChoice:
     releases_per_image: Optional[int] = None
     mu: Optional[float] = None
     epsilon: Optional[float] = None
+    threat: str = "linked"  # which formal epsilon the target bounds (protocol.target_threat)
 
 
 @dataclass(frozen=True)
@@ -211,6 +251,7 @@ class PrivacyReport:
     client_dp: ClientDPReport
     cut_choice: Optional[CutChoice] = None
     secrets_derived_from_seed: bool = False  # then a server that guesses the seed could rebuild them
+    unlinked: Optional[UnlinkedPrivacy] = None  # None only in files written before it existed
     schema: int = SCHEMA
 
 

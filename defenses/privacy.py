@@ -6,6 +6,10 @@ Two guarantees, side by side (DESIGN.md §4):
   accounting, :mod:`.accounting`): ``mu``, ``epsilon`` at ``delta``, releases per
   image (1 with ``fixed_noise``; otherwise the most times any member image
   actually crossed the cut, counted during training), ``inf`` for shared-noise.
+* ``unlinked``: the same view for the server of our threat model, which cannot attribute
+  releases to images (:mod:`.unlinked`): the Poisson-subsampled Gaussian per client and round,
+  under replace-one and add/remove; None with a one-line reason where an assumption fails.
+  ``view`` is the "linked" number (the server attributes every release), each with its threat line.
 * ``client_dp``: DP-SGD epsilon of each client's model (Opacus accountant), what
   protects a client when it releases its model or its samples.
 
@@ -22,7 +26,8 @@ from ..lock import locks_run
 from ..config import Config
 from ..errors import UserError
 from ..numbers import fmt
-from ..rundir import ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, RunDir, ViewPrivacy
+from ..rundir import (ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, RunDir, UnlinkedClient,
+                      UnlinkedPrivacy, ViewPrivacy)
 from ..resolve import planned_releases
 from .accounting import INF, dp_sgd_epsilon, release_mu, sensitivity
 
@@ -90,7 +95,38 @@ def compute_privacy(
                        sensitivity_l2=D, note=note, delta_release_bound=fail)  # fmt: skip
     return PrivacyReport(protocol=p.kind, cut_ratio=p.cut_ratio, t_c=cut.t_c, timesteps=cut.T, step=steps, view=view,
                          client_dp=_client_dp(cfg, dp_states, n_members, cut.t_c), cut_choice=cut_choice,
-                         secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
+                         secrets_derived_from_seed=cfg.secrets.derive_from_seed,
+                         unlinked=unlinked_privacy(cfg, image_shape, n_members, steps))  # fmt: skip
+
+
+def unlinked_privacy(cfg: Config, image_shape, n_members: list[int], steps: int) -> UnlinkedPrivacy:
+    """The view's epsilon for the unlinked server (:mod:`.unlinked`) of a run with ``n_members`` per
+    client after ``steps`` rounds: per client both adjacencies, the largest over clients."""
+    from ..protocol import protocol_for
+    from ..resolve import view_delta
+    from .unlinked import refusal_for, server_draw_probability, view_unlinked
+
+    delta = view_delta(cfg)
+    why = refusal_for(cfg)
+    if why is not None:
+        return UnlinkedPrivacy(epsilon_replace_one=None, epsilon_add_remove=None, delta=delta, rounds=steps, reason=why)
+    proto = protocol_for(cfg)
+    cut = proto.cut
+    clients = []
+    for k, n in enumerate(n_members):
+        eps = {}
+        for adjacency in ("replace-one", "add-remove"):
+            eps[adjacency], rate, mu = view_unlinked(cut.abar_handover, cut.t_c, cut.T, image_shape,
+                                                     batch_size=cfg.train.batch_size, n_members=n, rounds=steps,
+                                                     delta=delta, adjacency=adjacency, sends_noise=proto.sends_noise)  # fmt: skip
+        clients.append(UnlinkedClient(client=k, sample_rate=rate, epsilon_replace_one=eps["replace-one"],
+                                      epsilon_add_remove=eps["add-remove"]))  # fmt: skip
+    n_min = min(n_members)
+    return UnlinkedPrivacy(epsilon_replace_one=max(c.epsilon_replace_one for c in clients),
+                           epsilon_add_remove=max(c.epsilon_add_remove for c in clients), delta=delta, rounds=steps,
+                           mu_per_release=mu, batch_rate=min(1.0, cfg.train.batch_size / n_min) if n_min else 0.0,
+                           server_draw_probability=server_draw_probability(cut.t_c, cut.T),
+                           sample_rate=max(c.sample_rate for c in clients), clients=clients)  # fmt: skip
 
 
 def _client_dp(cfg: Config, dp_states, n_members, t_c) -> ClientDPReport:
@@ -146,7 +182,8 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
     cut_choice = None
     if cfg.protocol.target_epsilon is not None:
         cut_choice = CutChoice(target_epsilon=cfg.protocol.target_epsilon, cut_ratio=cfg.protocol.cut_ratio,
-                               t_c=cfg.t_c, message="recomputed from the resolved config")  # fmt: skip
+                               t_c=cfg.t_c, message="recomputed from the resolved config",
+                               threat=cfg.protocol.target_threat)  # fmt: skip
     report = compute_privacy(cfg, meta.shape, release_counts=state.get("release_counts"),
                              dp_states=dp_states or None, n_members=n_members, steps=int(state["step"]),
                              cut_choice=cut_choice)  # fmt: skip
@@ -167,7 +204,19 @@ def format_privacy(report: PrivacyReport) -> str:
         f"  {v.note}",
         f"  adjacency: {v.adjacency}"
         + (f"; delta includes {v.delta_release_bound:g}, the chance that the release bound fails" if v.delta_release_bound else ""),
+        f"  threat model: {v.threat}",
     ]
+    u = report.unlinked
+    if u is not None:
+        lines.append(f"server view, unlinked (delta = {f(u.delta, 'g')}, {u.rounds} rounds):")
+        if u.reason is not None:
+            lines.append(f"  {u.reason}")
+        else:
+            lines.append(f"  epsilon replace-one {f(u.epsilon_replace_one)}, add/remove {f(u.epsilon_add_remove)}; "
+                         f"per-release mu {f(u.mu_per_release)}, rate q * P(t >= t_c) = {f(u.batch_rate)} * "
+                         f"{f(u.server_draw_probability)} = {f(u.sample_rate)} (largest over clients)")  # fmt: skip
+            lines.append(f"  {u.accountant}; adjacency: {u.adjacency}")
+        lines.append(f"  threat model: {u.threat}")
     if report.cut_choice is not None:
         lines.append(f"  cut chosen by protocol.target_epsilon: {report.cut_choice.message}")
     if report.secrets_derived_from_seed:
