@@ -132,3 +132,28 @@ def test_target_threat_unlinked_refused_where_its_assumptions_fail(override, wor
     with pytest.raises(UserError, match="protocol.target_threat=unlinked") as e:
         resolve(tiny_config(*over))
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_report_shows_both_formal_numbers_each_with_its_threat_model(tiny_run):
+    from collafuse_privacy.eval.report.analyse import reading
+    from collafuse_privacy.eval.report.collect import collect
+    from collafuse_privacy.eval.report.render import tables
+
+    poisson, shuffle = tiny_run(*UNLINKED), tiny_run()
+    priv = json.loads((poisson / "metrics" / "privacy.json").read_text())["unlinked"]
+    notes: dict = {}
+    main = tables(collect([poisson, shuffle]), notes)["settings"]
+    head = main[0]
+    linked_col, unlinked_col = head.index("formal eps (view, linked)"), head.index(
+        "formal eps (view, unlinked: replace-one / add-remove)")
+    rows = {r[0]: r for r in main[1:]}
+    assert len(rows) == 2
+    cells = [r[unlinked_col] for r in rows.values()]
+    want = f"{priv['epsilon_replace_one']:.3g} / {priv['epsilon_add_remove']:.3g}"
+    assert any(c.startswith(want) for c in cells)
+    assert any(c.startswith("n/a [") for c in cells)  # the shuffle run: refused, its reason in a footnote
+    footnotes = " ".join(notes["settings"])
+    assert "train.sampling = shuffle" in footnotes and "linked:" in footnotes and "unlinked:" in footnotes
+    assert all(r[linked_col] not in ("n/a", "-") for r in rows.values())
+    text = " ".join(reading(collect([poisson, shuffle])))
+    assert "unlinked server" in text and f"eps={priv['epsilon_replace_one']:.3g}" in text
