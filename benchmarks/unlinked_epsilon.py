@@ -4,23 +4,26 @@
         [--set KEY=VALUE ...]
 
 Each cell is the sweep's base config (its ``config:`` file with ``base:``) at one cut ratio, plus the
-sweep's ``include:`` cells, with ``train.sampling=poisson`` and OS secrets (``secrets.derive_from_seed=false``:
-the unlinked number assumes them; the demo itself derives its secrets from the seed, so its report
-refuses the unlinked number) and any ``--set``. The data are loaded and split as a run would
-(members per client), nothing is trained. Printed per cell:
+sweep's ``include:`` cells, with OS secrets (``secrets.derive_from_seed=false``: the unlinked number
+assumes them; the demo itself derives its secrets from the seed, so its report refuses the unlinked
+number) and any ``--set``, once with ``train.sampling=poisson`` and once with shuffled epochs. The data
+are loaded and split as a run would (members per client), nothing is trained. Printed per cell:
 
 * linked epsilon (replace-one, GDP): the planned bound before training, the most draws any member
-  can get in ``train.steps`` rounds of Poisson sampling (a union bound; its failure probability is
-  added to delta), composed as that many Gaussian releases. A trained run's ``privacy.json``
-  counts the releases instead (smaller: only draws beyond the cut are sent).
-* unlinked epsilon, replace-one and add/remove (``defenses/unlinked.py``, dp_accounting PLD): the
-  Poisson-subsampled Gaussian with rate ``q * P(t >= t_c)`` per round, composed over ``train.steps``
-  rounds, for the client with the most members' rate (the largest epsilon).
-* no-hiding epsilon (replace-one): the same secret Poisson draws, but the target's row told apart
-  from the others' (no amplification by the other rows): per round "no row" with probability
-  ``1 - p``, else one Gaussian row, so after R rounds ``delta(eps) = sum_k Bin(k; R, p)
-  delta_GDP(eps; sqrt(k) mu)`` exactly. The unlinked number is below it wherever the others' rows
-  are what hides the target's; it is not a number the package reports.
+  can get in ``train.steps`` rounds (Poisson: a union bound, its failure probability added to delta;
+  shuffle: the epochs bound), composed as that many Gaussian releases. A trained run's
+  ``privacy.json`` counts the releases instead (smaller: only draws beyond the cut are sent).
+* unlinked epsilon (``defenses/unlinked.py``, what ``privacy.json`` reports): the secret-sampling
+  bound, replace-one, for a server that cannot know in which rounds an image was drawn but may
+  recognise its row when present; ``n`` chances (rounds, or the epochs bound with shuffled batches)
+  of probability ``p`` each; for the client whose number is largest. Add/remove: infinite (a row's
+  presence reveals the image).
+* the hiding-assumption column, Poisson only: dp_accounting's ``PoissonSampledDpEvent(p,
+  GaussianDpEvent(1 / mu))`` in its PLD accountant (replace-one / add-remove), the *sum* form where
+  an image not drawn contributes pure noise at the same place. It is what the number would be *if*
+  the other rows hid the target's (a shuffle-model assumption, not proven); it is **not a bound**
+  for our protocol, where an image not drawn sends no row (at c = 0.5 the exact pair needs a larger
+  epsilon). It needs dp-accounting, the ``test`` extra; without it the column says so.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def cells(sweep: Path, cuts, extra: list[str]):
     spec = read_yaml(sweep)
     base = read_yaml(sweep.parent / spec["config"])
     common = [f"{k}={v}" for k, v in flatten(spec.get("base", {})).items()]
-    common += ["train.sampling=poisson", "secrets.derive_from_seed=false", *extra]
+    common += ["secrets.derive_from_seed=false", *extra]
     grid = list(cuts) if cuts else list(spec["grid"]["protocol.cut_ratio"])
     out = [(f"c = {c:g}", from_dict(apply_overrides(base, common + [f"protocol.cut_ratio={c}"]))) for c in grid]
     for inc in spec.get("include", []):
@@ -55,29 +58,24 @@ def cells(sweep: Path, cuts, extra: list[str]):
     return out
 
 
-def no_hiding_epsilon(mu: float, rate: float, rounds: int, delta: float) -> float:
-    """Smallest eps with ``sum_k Bin(k; rounds, rate) delta_GDP(eps; sqrt(k) mu) <= delta`` (module docstring)."""
-    from scipy import optimize
-    from scipy.stats import binom
-
-    from collafuse_privacy.defenses.accounting import gdp_delta
-
-    if mu == 0 or rate == 0:
-        return 0.0
+def sum_form_epsilons(mu: float, rate: float, rounds: int, delta: float):
+    """The hiding-assumption column: dp_accounting's Poisson-subsampled Gaussian (sum form), replace-one and
+    add/remove; None without dp-accounting. Not a bound for our protocol (module docstring)."""
+    try:
+        import dp_accounting
+        from dp_accounting.pld import pld_privacy_accountant
+    except ImportError:
+        return None
+    if mu == 0 or rate == 0 or rounds == 0:
+        return 0.0, 0.0
     if math.isinf(mu):
-        return math.inf
-    ks = [k for k in range(1, rounds + 1) if binom.pmf(k, rounds, rate) > 1e-300]
-    w = binom.pmf(ks, rounds, rate)
-
-    def d(eps):
-        return sum(wk * gdp_delta(eps, math.sqrt(k) * mu) for wk, k in zip(w, ks))
-
-    if d(0.0) <= delta:
-        return 0.0
-    hi = 1.0
-    while d(hi) > delta:
-        hi *= 2
-    return float(optimize.brentq(lambda e: d(e) - delta, 0.0, hi, xtol=1e-9))
+        return math.inf, math.inf
+    out = []
+    for rel in (dp_accounting.NeighboringRelation.REPLACE_ONE, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE):
+        acc = pld_privacy_accountant.PLDAccountant(rel, value_discretization_interval=min(max(1e-4, 1e-4 * mu * mu), 0.1))
+        acc.compose(dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(1.0 / mu)), int(rounds))
+        out.append(float(acc.get_epsilon(delta)))
+    return tuple(out)
 
 
 def row(cfg, n_members: list[int], shape) -> dict:
@@ -85,10 +83,11 @@ def row(cfg, n_members: list[int], shape) -> dict:
     releases, fail = planned_releases(cfg, n_members)
     mu_linked, eps_linked = proto.view_privacy(shape, releases, delta)
     u = unlinked_privacy(cfg, shape, n_members, cfg.train.steps)
+    hiding = None
+    if u.reason is None and u.sampling == "poisson":
+        hiding = sum_form_epsilons(u.mu_per_release, u.sample_rate, cfg.train.steps, delta)
     return {"t_c": proto.cut.t_c, "T": proto.cut.T, "mu1": proto.release_mu(shape, 1), "releases": releases,
-            "eps_linked": eps_linked, "delta_linked": delta + fail, "u": u,
-            "no_hiding": None if u.reason else no_hiding_epsilon(u.mu_per_release, u.sample_rate, cfg.train.steps,
-                                                                 delta)}  # fmt: skip
+            "eps_linked": eps_linked, "delta_linked": delta + fail, "u": u, "hiding": hiding}  # fmt: skip
 
 
 def main() -> None:
@@ -97,29 +96,42 @@ def main() -> None:
     ap.add_argument("--cuts", type=float, nargs="*", default=[0.0, 0.2, 0.5, 0.8, 1.0])
     ap.add_argument("--set", dest="extra", action="append", default=[])
     args = ap.parse_args()
-    todo = cells(Path(args.sweep), args.cuts, args.extra)
-    cfg0 = todo[0][1]
-    data = load_dataset(cfg0.data)
-    splits = make_splits(data, cfg0.data, make_secrets(cfg0).split)  # OS secrets: member counts as a run has them
-    n_members, shape = [len(m) for m in splits.members], tuple(data.shape)
     f = lambda x, s=".3g": "-" if x is None else ("inf" if math.isinf(x) else format(x, s))  # noqa: E731
-    print(f"{cfg0.data.name} {'x'.join(map(str, shape))}, T = {cfg0.diffusion.timesteps}, {cfg0.train.steps} rounds, "
-          f"batch {cfg0.train.batch_size} of {min(n_members)}-{max(n_members)} members per client, Poisson sampling, "
-          f"delta {view_delta(cfg0):g}")  # fmt: skip
-    head = (f"{'cell':26s} {'t_c':>4s} {'mu/release':>10s} {'linked R':>8s} {'linked eps':>10s} "
-            f"{'q*P(t>=t_c)':>11s} {'unlinked eps (replace-one)':>26s} {'(add/remove)':>12s} {'no-hiding eps':>13s}")  # fmt: skip
-    print(head)
-    print("-" * len(head))
-    for label, cfg in todo:
-        r = row(cfg, n_members, shape)
-        u = r["u"]
-        print(f"{label:26s} {r['t_c']:>4d} {f(r['mu1'], '.4g'):>10s} {r['releases']:>8d} {f(r['eps_linked']):>10s} "
-              f"{f(u.sample_rate, '.4g'):>11s} {f(u.epsilon_replace_one):>26s} {f(u.epsilon_add_remove):>12s} {f(r['no_hiding']):>13s}"
-              + (f"  {u.reason}" if u.reason else ""))  # fmt: skip
-    print("linked: the server attributes every release to its image (planned bound before training, replace-one, "
-          "GDP; delta + the union bound's failure probability); unlinked: the server of our threat model, "
-          "dp_accounting PLD of the Poisson-subsampled Gaussian per client and round (defenses/unlinked.py); no-hiding: "
-          "replace-one, secret Poisson draws, the target's row told apart from the others' (module docstring)")
+    try:
+        import dp_accounting  # noqa: F401
+    except ImportError:
+        print("dp-accounting is not installed (pip install -e '.[test]'): the hiding-assumption column is left empty")
+    for sampling in ("poisson", "shuffle"):
+        todo = cells(Path(args.sweep), args.cuts, [f"train.sampling={sampling}", *args.extra])
+        cfg0 = todo[0][1]
+        data = load_dataset(cfg0.data)
+        splits = make_splits(data, cfg0.data, make_secrets(cfg0).split)  # OS secrets: member counts as a run has them
+        n_members, shape = [len(m) for m in splits.members], tuple(data.shape)
+        print(f"\n{sampling} sampling: {cfg0.data.name} {'x'.join(map(str, shape))}, T = {cfg0.diffusion.timesteps}, "
+              f"{cfg0.train.steps} rounds, batch {cfg0.train.batch_size} of {min(n_members)}-{max(n_members)} members "
+              f"per client, delta {view_delta(cfg0):g}")  # fmt: skip
+        head = (f"{'cell':26s} {'t_c':>4s} {'mu/release':>10s} {'linked R':>8s} {'linked eps':>10s} {'n':>5s} "
+                f"{'p':>8s} {'unlinked eps (replace-one)':>26s} {'(add/remove)':>12s}"
+                + (f"  {'if the other rows hid the target (not a bound): r-o / a-r':>30s}" if sampling == "poisson" else ""))  # fmt: skip
+        print(head)
+        print("-" * len(head))
+        for label, cfg in todo:
+            if sampling == "shuffle" and cfg.client_sampling != "shuffle":
+                continue  # DP-SGD clients draw Poisson batches whatever train.sampling says: in the first table
+            r = row(cfg, n_members, shape)
+            u, h = r["u"], r["hiding"]
+            line = (f"{label:26s} {r['t_c']:>4d} {f(r['mu1'], '.4g'):>10s} {r['releases']:>8d} {f(r['eps_linked']):>10s} "
+                    f"{'-' if u.chances is None else u.chances:>5} {f(u.sample_rate, '.4g'):>8s} "
+                    f"{f(u.epsilon_replace_one):>26s} {f(u.epsilon_add_remove):>12s}")  # fmt: skip
+            if sampling == "poisson":
+                line += f"  {'-' if h is None else f(h[0]) + ' / ' + f(h[1]):>30s}"
+            print(line + (f"  {u.reason}" if u.reason else ""))
+    print("\nlinked: the server attributes every release to its image (planned bound before training, replace-one, "
+          "GDP). unlinked: the server cannot know in which rounds an image was drawn but may recognise its row when "
+          "present: the secret-sampling bound sum_k Binom(k; n, p) delta_GDP(eps; sqrt(k) mu), replace-one (what "
+          "privacy.json reports); add/remove infinite: a row's presence reveals the image. Last column: dp_accounting's "
+          "Poisson-subsampled Gaussian (sum form), valid only if the other rows hid the target's, a shuffle-model "
+          "assumption this package does not prove: not a bound.")
 
 
 if __name__ == "__main__":

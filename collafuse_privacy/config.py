@@ -76,8 +76,8 @@ class ProtocolConfig:
     # delta of the server-view epsilon (target and report); None: defense.client_dp.delta
     target_delta: Optional[float] = None
     # which formal epsilon target_epsilon bounds: linked (the server attributes every release to its
-    # image) | unlinked (the server of the threat model; needs train.sampling: poisson, fresh noise, no
-    # labels across the cut, OS secrets: defenses/unlinked.py)
+    # image) | unlinked (the secret-sampling bound: the server cannot know in which rounds an image was
+    # drawn; needs fresh noise, no labels across the cut, OS secrets: defenses/unlinked.py)
     target_threat: str = "linked"
 
 
@@ -86,7 +86,8 @@ class TrainConfig:
     steps: int = 900  # rounds; each round every client draws one batch
     batch_size: int = 64  # images per client per round
     # shuffle: seeded epochs over the client's members | poisson: each member independently with rate
-    # batch_size / members per round (what the unlinked epsilon needs). DP-SGD clients always draw Poisson.
+    # batch_size / members per round. Both from the client's secret; the unlinked epsilon covers both
+    # (defenses/unlinked.py). DP-SGD clients always draw Poisson.
     sampling: str = "shuffle"
     lr: float = 2e-3
     lr_warmup: int = 50

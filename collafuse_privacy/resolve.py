@@ -95,14 +95,14 @@ def resolve_cut(cfg: Config, data: Dataset, splits: Splits, run_dir: Optional[Pa
 
 
 def _resolve_unlinked_cut(cfg: Config, shape, n_members: list[int], run_dir: Optional[Path]) -> tuple[Config, CutChoice]:
-    """``protocol.target_threat: unlinked``: the smallest cut whose unlinked epsilon (replace-one, the
-    view's adjacency; ``defenses/unlinked.py``) over ``train.steps`` rounds meets the target, for the
-    client with the fewest members (the highest sampling rate). Refused when its assumptions fail."""
+    """``protocol.target_threat: unlinked``: the smallest cut whose unlinked epsilon (the secret-sampling
+    bound, replace-one, the view's adjacency; ``defenses/unlinked.py``) over ``train.steps`` rounds meets
+    the target, for the client with the fewest members (the highest sampling rate, or the most epochs).
+    Refused when its assumptions fail."""
     from .defenses.unlinked import refusal, view_unlinked
 
     p, delta = cfg.protocol, view_delta(cfg)
-    why = refusal(sampling="poisson" if cfg.train.sampling == "poisson" or cfg.defense.client_dp.enabled else "shuffle",
-                  fixed_noise=p.fixed_noise, sends_labels=False, derived_secrets=cfg.secrets.derive_from_seed)  # fmt: skip
+    why = refusal(fixed_noise=p.fixed_noise, sends_labels=False, derived_secrets=cfg.secrets.derive_from_seed)
     if why is not None:
         raise UserError(f"protocol.target_threat=unlinked: the unlinked epsilon is {why}; target the linked one "
                         "(protocol.target_threat=linked) or change that setting")  # fmt: skip
@@ -110,9 +110,9 @@ def _resolve_unlinked_cut(cfg: Config, shape, n_members: list[int], run_dir: Opt
 
     def at(t_c: int) -> tuple[float, float]:
         c = cut.with_t_c(t_c)
-        eps, _, mu = view_unlinked(c.abar_handover, t_c, c.T, shape, batch_size=cfg.train.batch_size, n_members=n,
-                                   rounds=cfg.train.steps, delta=delta, adjacency="replace-one")  # fmt: skip
-        return mu, eps
+        v = view_unlinked(c.abar_handover, t_c, c.T, shape, sampling=cfg.client_sampling,
+                          batch_size=cfg.train.batch_size, n_members=n, rounds=cfg.train.steps, delta=delta)  # fmt: skip
+        return v.mu, v.epsilon
 
     lo, hi = 1, cut.T  # epsilon falls as t_c grows (less signal, fewer draws beyond the cut); t_c = T sends nothing
     while lo < hi:
@@ -134,8 +134,10 @@ def _resolve_unlinked_cut(cfg: Config, shape, n_members: list[int], run_dir: Opt
                                 f"c={ratio:g}: choose another --out")  # fmt: skip
             t_c, mu, eps, ratio = old.t_c, mu_o, eps_o, old.protocol.cut_ratio
     cfg = dataclasses.replace(cfg, protocol=dataclasses.replace(p, cut_ratio=ratio))
-    message = (f"protocol.target_epsilon={p.target_epsilon:g} for the unlinked server (replace-one, delta={delta:g}, "
-               f"{cfg.train.steps} rounds of Poisson sampling at rate {min(1.0, cfg.train.batch_size / n):.4g}): "
+    draws = (f"Poisson sampling at rate {min(1.0, cfg.train.batch_size / n):.4g}" if cfg.client_sampling == "poisson"
+             else "shuffled epochs")  # fmt: skip
+    message = (f"protocol.target_epsilon={p.target_epsilon:g} for the unlinked server (secret-sampling bound, "
+               f"replace-one, delta={delta:g}, {cfg.train.steps} rounds of {draws}): "
                f"cut_ratio={ratio:g} (t_c={t_c} of T={cut.T}) is the smallest cut meeting it, epsilon={eps:.4g}, "
                f"per-release mu={mu:.4g}" + ("; c=1: nothing crosses the cut" if t_c == cut.T else ""))  # fmt: skip
     return cfg, CutChoice(target_epsilon=p.target_epsilon, cut_ratio=ratio, t_c=t_c, message=message, delta=delta,

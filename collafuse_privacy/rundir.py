@@ -83,13 +83,19 @@ class ViewMeta:
     server_lr_warmup: int = 50
     server_grad_clip: float = 1.0
     # how the clients drew their batches (Config.client_sampling): shuffle | poisson (the server knows the
-    # protocol; the draws themselves stay secret)
-    sampling: str = "shuffle"
+    # protocol; the draws themselves stay secret). None: a view written before the field (its clients drew
+    # shuffled batches, or Poisson ones with DP-SGD: ViewMeta.client_sampling)
+    sampling: Optional[str] = None
     schema: int = SCHEMA
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(x) for x in self.image_shape)  # type: ignore[return-value]
+
+    def client_sampling(self, dp_sgd: bool) -> str:
+        """``sampling``, or for a view written before the field what its clients did then: Poisson for
+        DP-SGD clients (``dp_sgd``: they train, ``t_c > 0``), else shuffled epochs."""
+        return self.sampling if self.sampling is not None else ("poisson" if dp_sgd else "shuffle")
 
 
 @dataclass(frozen=True)
@@ -151,8 +157,9 @@ DPSGD_ADJACENCY = "add/remove one image of the client's member set (Opacus' acco
 # the threat model of each formal number of the view, one line each (issue 25; defenses/unlinked.py)
 LINKED_THREAT = ("linked: a server that attributes every release to its image (the most releases any image got, "
                  "composed as Gaussian mechanisms)")  # fmt: skip
-UNLINKED_THREAT = ("unlinked: the server of our threat model (rows without ids or order, the clients' draws secret): "
-                   "per client and round the Poisson-subsampled Gaussian, composed over the rounds (dp_accounting PLD)")  # fmt: skip
+UNLINKED_THREAT = ("unlinked: the server cannot know in which rounds an image was drawn (the clients' secret batch "
+                   "draws and timesteps), but may recognise its row when present; replace-one, exact for that server: "
+                   "delta(eps) = sum_k Binom(k; n, p) delta_GDP(eps; sqrt(k) mu)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -174,15 +181,17 @@ class ViewPrivacy:
 @dataclass(frozen=True)
 class UnlinkedClient:
     client: int
-    sample_rate: float  # min(1, batch_size / members) * P(t >= t_c): a release's chance per round
+    sample_rate: float  # p: the chance that one of the image's chances sends a row (defenses/unlinked.py)
     epsilon_replace_one: float
-    epsilon_add_remove: float
+    epsilon_add_remove: float  # inf wherever a row can cross the cut (ADD_REMOVE_REASON)
+    chances: int = 0  # n: rounds (Poisson) or the most batches an image can be in (shuffle)
 
 
 @dataclass(frozen=True)
 class UnlinkedPrivacy:
-    """The view's epsilon for the unlinked server (``defenses/unlinked.py``): both adjacencies, the
-    largest over clients; None with ``reason`` where an assumption of the accounting fails."""
+    """The view's epsilon for the unlinked server (``defenses/unlinked.py``): a server that cannot know in
+    which rounds an image was drawn but may recognise its row when present. Replace-one, the largest over
+    clients; add/remove is infinite (``add_remove_reason``). None with ``reason`` where an assumption fails."""
 
     epsilon_replace_one: Optional[float]
     epsilon_add_remove: Optional[float]
@@ -192,12 +201,17 @@ class UnlinkedPrivacy:
     mu_per_release: Optional[float] = None
     batch_rate: Optional[float] = None  # q = batch_size / members, of the client with the fewest members
     server_draw_probability: Optional[float] = None  # P(t >= t_c)
-    sample_rate: Optional[float] = None  # q * P(t >= t_c)
+    sample_rate: Optional[float] = None  # p: q * P(t >= t_c) (Poisson) or P(t >= t_c) (shuffle), largest over clients
+    sampling: Optional[str] = None  # the clients' batches: poisson | shuffle (Config.client_sampling)
+    chances: Optional[int] = None  # n: rounds (Poisson) or the epochs bound (shuffle), largest over clients
+    add_remove_reason: Optional[str] = None  # why epsilon_add_remove is infinite
     clients: list[UnlinkedClient] = field(default_factory=list)
-    accountant: str = ("dp_accounting PLDAccountant (pessimistic PLD): PoissonSampledDpEvent(rate, "
-                       "GaussianDpEvent(noise_multiplier = 1 / mu)) composed over the rounds")  # fmt: skip
-    adjacency: str = ("replace-one (dp_accounting REPLACE_ONE: a replacement moves the release by 2 mu, conservative) "
-                      "and add/remove (ADD_OR_REMOVE_ONE), side by side")  # fmt: skip
+    accountant: str = ("exact profile of n independent chances, each one Gaussian row of per-release mu with "
+                       "probability p, else no row: delta(eps) = sum_k Binom(k; n, p) delta_GDP(eps; sqrt(k) mu) "
+                       "(k-sum cut where the binomial tail is below 1e-12 delta, that tail counted in delta), "
+                       "solved for eps")  # fmt: skip
+    adjacency: str = ("replace-one (one image of a client replaced by any other, L2 sensitivity 2 sqrt(d)); "
+                      "add/remove: infinite (a row's presence reveals the image)")  # fmt: skip
     threat: str = UNLINKED_THREAT
 
 

@@ -14,8 +14,8 @@ bit-identical to an uninterrupted one on the CPU.
 
 Batches: ``train.sampling: shuffle`` walks seeded epochs over a client's members;
 ``poisson`` draws each member independently at rate ``train.batch_size / members`` per round
-(the batch size varies; an empty batch trains nothing and sends nothing), what the unlinked
-epsilon assumes (``defenses/unlinked.py``). Both draw from the client's secret.
+(the batch size varies; an empty batch trains nothing and sends nothing). Both draw from the
+client's secret, which the unlinked epsilon rests on (``defenses/unlinked.py``).
 
 Defences (DESIGN.md §4, ``defenses/``): with ``defense.client_dp.enabled`` each
 client's :class:`~collafuse_privacy.party.Party` is made private with Opacus DP-SGD

@@ -142,8 +142,9 @@ def reading(cells: list[CellResult]) -> list[str]:
         unlinked = [(c.label, c.view_epsilon_unlinked, c.view_epsilon_unlinked_add_remove) for c in cells
                     if c.view_epsilon_unlinked is not None]  # fmt: skip
         if unlinked:
-            lines.append("For the unlinked server of our threat model (rows without ids or order, secret Poisson "
-                         "draws; dp_accounting PLD, replace-one / add-remove): "
+            lines.append("For the unlinked server of our threat model (it cannot know in which rounds an image was "
+                         "drawn, but may recognise its row when present; the secret-sampling bound, replace-one / "
+                         "add-remove, the latter infinite because a row's presence reveals the image): "
                          + "; ".join(f"[{n}] eps={a:.3g} / {b:.3g}" for n, a, b in unlinked) + ".")  # fmt: skip
         refused = sorted({c.unlinked_reason for c in cells if c.view_epsilon_unlinked is None and c.unlinked_reason
                           and c.view_epsilon is not None})  # fmt: skip

@@ -209,7 +209,10 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
     if priv is not None:
         r.view_epsilon, r.view_mu, r.view_delta = priv.view.epsilon, priv.view.mu, priv.view.delta
         u = priv.unlinked
-        if u is not None:
+        if u is not None and u.reason is None and u.sampling is None:  # the sum-form number: not a bound
+            r.unlinked_reason = ("privacy.json from before the secret-sampling bound (its unlinked number assumed the "
+                                 "other rows hide the target's): rerun `collafuse-privacy privacy`")  # fmt: skip
+        elif u is not None:
             r.view_epsilon_unlinked, r.view_epsilon_unlinked_add_remove = u.epsilon_replace_one, u.epsilon_add_remove
             r.unlinked_reason = u.reason
         else:

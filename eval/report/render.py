@@ -35,11 +35,11 @@ def _kid_iv(iv) -> str:
 ADJACENCY_NOTE = ("formal eps (view): GDP of what crosses the cut under replace-one adjacency (one image replaced by "
                   "any other, L2 sensitivity 2 sqrt(d)); the client DP-SGD eps in the defence column is Opacus' "
                   "add/remove adjacency: the two answer different questions and are not comparable")
-THREAT_NOTE = ("linked: a server that attributes every release to its image (today's number); unlinked: the server "
-               "of our threat model (rows without ids or order, the clients' draws secret): the Poisson-subsampled "
-               "Gaussian per client and round (dp_accounting PLD), replace-one / add-remove; it rests on the other "
-               "rows hiding the target's, and is reported only with Poisson sampling, fresh noise, no labels across "
-               "the cut and OS secrets")  # fmt: skip
+THREAT_NOTE = ("linked: a server that attributes every release to its image (today's number); unlinked: a server "
+               "that cannot know in which rounds an image was drawn (the clients' secret batch draws and timesteps) "
+               "but may recognise its row when present: the exact secret-sampling bound sum_k Binom(k; n, p) "
+               "delta_GDP(eps; sqrt(k) mu), replace-one; add/remove is infinite (a row's presence reveals the image); "
+               "reported only with fresh noise, no labels across the cut and OS secrets")  # fmt: skip
 SECRETS_NOTE = ("These runs derived the clients' secrets from the config's seed (secrets.derive_from_seed, for "
                 "reproducibility): a server that guesses the seed could rebuild their split and noise, so the "
                 "numbers hold only for a server that cannot.")
