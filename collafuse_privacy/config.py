@@ -75,12 +75,20 @@ class ProtocolConfig:
     target_epsilon: Optional[float] = None
     # delta of the server-view epsilon (target and report); None: defense.client_dp.delta
     target_delta: Optional[float] = None
+    # which formal epsilon target_epsilon bounds: linked (the server attributes every release to its
+    # image) | unlinked (the secret-sampling bound: the server cannot know in which rounds an image was
+    # drawn; needs fresh noise, no labels across the cut, OS secrets: defenses/unlinked.py)
+    target_threat: str = "linked"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 900  # rounds; each round every client draws one batch
     batch_size: int = 64  # images per client per round
+    # shuffle: seeded epochs over the client's members | poisson: each member independently with rate
+    # batch_size / members per round. Both from the client's secret; the unlinked epsilon covers both
+    # (defenses/unlinked.py). DP-SGD clients always draw Poisson.
+    sampling: str = "shuffle"
     lr: float = 2e-3
     lr_warmup: int = 50
     grad_clip: float = 1.0
@@ -153,6 +161,13 @@ class Config:
         """First server timestep: clients own ``t < t_c``, the server ``t >= t_c``."""
         return cut_timestep(self.protocol.cut_ratio, self.diffusion.timesteps)
 
+    @property
+    def client_sampling(self) -> str:
+        """How the clients draw their batches: ``poisson`` with ``train.sampling: poisson`` and for DP-SGD
+        clients (Opacus' accounting needs it; they train where ``t_c > 0``), else ``shuffle``."""
+        dp_on = self.defense.client_dp.enabled and self.t_c > 0
+        return "poisson" if self.train.sampling == "poisson" or dp_on else "shuffle"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -173,9 +188,18 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# Keys added after runs were made with them absent: at their default they stay out of the hashes, so a
+# run (or a sweep cell) made before they existed keeps its name and its sealed view.
+LATE_KEYS = {"train.sampling": "shuffle", "protocol.target_threat": "linked"}
+
+
+def _hashed(cfg: Config) -> dict:
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if not (k in LATE_KEYS and LATE_KEYS[k] == v)}
+
+
 def identity(cfg: Config) -> dict:
     """The config without :data:`MUTABLE_KEYS`: what makes two configs the same run."""
-    return {k: v for k, v in flatten(cfg.to_dict()).items() if k not in MUTABLE_KEYS}
+    return {k: v for k, v in _hashed(cfg).items() if k not in MUTABLE_KEYS}
 
 
 def config_hash(cfg: Config, n: int = 10, full: bool = False) -> str:
@@ -186,7 +210,7 @@ def config_hash(cfg: Config, n: int = 10, full: bool = False) -> str:
     what a run's stages were computed with (a sweep reruns a cell's later stages when it
     changes).
     """
-    d = {k: v for k, v in flatten(cfg.to_dict()).items() if k != "device"} if full else identity(cfg)
+    d = {k: v for k, v in _hashed(cfg).items() if k != "device"} if full else identity(cfg)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:n]
 
 
@@ -210,6 +234,8 @@ CHOICES = {
     "defense.client_dp.accountant": ("prv", "rdp"),
     "defense.client_dp.grad_sample_mode": ("hooks", "functorch"),
     "sample.clip": CLIP_RULES,
+    "train.sampling": ("shuffle", "poisson"),
+    "protocol.target_threat": ("linked", "unlinked"),
 }
 
 # (key, low, high, low inclusive, high inclusive)

@@ -40,7 +40,7 @@ def planned_releases(cfg: Config, n_members: list[int], steps: Optional[int] = N
 
     n = min(n_members)
     B, R = cfg.train.batch_size, cfg.train.steps if steps is None else steps
-    if cfg.defense.client_dp.enabled:
+    if cfg.defense.client_dp.enabled or cfg.train.sampling == "poisson":
         draws, fail = poisson_draws_bound(R, min(1.0, B / n), n), POISSON_TAIL
     else:
         draws, fail = epochs_bound(R, B, n), 0.0
@@ -67,6 +67,8 @@ def resolve_cut(cfg: Config, data: Dataset, splits: Splits, run_dir: Optional[Pa
                         "the clear, so no cut gives a finite epsilon (the view's replace-one adjacency replaces the "
                         "label too); condition the server on 'client' or 'none', or drop target_epsilon")  # fmt: skip
     p, delta, shape = cfg.protocol, view_delta(cfg), tuple(data.shape)
+    if p.target_threat == "unlinked":
+        return _resolve_unlinked_cut(cfg, shape, [len(m) for m in splits.members], run_dir)
     releases, fail = planned_releases(cfg, [len(m) for m in splits.members])
     cut = Cut.from_config(cfg)
     t_c, mu, eps = smallest_cut(cut.abar_table.numpy(), shape, releases, p.target_epsilon, delta)
@@ -90,6 +92,56 @@ def resolve_cut(cfg: Config, data: Dataset, splits: Splits, run_dir: Optional[Pa
                f"mu={mu:.4g}" + ("; c=1: nothing crosses the cut" if t_c == cut.T else ""))  # fmt: skip
     return cfg, CutChoice(target_epsilon=p.target_epsilon, cut_ratio=ratio, t_c=t_c, message=message, delta=delta,
                           releases_per_image=releases, mu=mu, epsilon=eps)  # fmt: skip
+
+
+def _resolve_unlinked_cut(cfg: Config, shape, n_members: list[int], run_dir: Optional[Path]) -> tuple[Config, CutChoice]:
+    """``protocol.target_threat: unlinked``: the smallest cut whose unlinked epsilon (the secret-sampling
+    bound, replace-one, the view's adjacency; ``defenses/unlinked.py``) over ``train.steps`` rounds meets
+    the target, for the client with the fewest members (the highest sampling rate, or the most epochs).
+    Refused when its assumptions fail."""
+    from .defenses.unlinked import refusal, view_unlinked
+
+    p, delta = cfg.protocol, view_delta(cfg)
+    why = refusal(fixed_noise=p.fixed_noise, sends_labels=False, derived_secrets=cfg.secrets.derive_from_seed)
+    if why is not None:
+        raise UserError(f"protocol.target_threat=unlinked: the unlinked epsilon is {why}; target the linked one "
+                        "(protocol.target_threat=linked) or change that setting")  # fmt: skip
+    cut, n = Cut.from_config(cfg), min(n_members)
+
+    def at(t_c: int) -> tuple[float, float]:
+        c = cut.with_t_c(t_c)
+        v = view_unlinked(c.abar_handover, t_c, c.T, shape, sampling=cfg.client_sampling,
+                          batch_size=cfg.train.batch_size, n_members=n, rounds=cfg.train.steps, delta=delta)  # fmt: skip
+        return v.mu, v.epsilon
+
+    lo, hi = 1, cut.T  # epsilon falls as t_c grows (less signal, fewer draws beyond the cut); t_c = T sends nothing
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at(mid)[1] <= p.target_epsilon:
+            hi = mid
+        else:
+            lo = mid + 1
+    t_c = lo
+    mu, eps = at(t_c)
+    ratio = t_c / cut.T
+    if run_dir is not None and RunDir(run_dir).exists():
+        old = RunDir(run_dir).config()
+        if old.protocol.target_epsilon == p.target_epsilon and old.protocol.cut_ratio != ratio:
+            mu_o, eps_o = at(old.t_c)
+            if eps_o > p.target_epsilon:
+                raise UserError(f"protocol.target_epsilon={p.target_epsilon:g} (unlinked): {cfg.train.steps} rounds at "
+                                f"the run's cut c={old.protocol.cut_ratio:g} give epsilon={eps_o:.3g}; it would need "
+                                f"c={ratio:g}: choose another --out")  # fmt: skip
+            t_c, mu, eps, ratio = old.t_c, mu_o, eps_o, old.protocol.cut_ratio
+    cfg = dataclasses.replace(cfg, protocol=dataclasses.replace(p, cut_ratio=ratio))
+    draws = (f"Poisson sampling at rate {min(1.0, cfg.train.batch_size / n):.4g}" if cfg.client_sampling == "poisson"
+             else "shuffled epochs")  # fmt: skip
+    message = (f"protocol.target_epsilon={p.target_epsilon:g} for the unlinked server (secret-sampling bound, "
+               f"replace-one, delta={delta:g}, {cfg.train.steps} rounds of {draws}): "
+               f"cut_ratio={ratio:g} (t_c={t_c} of T={cut.T}) is the smallest cut meeting it, epsilon={eps:.4g}, "
+               f"per-release mu={mu:.4g}" + ("; c=1: nothing crosses the cut" if t_c == cut.T else ""))  # fmt: skip
+    return cfg, CutChoice(target_epsilon=p.target_epsilon, cut_ratio=ratio, t_c=t_c, message=message, delta=delta,
+                          mu=mu, epsilon=eps, threat="unlinked")  # fmt: skip
 
 
 def resolve(cfg: Config, run_dir: Optional[Path] = None, secrets: Optional[Secrets] = None) -> Resolved:

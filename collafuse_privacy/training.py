@@ -12,6 +12,11 @@ Everything random draws from a ``torch.Generator`` (one per party, one per
 client batcher) whose state is checkpointed (``checkpoint.py``); a resumed run is
 bit-identical to an uninterrupted one on the CPU.
 
+Batches: ``train.sampling: shuffle`` walks seeded epochs over a client's members;
+``poisson`` draws each member independently at rate ``train.batch_size / members`` per round
+(the batch size varies; an empty batch trains nothing and sends nothing). Both draw from the
+client's secret, which the unlinked epsilon rests on (``defenses/unlinked.py``).
+
 Defences (DESIGN.md §4, ``defenses/``): with ``defense.client_dp.enabled`` each
 client's :class:`~collafuse_privacy.party.Party` is made private with Opacus DP-SGD
 and draws its batch by Poisson sampling at rate ``train.batch_size / members``.
@@ -207,9 +212,14 @@ def make_client(cfg: Config, k: int, model, images: torch.Tensor, labels: torch.
                 secret: int, device: torch.device) -> Client:  # fmt: skip
     """Client ``k`` with its member images, model and the generators its secret seeds."""
     party = Party(model, cfg.train, device)
-    batcher = Batcher(len(ids), generator(secret, 3))
     if client_dp_on(cfg):
         batcher = _make_private(cfg, party, len(ids), secret, device)
+    elif cfg.train.sampling == "poisson":  # each member independently, from the client's secret (DESIGN.md §4)
+        from .defenses.dp_sgd import PoissonSampler
+
+        batcher = PoissonSampler(len(ids), min(1.0, cfg.train.batch_size / len(ids)), generator(secret, 3))
+    else:
+        batcher = Batcher(len(ids), generator(secret, 3))
     return Client(k=k, images=images.to(device), labels=labels.to(device), ids=ids, party=party,
                   gen=generator(secret, 2), batcher=batcher, secret=secret, order=generator(secret, 5),
                   sends=torch.zeros(len(ids), dtype=torch.long))  # fmt: skip
@@ -512,4 +522,5 @@ def write_view_meta(run_dir: Path, cfg: Config, cut: Cut, data, splits) -> None:
         diffusion=cfg.diffusion, server_conditioning=cfg.model.server_conditioning, model_preset=cfg.model.preset,
         client_preset=cfg.model.client_preset, clients=cfg.data.clients, data_name=cfg.data.name,
         image_shape=list(data.shape), public_images=len(splits.public), server_lr=cfg.train.lr,
-        server_lr_warmup=cfg.train.lr_warmup, server_grad_clip=cfg.train.grad_clip))  # fmt: skip
+        server_lr_warmup=cfg.train.lr_warmup, server_grad_clip=cfg.train.grad_clip,
+        sampling=cfg.client_sampling))  # fmt: skip

@@ -190,8 +190,9 @@ def check_meta(meta: ViewMeta, cfg, where: Path) -> None:
             "client_preset": cfg.model.client_preset, "clients": cfg.data.clients, "data_name": cfg.data.name,
             "server_lr": cfg.train.lr, "server_lr_warmup": cfg.train.lr_warmup,
             "server_grad_clip": cfg.train.grad_clip}  # fmt: skip
-    for key, value in want.items():
-        got = getattr(meta, key)
+    dp_sgd = cfg.defense.client_dp.enabled and want["t_c"] > 0
+    for key, value in [*want.items(), ("sampling", cfg.client_sampling)]:
+        got = meta.client_sampling(dp_sgd) if key == "sampling" else getattr(meta, key)
         if got != value:
             raise UserError(f"{where} says {key} = {got!r}, the run's config.yaml gives {value!r}: the view was recorded "
                             "under another config (one of the two was edited); restore it or retrain")  # fmt: skip

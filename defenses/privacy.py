@@ -6,6 +6,11 @@ Two guarantees, side by side (DESIGN.md §4):
   accounting, :mod:`.accounting`): ``mu``, ``epsilon`` at ``delta``, releases per
   image (1 with ``fixed_noise``; otherwise the most times any member image
   actually crossed the cut, counted during training), ``inf`` for shared-noise.
+* ``unlinked``: the same view for the server of our threat model, which cannot know in which
+  rounds an image was drawn (secret batch draws and timesteps) but may recognise its row when
+  present (:mod:`.unlinked`): the exact secret-sampling bound, replace-one; add/remove infinite
+  (a row's presence reveals the image); None with a one-line reason where an assumption fails.
+  ``view`` is the "linked" number (the server attributes every release), each with its threat line.
 * ``client_dp``: DP-SGD epsilon of each client's model (Opacus accountant), what
   protects a client when it releases its model or its samples.
 
@@ -22,7 +27,8 @@ from ..lock import locks_run
 from ..config import Config
 from ..errors import UserError
 from ..numbers import fmt
-from ..rundir import ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, RunDir, ViewPrivacy
+from ..rundir import (ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, RunDir, UnlinkedClient,
+                      UnlinkedPrivacy, ViewPrivacy)
 from ..resolve import planned_releases
 from .accounting import INF, dp_sgd_epsilon, release_mu, sensitivity
 
@@ -90,7 +96,43 @@ def compute_privacy(
                        sensitivity_l2=D, note=note, delta_release_bound=fail)  # fmt: skip
     return PrivacyReport(protocol=p.kind, cut_ratio=p.cut_ratio, t_c=cut.t_c, timesteps=cut.T, step=steps, view=view,
                          client_dp=_client_dp(cfg, dp_states, n_members, cut.t_c), cut_choice=cut_choice,
-                         secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
+                         secrets_derived_from_seed=cfg.secrets.derive_from_seed,
+                         unlinked=unlinked_privacy(cfg, image_shape, n_members, steps))  # fmt: skip
+
+
+def unlinked_privacy(cfg: Config, image_shape, n_members: list[int], steps: int) -> UnlinkedPrivacy:
+    """The view's epsilon for the unlinked server (:mod:`.unlinked`) of a run with ``n_members`` per
+    client after ``steps`` rounds: per client the secret-sampling bound under replace-one, the largest
+    over clients; add/remove infinite wherever a row can cross the cut."""
+    from ..protocol import protocol_for
+    from ..resolve import view_delta
+    from .unlinked import ADD_REMOVE_REASON, refusal_for, server_draw_probability, view_unlinked
+
+    delta = view_delta(cfg)
+    why = refusal_for(cfg)
+    if why is not None:
+        return UnlinkedPrivacy(epsilon_replace_one=None, epsilon_add_remove=None, delta=delta, rounds=steps, reason=why)
+    proto = protocol_for(cfg)
+    cut, sampling = proto.cut, cfg.client_sampling
+    clients, views = [], []
+    for k, n in enumerate(n_members):
+        v = view_unlinked(cut.abar_handover, cut.t_c, cut.T, image_shape, sampling=sampling,
+                          batch_size=cfg.train.batch_size, n_members=n, rounds=steps, delta=delta,
+                          sends_noise=proto.sends_noise)  # fmt: skip
+        add_remove = INF if v.mu > 0 and v.p > 0 and v.chances > 0 else 0.0  # a row that can cross gives it away
+        clients.append(UnlinkedClient(client=k, sample_rate=v.p, epsilon_replace_one=v.epsilon,
+                                      epsilon_add_remove=add_remove, chances=v.chances))  # fmt: skip
+        views.append(v)
+    n_min = min(n_members)
+    add_remove = max(c.epsilon_add_remove for c in clients)
+    return UnlinkedPrivacy(epsilon_replace_one=max(c.epsilon_replace_one for c in clients), epsilon_add_remove=add_remove,
+                           delta=delta, rounds=steps, mu_per_release=views[0].mu,
+                           batch_rate=min(1.0, cfg.train.batch_size / n_min) if n_min else 0.0,
+                           server_draw_probability=server_draw_probability(cut.t_c, cut.T),
+                           sample_rate=max(c.sample_rate for c in clients), sampling=sampling,
+                           chances=max(c.chances for c in clients),
+                           add_remove_reason=ADD_REMOVE_REASON if add_remove == INF else None,
+                           clients=clients)  # fmt: skip
 
 
 def _client_dp(cfg: Config, dp_states, n_members, t_c) -> ClientDPReport:
@@ -136,7 +178,9 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
     if not recompute and rd.metrics_path("privacy").is_file():
         try:
             cached = rd.metrics("privacy")
-            if cached.step == int(step_dir.name.split("-")[-1]):  # it describes the latest checkpoint
+            u = cached.unlinked
+            stale = u is not None and u.reason is None and u.sampling is None  # the sum-form number of before
+            if cached.step == int(step_dir.name.split("-")[-1]) and not stale:  # it describes the latest checkpoint
                 return cached
         except UserError:
             pass  # damaged: recompute below
@@ -146,7 +190,8 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
     cut_choice = None
     if cfg.protocol.target_epsilon is not None:
         cut_choice = CutChoice(target_epsilon=cfg.protocol.target_epsilon, cut_ratio=cfg.protocol.cut_ratio,
-                               t_c=cfg.t_c, message="recomputed from the resolved config")  # fmt: skip
+                               t_c=cfg.t_c, message="recomputed from the resolved config",
+                               threat=cfg.protocol.target_threat)  # fmt: skip
     report = compute_privacy(cfg, meta.shape, release_counts=state.get("release_counts"),
                              dp_states=dp_states or None, n_members=n_members, steps=int(state["step"]),
                              cut_choice=cut_choice)  # fmt: skip
@@ -167,7 +212,23 @@ def format_privacy(report: PrivacyReport) -> str:
         f"  {v.note}",
         f"  adjacency: {v.adjacency}"
         + (f"; delta includes {v.delta_release_bound:g}, the chance that the release bound fails" if v.delta_release_bound else ""),
+        f"  threat model: {v.threat}",
     ]
+    u = report.unlinked
+    if u is not None:
+        lines.append(f"server view, unlinked (delta = {f(u.delta, 'g')}, {u.rounds} rounds):")
+        if u.reason is not None:
+            lines.append(f"  {u.reason}")
+        else:
+            how = ("rounds, rate q * P(t >= t_c) = " f"{f(u.batch_rate)} * {f(u.server_draw_probability)}"
+                   if u.sampling == "poisson" else "batches an image can be in at most (shuffled epochs), each "
+                   "crossing with P(t >= t_c)")  # fmt: skip
+            lines.append(f"  epsilon replace-one {f(u.epsilon_replace_one)}, add/remove {f(u.epsilon_add_remove)}"
+                         + (f" ({u.add_remove_reason})" if u.add_remove_reason else "")
+                         + f"; per-release mu {f(u.mu_per_release)}, n = {u.chances} {how}: p = {f(u.sample_rate)} "
+                         "(largest over clients)")  # fmt: skip
+            lines.append(f"  {u.accountant}; adjacency: {u.adjacency}")
+        lines.append(f"  threat model: {u.threat}")
     if report.cut_choice is not None:
         lines.append(f"  cut chosen by protocol.target_epsilon: {report.cut_choice.message}")
     if report.secrets_derived_from_seed:

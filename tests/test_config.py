@@ -65,6 +65,8 @@ def test_int_accepted_for_float_and_t_c_rounds():
         ("data.partition=random", "data.partition"),
         ("protocol.kind=both", "protocol.kind"),
         ("data=3", "data"),
+        ("train.sampling=random", "config key 'train.sampling' must be one of shuffle, poisson"),
+        ("protocol.target_threat=both", "config key 'protocol.target_threat' must be one of linked, unlinked"),
     ],
 )
 def test_bad_values_name_the_key(override, words):
@@ -83,6 +85,17 @@ def test_config_hash_and_roundtrip():
     # ... but are part of what its results were computed with (device aside)
     assert config_hash(longer, full=True) != config_hash(a, full=True)
     assert config_hash(load_config(None, ["seed=1", "device=cpu"]), full=True) == config_hash(a, full=True)
+
+
+def test_late_keys_at_their_default_keep_the_hashes_of_runs_made_before_them():
+    from collafuse_privacy.config import LATE_KEYS, identity
+
+    cfg = load_config(None, ["seed=1"])
+    assert not set(LATE_KEYS) & set(identity(cfg))  # at the default: the identity of a run made before the keys
+    for key, other in (("train.sampling", "poisson"), ("protocol.target_threat", "unlinked")):
+        changed = load_config(None, ["seed=1", f"{key}={other}"])
+        assert identity(changed)[key] == other and config_hash(changed) != config_hash(cfg)
+        assert config_hash(changed, full=True) != config_hash(cfg, full=True)
 
 
 def test_config_command_prints_every_key_and_loads_back(tmp_path):

@@ -61,6 +61,30 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path, kind):
     _assert_same(_final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed"))
 
 
+def test_poisson_sampling_resumes_bitwise_and_is_recorded(tmp_path):
+    over = ["train.sampling=poisson", "train.steps=7", "train.checkpoint_every=3", "record.shard_size=10"]
+    cfg = tiny_config(*over)
+    train(cfg, tmp_path / "straight", device="cpu", quiet=True)
+
+    def stop_at_5(step):
+        if step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "resumed", device="cpu", quiet=True, on_round=stop_at_5)
+    train(cfg, tmp_path / "resumed", device="cpu", quiet=True)
+    straight = _final_state(tmp_path / "straight")
+    _assert_same(straight, _final_state(tmp_path / "resumed"))
+    assert json.loads((tmp_path / "straight" / "server_view" / "meta.json").read_text())["sampling"] == "poisson"
+    assert RunDir(tmp_path / "straight").config().train.sampling == "poisson"
+    # Poisson batches: their sizes vary round to round (a shuffled batch is always train.batch_size)
+    drawn = {n + s for row in straight[3] for n, s in zip(row["client_n"], row["sent"])}
+    assert len(drawn) > 1
+    train(tiny_config("train.steps=7"), tmp_path / "shuffle", device="cpu", quiet=True)
+    log = _final_state(tmp_path / "shuffle")[3]
+    assert {n + s for row in log for n, s in zip(row["client_n"], row["sent"])} == {8}
+
+
 def test_extending_steps_equals_training_longer(tmp_path):
     train(tiny_config("train.steps=6"), tmp_path / "a", device="cpu", quiet=True)
     train(tiny_config("train.steps=4"), tmp_path / "b", device="cpu", quiet=True)

@@ -129,7 +129,8 @@ def reading(cells: list[CellResult]) -> list[str]:
     if eps:
         if finite:
             useful = [(n, e) for n, e in finite if e <= 10]
-            lines.append("Formal guarantee for the server's view (GDP, delta as in privacy.json): finite epsilon for "
+            lines.append("Formal guarantee for the server's view, linked (a server that attributes every release to its "
+                         "image; GDP, delta as in privacy.json): finite epsilon for "
                          + "; ".join(f"[{n}] eps={e:.3g}" for n, e in finite) + ". "
                          + (("Only " + ", ".join(f"[{n}]" for n, _ in useful) + " reach eps <= 10, the range where a "
                              "guarantee means something; ") if useful else "None reaches eps <= 10, the range where "
@@ -138,6 +139,18 @@ def reading(cells: list[CellResult]) -> list[str]:
         else:
             lines.append("No setting that sends images has a finite formal epsilon for the server's view: "
                          "the empirical attacks above are the only evidence of privacy.")  # fmt: skip
+        unlinked = [(c.label, c.view_epsilon_unlinked, c.view_epsilon_unlinked_add_remove) for c in cells
+                    if c.view_epsilon_unlinked is not None]  # fmt: skip
+        if unlinked:
+            lines.append("For the unlinked server of our threat model (it cannot know in which rounds an image was "
+                         "drawn, but may recognise its row when present; the secret-sampling bound, replace-one / "
+                         "add-remove, the latter infinite because a row's presence reveals the image): "
+                         + "; ".join(f"[{n}] eps={a:.3g} / {b:.3g}" for n, a, b in unlinked) + ".")  # fmt: skip
+        refused = sorted({c.unlinked_reason for c in cells if c.view_epsilon_unlinked is None and c.unlinked_reason
+                          and c.view_epsilon is not None})  # fmt: skip
+        if refused:
+            lines.append("The unlinked epsilon is " + ("not reported for the other settings" if unlinked else
+                         "not reported") + ": " + "; ".join(r.removeprefix("not reported: ") for r in refused) + ".")
     for c in cells:
         for a in c.audits:
             what = "the server's view" if a["target"] == "server" else a["target"].replace(":", " ") + "'s model"

@@ -53,6 +53,11 @@ class CellResult:
     view_epsilon: Optional[float] = None
     view_mu: Optional[float] = None
     view_delta: Optional[float] = None
+    # the view's epsilon for the unlinked server (privacy.json `unlinked`): replace-one, add/remove, or
+    # the one-line reason it is not reported
+    view_epsilon_unlinked: Optional[float] = None
+    view_epsilon_unlinked_add_remove: Optional[float] = None
+    unlinked_reason: Optional[str] = None
     client_flop_share: Optional[float] = None
     bytes_per_image: Optional[float] = None
     paper_kid: Optional[float] = None  # mean over clients: KID(server training images, client members)
@@ -99,7 +104,8 @@ class CellResult:
                "protocol": self.protocol, "defence": self.defence, "fid": self.fid, "kid": self.kid,
                "fid_ci": self.fid_ci, "kid_ci": self.kid_ci, "floor": self.floor,
                "extractor": self.extractor, "extractor_sha256": self.extractor_sha256,
-               "view_epsilon": self.view_epsilon,
+               "view_epsilon": self.view_epsilon, "view_epsilon_unlinked": self.view_epsilon_unlinked,
+               "view_epsilon_unlinked_add_remove": self.view_epsilon_unlinked_add_remove,
                "client_dp_epsilon": num(self.dp.get("epsilon")) if self.dp and self.dp.get("enabled") else None,
                "client_flop_share": self.client_flop_share, "bytes_per_image": self.bytes_per_image,
                "paper_kid": self.paper_kid, "paper_mse": self.paper_mse}  # fmt: skip
@@ -202,6 +208,15 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
     priv = rd.metrics("privacy")
     if priv is not None:
         r.view_epsilon, r.view_mu, r.view_delta = priv.view.epsilon, priv.view.mu, priv.view.delta
+        u = priv.unlinked
+        if u is not None and u.reason is None and u.sampling is None:  # the sum-form number: not a bound
+            r.unlinked_reason = ("privacy.json from before the secret-sampling bound (its unlinked number assumed the "
+                                 "other rows hide the target's): rerun `collafuse-privacy privacy`")  # fmt: skip
+        elif u is not None:
+            r.view_epsilon_unlinked, r.view_epsilon_unlinked_add_remove = u.epsilon_replace_one, u.epsilon_add_remove
+            r.unlinked_reason = u.reason
+        else:
+            r.unlinked_reason = "privacy.json from before the unlinked accountant: rerun `collafuse-privacy privacy`"
         if priv.client_dp.enabled:
             r.dp = {**(r.dp or {}), "enabled": True, "epsilon": priv.client_dp.epsilon}
             if priv.client_dp.noise_multiplier is not None:

@@ -35,6 +35,11 @@ def _kid_iv(iv) -> str:
 ADJACENCY_NOTE = ("formal eps (view): GDP of what crosses the cut under replace-one adjacency (one image replaced by "
                   "any other, L2 sensitivity 2 sqrt(d)); the client DP-SGD eps in the defence column is Opacus' "
                   "add/remove adjacency: the two answer different questions and are not comparable")
+THREAT_NOTE = ("linked: a server that attributes every release to its image (today's number); unlinked: a server "
+               "that cannot know in which rounds an image was drawn (the clients' secret batch draws and timesteps) "
+               "but may recognise its row when present: the exact secret-sampling bound sum_k Binom(k; n, p) "
+               "delta_GDP(eps; sqrt(k) mu), replace-one; add/remove is infinite (a row's presence reveals the image); "
+               "reported only with fresh noise, no labels across the cut and OS secrets")  # fmt: skip
 SECRETS_NOTE = ("These runs derived the clients' secrets from the config's seed (secrets.derive_from_seed, for "
                 "reproducibility): a server that guesses the seed could rebuild their split and noise, so the "
                 "numbers hold only for a server that cannot.")
@@ -75,16 +80,24 @@ def tables(cells: list[CellResult], notes: Optional[dict] = None) -> dict[str, l
     """Named tables (header row first) of the report; ``notes`` (if given) receives the
     footnotes of each table: ``{table name: [reason, ...]}``."""
     mia_notes, main_notes = _Notes(), _Notes()
-    main = [["setting", "c", "t_c", "protocol", "defence", "FID pooled [95%]", f"{KID_UNIT} pooled [95%]", "formal eps (view)",
-             "client FLOP share", "bytes sent / image", "rows not recorded", "status"]]  # fmt: skip
+    main = [["setting", "c", "t_c", "protocol", "defence", "FID pooled [95%]", f"{KID_UNIT} pooled [95%]",
+             "formal eps (view, linked)", "formal eps (view, unlinked: replace-one / add-remove)", "client FLOP share", "bytes sent / image", "rows not recorded", "status"]]  # fmt: skip
     for c in cells:
         eps = _fmt(c.view_epsilon)
         if c.view_epsilon is not None:
             eps += " " + main_notes.na(ADJACENCY_NOTE)[4:]
             if c.secrets_derived_from_seed:  # beside the number it qualifies, cell by cell
                 eps += " (derived secrets) " + main_notes.na(SECRETS_NOTE)[4:]
+            eps += " " + main_notes.na(THREAT_NOTE)[4:]
+        if c.view_epsilon_unlinked is not None:
+            unlinked = (f"{_fmt(c.view_epsilon_unlinked)} / {_fmt(c.view_epsilon_unlinked_add_remove)} "
+                        + main_notes.na(THREAT_NOTE)[4:])
+        elif c.view_epsilon is not None:
+            unlinked = main_notes.na(c.unlinked_reason)
+        else:
+            unlinked = "n/a"
         main.append([c.label, _fmt(c.cut_ratio, "g"), str(c.t_c if c.t_c is not None else "n/a"), c.protocol, c.defence,
-                     _fmt_iv(c.fid_ci, ".2f") if c.fid_ci else _fmt(c.fid, ".2f"), _kid_iv(c.kid_ci), eps,
+                     _fmt_iv(c.fid_ci, ".2f") if c.fid_ci else _fmt(c.fid, ".2f"), _kid_iv(c.kid_ci), eps, unlinked,
                      _fmt(c.client_flop_share, ".3f"),
                      _fmt(c.bytes_per_image, ".0f"), _fmt(c.not_recorded, ".0f"),
                      c.status + (f": {c.error}" if c.error else "")])  # fmt: skip
