@@ -220,7 +220,7 @@ def test_gdp_bound_is_tight_for_a_worst_case_pair():
 def test_run_membership_files_and_targets(tiny_run):
     run = _run(tiny_run, 0.5)
     res = run_mm(run, n_boot=NB, log=lambda m: None)
-    assert set(res["methods"]) == set(FAMILY.defaults()) == set(names()) - {"lira"}  # lira: on request
+    assert set(res["methods"]) == set(FAMILY.defaults()) == set(names()) - {"lira", "rmia"}  # on request
     for name, m in res["methods"].items():
         assert m["applicable"], name
         for key in ("auc", "balanced_accuracy"):
