@@ -443,6 +443,35 @@ def audit(config, overrides, run_dir, out, canaries, kind, target, methods, opti
         sys.exit(1)
 
 
+@main.command("audit-dpsgd")
+@click.option("--noise-multiplier", type=click.FloatRange(min=0, min_open=True), default=0.8, show_default=True)
+@click.option("--sample-rate", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Independent training runs of the tiny client (fresh model, data draws, noise, accountant).")
+@click.option("--canaries", type=click.IntRange(min=4), default=2000, show_default=True,
+              help="Gradient canaries per run (one coordinate each of the client's canary block, sized to fit).")
+@click.option("--canary-norm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The canaries' gradient norm in units of the clipping norm 1 (default 1; above, clipping must cut it).")
+@click.option("--delta", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-5, show_default=True)
+@click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def audit_dpsgd(noise_multiplier, sample_rate, steps, runs, canaries, canary_norm, delta, alpha, seed):
+    """White-box audit of the Opacus DP-SGD integration (Nasr et al. 2023; Steinke et al. 2023): gradient
+    canaries in a parameter block no real gradient touches, through a tiny client's clipping, noise and
+    sampling, every update observed; the Clopper-Pearson (headline), one-run and parametric epsilons beside
+    Opacus' (add/remove). Exit code 1 when one exceeds it."""
+    from .eval.audit_dpsgd import audit_dpsgd as run_audit_dpsgd, format_white_box, tiny_clients
+
+    r = run_audit_dpsgd(tiny_clients(noise_multiplier, sample_rate, seed=seed, block=canaries), steps=steps,
+                        runs=runs, canaries=canaries, canary_norm=canary_norm, delta=delta, alpha=alpha,
+                        seed=seed)  # fmt: skip
+    click.echo(format_white_box(r))
+    if not r.passed:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--config", "sweep_file", type=click.Path(), required=True, help="Sweep YAML: base (or config) + grid (+ include, stages).")
 @click.option("--out", type=click.Path(), required=True, help="Sweep directory; each cell is a run in OUT/cells/<hash>. Rerunning resumes.")

@@ -127,9 +127,15 @@ class DPSGD:
     def steps(self) -> int:
         return sum(int(n) for _, _, n in self.accountant.history)
 
-    def step(self, loss_fn: Optional[Callable[[nn.Module], torch.Tensor]]) -> Optional[float]:
+    def step(self, loss_fn: Optional[Callable[[nn.Module], torch.Tensor]],
+             extra_grad_samples: Optional[list] = None) -> Optional[float]:  # fmt: skip
         """One DP-SGD step. ``loss_fn(module) -> loss`` (mean over the batch) or None for an
-        empty Poisson batch, which still adds the noise and counts as a step."""
+        empty Poisson batch, which still adds the noise and counts as a step.
+
+        ``extra_grad_samples``: optional per-sample gradients ``[k, *p.shape]``, one tensor per
+        parameter of ``self.optimizer.params``, appended to the batch's rows before Opacus clips,
+        sums and noises them: the white-box audit's gradient canaries (``eval/audit_dpsgd.py``)
+        take the same path as real examples. None in training."""
         self.optimizer.zero_grad(set_to_none=True)
         out = None
         if loss_fn is not None:
@@ -142,6 +148,11 @@ class DPSGD:
         else:
             for p in self.optimizer.params:
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        if extra_grad_samples is not None:
+            for p, rows in zip(self.optimizer.params, extra_grad_samples, strict=True):
+                gs = p.grad_sample
+                gs = torch.cat(gs) if isinstance(gs, list) else gs
+                p.grad_sample = torch.cat([gs, rows.to(dtype=p.dtype, device=p.device)])
         self.optimizer.step()
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         return out
