@@ -131,7 +131,7 @@ def test_strata_by_release_count_bound_each_count_against_its_own_formal_mu():
     """Fresh noise: slots released once or four times (formal mu and 2 mu). The pooled bound mixes the two
     trade-off curves; per count, each bound stays below its own formal mu, and the four-release stratum
     certifies more than a single release's mu could (so pooling would have hidden it)."""
-    mu1, m, d = 0.8, 8000, 64
+    mu1, m = 0.8, 8000
     rng = np.random.default_rng(0)
     r = np.where(rng.random(m) < 0.5, 1, 4)
     coin = rng.random(m) < 0.5

@@ -64,13 +64,12 @@ def test_the_same_attacks_are_at_chance_on_images_the_model_never_saw(memorised)
         assert iv.lo <= 0.5 <= iv.hi, (name, iv)
 
 
-@pytest.mark.parametrize("name,min_auc", [("lira", 0.8), ("rmia", 0.75)])
-def test_the_calibrated_attacks_find_the_members_and_are_at_chance_on_unseen_images(memorised, name, min_auc):
+@pytest.mark.parametrize("name", ["lira", "rmia"])
+def test_the_calibrated_attacks_find_the_members_and_are_at_chance_on_unseen_images(memorised, name):
     """The calibrated attacks (offline LiRA and RMIA, reference models on public images) have the same
     controls. To keep the test short their two references train 150 of the target's 500 rounds, which
-    costs some AUC (measured: lira 0.86, rmia 0.815; `benchmarks/positive_control.py --attacks
-    loss,lira,rmia` for more references). RMIA's bar is lower: its population is the server's 10
-    public images, so its score moves in steps of 0.1 and ties cost AUC."""
+    costs some AUC (measured: lira 0.86, rmia 0.95; `benchmarks/positive_control.py --attacks
+    loss,lira,rmia` for more references)."""
     from collafuse_privacy.rundir import RunDir
 
     run, cfg = memorised
@@ -81,7 +80,7 @@ def test_the_calibrated_attacks_find_the_members_and_are_at_chance_on_unseen_ima
     non = torch.tensor([i for h in splits.holdout for i in h])
     s = torch.cat([attack.score(view, data.images[mem]), attack.score(view, data.images[non])]).numpy()
     y = np.r_[np.ones(len(mem)), np.zeros(len(non))].astype(int)
-    assert auc(s, y) >= min_auc, (name, auc(s, y))
+    assert auc(s, y) >= 0.8, (name, auc(s, y))
     unseen = _unseen(run, cfg)
     s0 = attack.score(view, unseen).numpy()
     y0 = np.r_[np.ones(100), np.zeros(100)].astype(int)

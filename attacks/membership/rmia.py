@@ -28,10 +28,13 @@ Here:
   (``describe()`` records it). The candidates are never used for the choice.
 
 ``n_ref`` sets the number of references (at least 2; ``default = False``: it trains models).
-With a small public split the score is coarse (one step per population point).
+With a small public split the fraction is coarse (one step per population point); ties are
+broken by the candidate's own ratio (:func:`pairwise_score`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -50,11 +53,18 @@ def _auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 
 def pairwise_score(lx_t, px, lz_t, pz, gamma: float) -> torch.Tensor:
-    """``score(x) = mean_z 1[(p(x|t) / p(x)) / (p(z|t) / p(z)) > gamma]`` in log space.
-    ``lx_t`` / ``lz_t``: log-likelihoods under the target; ``px`` / ``pz``: reference likelihoods."""
-    rx = lx_t - px.log()
-    rz = lz_t - pz.log()
-    return ((rx.view(-1, 1) - rz.view(1, -1)) > torch.log(torch.tensor(gamma, dtype=rx.dtype))).double().mean(1)
+    """``score(x) = mean_z 1[(p(x|t) / p(x)) / (p(z|t) / p(z)) > gamma]`` in log space, float64.
+    ``lx_t`` / ``lz_t``: log-likelihoods under the target; ``px`` / ``pz``: reference likelihoods.
+
+    For one target the fraction is the population's CDF of ``r(z)`` at ``r(x) - log gamma``, a
+    step function of ``r(x) = log p(x|t) - log p(x)``: with few population points most candidates
+    tie. Ties are broken by ``r(x)`` itself, the order the fraction takes as the population grows
+    (a term below one step, ``sigmoid(r(x) - median r(z)) / (Z + 1)``), so the score still moves by
+    the paper's steps between levels and the threshold ``gamma`` keeps its meaning."""
+    rx = (lx_t - px.log()).double()
+    rz = (lz_t - pz.log()).double()
+    frac = ((rx.view(-1, 1) - rz.view(1, -1)) > math.log(gamma)).double().mean(1)
+    return frac + torch.sigmoid(rx - rz.median()) / (len(rz) + 1)
 
 
 def offline_px(p_out: torch.Tensor, a: float) -> torch.Tensor:
@@ -163,4 +173,4 @@ class RMIA(LiRA):
         px = offline_px(self._log_lik_refs(candidates, client).exp().mean(1), self.a)
         lz_t = self._log_lik(self.model, self.z, client)
         pz = self._lz_ref.exp().mean(1)
-        return pairwise_score(lx_t, px, lz_t, pz, self.gamma).float()
+        return pairwise_score(lx_t, px, lz_t, pz, self.gamma)
