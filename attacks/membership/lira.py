@@ -6,7 +6,8 @@ models that never saw it. Offline: only "out" references, trained without the ca
 and the score is how far the target's statistic falls on the member side of that
 distribution, ``(mean_out(x) - s_target(x)) / sigma_out`` (one-sided; a per-candidate sigma
 needs many references, so with fewer than 8 a global sigma is used, the paper's "fixed
-variance" variant).
+variance" variant, estimated once on the public images: a candidate's score never depends on
+the other candidates scored with it).
 
 Here the statistic is the ``loss`` attack's denoising error on fixed seeded probes (lower =
 member), and the references are models the server trains itself, in the target's range and
@@ -52,9 +53,18 @@ class LiRA(LossAttack):
 
     def fit(self, view) -> "LiRA":
         super().fit(view)
+        self._sigma = None
+        public, preset = self._references_plan(view, min_public=2)
+        self.refs = [self._train_reference(view, public, preset, i) for i in range(self.n_ref)]
+        return self
+
+    def _references_plan(self, view, min_public: int) -> tuple[torch.Tensor, str]:
+        """``(public images, preset)`` for the references; fills ``ref_steps`` (the target's rounds) and
+        ``ref_batch`` (the rows per round it received) where not given."""
         public = view.public_images()[0]
-        if len(public) < 2:
-            raise NotApplicable("lira needs public images to train reference models on (data.public_fraction = 0)")
+        if len(public) < min_public:
+            raise NotApplicable(f"{self.name} needs at least {min_public} public images to train reference models "
+                                f"on (data.public_fraction)")  # fmt: skip
         rounds = view.messages["round"] if len(view) else torch.zeros(0, dtype=torch.long)
         if self.ref_steps is None:
             self.ref_steps = int(rounds.max()) + 1 if len(rounds) else 100
@@ -62,8 +72,7 @@ class LiRA(LossAttack):
             self.ref_batch = max(1, int(round(len(rounds) / max(1, int(rounds.max()) + 1)))) if len(rounds) else 64
         preset = view.meta.model_preset if self.target_kind == "server" else (view.meta.client_preset or
                                                                               view.meta.model_preset)  # fmt: skip
-        self.refs = [self._train_reference(view, public, preset, i) for i in range(self.n_ref)]
-        return self
+        return public, preset
 
     def _train_reference(self, view, public: torch.Tensor, preset: str, i: int):
         """A model of the target's kind trained on the public images in the target's range."""
@@ -98,9 +107,8 @@ class LiRA(LossAttack):
         return model.eval()
 
     @torch.no_grad()
-    def score(self, view, candidates: torch.Tensor, client=None) -> torch.Tensor:
-        if self.model is None:
-            raise RuntimeError("call fit(view) first")
+    def _errors(self, candidates: torch.Tensor, client) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's and every reference's error on ``candidates``: ``[M]``, ``[M, n_ref]`` float64."""
         target = self.model
         out_t, out_r = [], []
         try:
@@ -116,10 +124,28 @@ class LiRA(LossAttack):
                 out_r.append(torch.stack(per_ref, 1))
         finally:
             self.model = target
-        e_t, e_r = torch.cat(out_t).double(), torch.cat(out_r).double()  # [M], [M, n_ref]
+        if not out_t:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, len(self.refs), dtype=torch.float64)
+        return torch.cat(out_t).double(), torch.cat(out_r).double()
+
+    def _global_sigma(self, view) -> float:
+        """The fixed variance (fewer than 8 references): the references' spread around their per-image
+        means on the public images, estimated once, so a candidate's score does not depend on which
+        other candidates are scored with it (a constant: it scales the scores, it does not reorder
+        them)."""
+        if getattr(self, "_sigma", None) is None:
+            _, e_r = self._errors(view.public_images()[0], None)
+            self._sigma = float((e_r - e_r.mean(1, keepdim=True)).pow(2).mean().sqrt().clamp_min(1e-12))
+        return self._sigma
+
+    @torch.no_grad()
+    def score(self, view, candidates: torch.Tensor, client=None) -> torch.Tensor:
+        if self.model is None:
+            raise RuntimeError("call fit(view) first")
+        e_t, e_r = self._errors(candidates, client)
         mean = e_r.mean(1)
         if self.n_ref >= 8:
             sigma = e_r.std(1).clamp_min(1e-12)
-        else:  # fixed variance: the spread of the references around their per-candidate means
-            sigma = (e_r - mean.unsqueeze(1)).pow(2).mean().sqrt().clamp_min(1e-12)
+        else:
+            sigma = self._global_sigma(view)
         return (mean - e_t) / sigma

@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from .base import NotApplicable, register
+from .base import register
 from .lira import LiRA
 from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
 from collafuse_privacy.rng import generator
@@ -92,16 +92,7 @@ class RMIA(LiRA):
 
     def fit(self, view) -> "RMIA":
         super(LiRA, self).fit(view)  # the target model (ModelAttack.fit), not LiRA's references
-        public = view.public_images()[0]
-        if len(public) < 4:
-            raise NotApplicable("rmia needs at least 4 public images (population and references' data)")
-        rounds = view.messages["round"] if len(view) else torch.zeros(0, dtype=torch.long)
-        if self.ref_steps is None:
-            self.ref_steps = int(rounds.max()) + 1 if len(rounds) else 100
-        if self.ref_batch is None:
-            self.ref_batch = max(1, int(round(len(rounds) / max(1, int(rounds.max()) + 1)))) if len(rounds) else 64
-        preset = view.meta.model_preset if self.target_kind == "server" else (view.meta.client_preset or
-                                                                              view.meta.model_preset)  # fmt: skip
+        public, preset = self._references_plan(view, min_public=4)  # population and references' halves
         n = len(public)
         self.halves, self.refs = [], []
         for i in range(self.n_ref):
