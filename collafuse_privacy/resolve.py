@@ -99,10 +99,10 @@ def _resolve_unlinked_cut(cfg: Config, shape, n_members: list[int], run_dir: Opt
     bound, replace-one, the view's adjacency; ``defenses/unlinked.py``) over ``train.steps`` rounds meets
     the target, for the client with the fewest members (the highest sampling rate, or the most epochs).
     Refused when its assumptions fail."""
-    from .defenses.unlinked import refusal, view_unlinked
+    from .defenses.unlinked import refusal_for, view_unlinked
 
     p, delta = cfg.protocol, view_delta(cfg)
-    why = refusal(fixed_noise=p.fixed_noise, sends_labels=False, derived_secrets=cfg.secrets.derive_from_seed)
+    why = refusal_for(cfg)  # labels with a target were refused before (resolve_cut)
     if why is not None:
         raise UserError(f"protocol.target_threat=unlinked: the unlinked epsilon is {why}; target the linked one "
                         "(protocol.target_threat=linked) or change that setting")  # fmt: skip

@@ -18,7 +18,7 @@ from collafuse_privacy.party import Party
 from collafuse_privacy.training import train
 
 from conftest import tiny_config
-from test_training import Interrupt, _assert_same, _final_state
+from test_training import _assert_same, _final_state, _killed_then_resumed
 
 DP = ["defense.client_dp.enabled=true", "defense.client_dp.log_every=1"]
 
@@ -184,13 +184,7 @@ def test_dp_resume_equals_uninterrupted_bitwise(tmp_path):
                       "train.checkpoint_every=3")
     train(cfg, tmp_path / "straight", device="cpu", quiet=True)
 
-    def stop_at_5(step):
-        if step == 5:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(cfg, tmp_path / "resumed", device="cpu", quiet=True, on_round=stop_at_5)
-    train(cfg, tmp_path / "resumed", device="cpu", quiet=True)
+    _killed_then_resumed(cfg, tmp_path / "resumed")
     _assert_same(_final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed"))
     a, b = [json.loads((tmp_path / r / "metrics" / "privacy.json").read_text()) for r in ("straight", "resumed")]
     assert a == b and a["client_dp"]["steps"] == 6

@@ -14,7 +14,7 @@ from collafuse_privacy.training import train
 from collafuse_privacy.view import ServerView, load_shards
 
 from conftest import tiny_config
-from test_training import Interrupt, _assert_same, _final_state
+from test_training import _assert_same, _final_state, _killed_then_resumed
 
 OS = "secrets.derive_from_seed=false"
 
@@ -65,14 +65,8 @@ def test_os_secrets_differ_between_runs_and_a_resumed_run_is_bitwise(tmp_path):
     assert read_secrets(tmp_path / "a").root != read_secrets(tmp_path / "other").root
     assert (tmp_path / "a" / "splits.json").read_text() != (tmp_path / "other" / "splits.json").read_text()
 
-    def stop_at_5(step):
-        if step == 5:
-            raise Interrupt
-
-    secrets = read_secrets(tmp_path / "a")  # the same clients, trained again with a kill and a resume
-    with pytest.raises(Interrupt):
-        train(cfg, tmp_path / "b", device="cpu", quiet=True, on_round=stop_at_5, secrets=secrets)
-    train(cfg, tmp_path / "b", device="cpu", quiet=True)  # reads clients/secrets.json back
+    # the same clients, trained again with a kill and a resume (which reads clients/secrets.json back)
+    _killed_then_resumed(cfg, tmp_path / "b", secrets=read_secrets(tmp_path / "a"))
     _assert_same(_final_state(tmp_path / "a"), _final_state(tmp_path / "b"))
 
 

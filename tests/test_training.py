@@ -19,6 +19,19 @@ class Interrupt(Exception):
     pass
 
 
+def _killed_then_resumed(cfg, run_dir, at: int = 5, **kw) -> dict:
+    """Train ``cfg`` into ``run_dir``, killed after round ``at`` (its tail beyond the last checkpoint is
+    lost and redone), then resumed to the end; returns the resumed ``train``'s result."""
+
+    def stop(step):
+        if step == at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, run_dir, device="cpu", quiet=True, on_round=stop, **kw)
+    return train(cfg, run_dir, device="cpu", quiet=True)
+
+
 def _final_state(run_dir):
     ck = run_dir / "checkpoints"
     d = ck / json.loads((ck / "latest.json").read_text())["dir"]
@@ -49,14 +62,9 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path, kind):
     cfg = tiny_config(*over)
     train(cfg, tmp_path / "straight", device="cpu", quiet=True)
 
-    def stop_at_5(step):
-        if step == 5:  # after the checkpoint at 3: rounds 4-5 are lost and redone
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(cfg, tmp_path / "resumed", device="cpu", quiet=True, on_round=stop_at_5)
-    # the interrupted tail left log rows and maybe a shard beyond the checkpoint
-    out = train(cfg, tmp_path / "resumed", device="cpu", quiet=True)
+    # killed after round 5, past the checkpoint at 3: the interrupted tail left log rows and maybe a
+    # shard beyond the checkpoint, and rounds 4-5 are redone
+    out = _killed_then_resumed(cfg, tmp_path / "resumed")
     assert out["steps"] == 7
     _assert_same(_final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed"))
 
@@ -66,13 +74,7 @@ def test_poisson_sampling_resumes_bitwise_and_is_recorded(tmp_path):
     cfg = tiny_config(*over)
     train(cfg, tmp_path / "straight", device="cpu", quiet=True)
 
-    def stop_at_5(step):
-        if step == 5:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(cfg, tmp_path / "resumed", device="cpu", quiet=True, on_round=stop_at_5)
-    train(cfg, tmp_path / "resumed", device="cpu", quiet=True)
+    _killed_then_resumed(cfg, tmp_path / "resumed")
     straight = _final_state(tmp_path / "straight")
     _assert_same(straight, _final_state(tmp_path / "resumed"))
     assert json.loads((tmp_path / "straight" / "server_view" / "meta.json").read_text())["sampling"] == "poisson"
