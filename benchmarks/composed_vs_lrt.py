@@ -31,7 +31,7 @@ def main() -> None:
 
     from collafuse_privacy.eval.membership import run_membership
     from collafuse_privacy.numbers import fmt_interval
-    from collafuse_privacy.rundir import RunDir
+    from collafuse_privacy.run.directory import RunDir
 
     runs = []
     for d in map(Path, args.dirs):

@@ -41,7 +41,7 @@ def main() -> None:
     from collafuse_privacy.data import load_dataset
     from collafuse_privacy.eval.roc import membership_metrics
     from collafuse_privacy.numbers import fmt_interval
-    from collafuse_privacy.rundir import RunDir
+    from collafuse_privacy.run.directory import RunDir
     from collafuse_privacy.training import train
     from collafuse_privacy.view import ServerView
 

@@ -24,7 +24,10 @@ import torch
 from .errors import UserError
 from .io import load_state, load_tensors, save_state, save_tensors
 from .party import Party
-from .rundir import LatestCheckpoint, RunDir, read_json, write_json
+from .run.codec import read_json, write_json
+from .run.directory import RunDir
+from .run.layout import MANIFEST, PARTIAL_STEP_GLOB, STATE, is_step_name, partial_step_name, party_file, step_name
+from .run.schemas import LatestCheckpoint
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,6 @@ class Manifest:
     step: int
     files: dict[str, str]
     schema: int = 1
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 def sha256(path: Path) -> str:
@@ -52,16 +51,16 @@ def save_checkpoint(rd: RunDir, step: int, parties: list[tuple[str, Party]], sta
     """Write ``checkpoints/step-<step>/`` atomically, point ``latest.json`` at it, keep the newest ``keep``."""
     tmp = new_step_dir(rd, step)
     for pname, party in parties:
-        save_tensors(tmp / f"{pname}.safetensors", party.model.state_dict())
-        save_tensors(tmp / f"{pname}_ema.safetensors", party.ema_state_dict())
+        save_tensors(tmp / party_file(pname), party.model.state_dict())
+        save_tensors(tmp / party_file(pname, ema=True), party.ema_state_dict())
     state = {"step": step, "parties": {pname: party.state_dict() for pname, party in parties}, **state}
-    save_state(tmp / "state.pt", state)
+    save_state(tmp / STATE, state)
     commit_step_dir(rd, step, tmp, keep)
 
 
 def new_step_dir(rd: RunDir, step: int) -> Path:
     """An empty temporary folder for the checkpoint of round ``step`` (``commit_step_dir`` makes it one)."""
-    tmp = rd.ckpt_dir / f".{step_name(step)}.tmp"
+    tmp = rd.ckpt_dir / partial_step_name(step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -73,13 +72,13 @@ def commit_step_dir(rd: RunDir, step: int, tmp: Path, keep: Optional[int] = None
     ``latest.json`` at it and keep the newest ``keep`` step folders (all when None)."""
     name = step_name(step)
     final = rd.ckpt_dir / name
-    write_json(tmp / "manifest.json", Manifest(step, {f.name: sha256(f) for f in sorted(tmp.iterdir())}))
+    write_json(tmp / MANIFEST, Manifest(step, {f.name: sha256(f) for f in sorted(tmp.iterdir())}))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     rd.write_latest(LatestCheckpoint(dir=name, step=step))
     if keep is not None:
-        old = sorted(p for p in rd.ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        old = sorted(p for p in rd.ckpt_dir.iterdir() if p.is_dir() and is_step_name(p.name))
         for p in old[:-keep]:
             shutil.rmtree(p)
 
@@ -87,13 +86,13 @@ def commit_step_dir(rd: RunDir, step: int, tmp: Path, keep: Optional[int] = None
 def remove_partial(rd: RunDir) -> None:
     """Checkpoint folders cut off by an interruption."""
     if rd.ckpt_dir.is_dir():
-        for p in rd.ckpt_dir.glob(".step-*.tmp"):
+        for p in rd.ckpt_dir.glob(PARTIAL_STEP_GLOB):
             shutil.rmtree(p)
 
 
 def damage(step_dir: Path, files: Optional[list[str]] = None) -> Optional[str]:
     """Why ``step_dir`` (or just its ``files``) cannot be trusted, or None when it is intact."""
-    mpath = step_dir / "manifest.json"
+    mpath = step_dir / MANIFEST
     if not mpath.is_file():
         return "it has no manifest.json (an older version's checkpoint, or a damaged one)"
     try:
@@ -115,7 +114,7 @@ def step_dirs(rd: RunDir) -> list[Path]:
     """Complete step folders, newest first."""
     if not rd.ckpt_dir.is_dir():
         return []
-    return sorted((p for p in rd.ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True)
+    return sorted((p for p in rd.ckpt_dir.iterdir() if p.is_dir() and is_step_name(p.name)), reverse=True)
 
 
 def newest_intact(rd: RunDir, below: Optional[Path] = None) -> Optional[Path]:
@@ -166,12 +165,12 @@ def load_checkpoint(rd: RunDir, parties: list[tuple[str, Party]],
         why = damage(d) if d.is_dir() else "it does not exist"
         if why is not None:
             raise UserError(f"checkpoint {d} cannot be used: {why}")
-    state = load_state(d / "state.pt")
+    state = load_state(d / STATE)
     for pname, party in parties:
-        w = load_tensors(d / f"{pname}.safetensors")
-        e = load_tensors(d / f"{pname}_ema.safetensors")
-        check_finite(w, d / f"{pname}.safetensors")
-        check_finite(e, d / f"{pname}_ema.safetensors")
+        w = load_tensors(d / party_file(pname))
+        e = load_tensors(d / party_file(pname, ema=True))
+        check_finite(w, d / party_file(pname))
+        check_finite(e, d / party_file(pname, ema=True))
         try:
             party.load(w, e, state["parties"][pname])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:

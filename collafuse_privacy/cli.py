@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import UserError
+from .run.layout import SAMPLES, SWEEP_INDEX, metrics_file
 
 
 MAX_ERROR_CHARS = 1000  # an error echoes what the user gave; a huge value is cut, not printed whole
@@ -104,7 +105,7 @@ def _load_cfg(config, overrides, device):
 def _train(cfg, out, quiet):
     from .party import resolve_device
     from .resolve import resolve
-    from .rundir import default_run_dir
+    from .run.directory import default_run_dir
     from .training import Trainer
 
     from .lock import locked
@@ -174,7 +175,7 @@ RPM = click.option("--rounds-per-message", type=click.IntRange(min=1), default=N
 
 def _flower_out(cfg, out):
     from .resolve import resolve
-    from .rundir import default_run_dir
+    from .run.directory import default_run_dir
 
     resolved = resolve(cfg, Path(out) if out else None)
     return Path(out) if out else default_run_dir(resolved.cfg)
@@ -264,14 +265,14 @@ def config_cmd(config, overrides):
 @user_errors
 def sample(run_dir, n, seed, device):
     """Collaborative sampling: server down to the hand-over image, client to x0."""
-    from .rundir import RunDir
+    from .run.directory import RunDir
     from .stages import STAGES
 
     cfg = RunDir(run_dir).config()
     info = STAGES.get("sample")(Path(run_dir), cfg, device=device or cfg.device, n=n, seed=seed)
     click.echo(
         f"{info['n']} samples for each of {info['clients']} clients (checkpoint step {info['step']}, t_c = {info['t_c']}) "
-        f"-> {Path(run_dir) / 'samples'}",
+        f"-> {Path(run_dir) / SAMPLES}",
         err=True,
     )
     click.echo(json.dumps(info))
@@ -288,14 +289,14 @@ def sample(run_dir, n, seed, device):
 def evaluate(run_dir, n, extractor, no_ends, device):
     """Quality per client (FID/KID) for c in {0, run, 1}, disclosure figures, client burden."""
     from .eval.evaluate import format_tables
-    from .rundir import RunDir
+    from .run.directory import RunDir
     from .stages import STAGES
 
     cfg = RunDir(run_dir).config()
     result = STAGES.get("evaluate")(Path(run_dir), cfg, n=n, extractor=extractor, ends=not no_ends,
                                     device=device or cfg.device, log=lambda m: click.echo(m, err=True))  # fmt: skip
     click.echo(format_tables(result))
-    click.echo(f"-> {Path(run_dir) / 'metrics' / 'quality.json'}, {Path(run_dir) / 'metrics' / 'burden.json'}", err=True)
+    click.echo(f"-> {Path(run_dir) / metrics_file('quality')}, {Path(run_dir) / metrics_file('burden')}", err=True)
 
 
 @main.command()
@@ -312,7 +313,7 @@ def evaluate(run_dir, n, extractor, no_ends, device):
 def attack(run_dir, kind, methods, target, options, device):
     """Attacks of an honest-but-curious server, scored against ground truth in eval/."""
     from .attacks import parse_options
-    from .rundir import RunDir
+    from .run.directory import RunDir
     from .stages import STAGES
 
     cfg = RunDir(run_dir).config()
@@ -407,7 +408,7 @@ def audit(config, overrides, run_dir, out, canaries, kind, target, methods, opti
     from .attacks import parse_options
     from .client_secrets import read_secrets
     from .eval.audit import DEFAULT_CANARIES, audit_dir, format_audit, run_audit
-    from .rundir import RunDir
+    from .run.directory import RunDir
 
     if run_dir is None and out is None:
         raise UserError("give --run RUN (audit a run's config), or --out DIR (with --config/--set; default: the "
@@ -438,7 +439,7 @@ def audit(config, overrides, run_dir, out, canaries, kind, target, methods, opti
                        target=target, methods=list(methods) or None, options=opts, one_run=one_run, alpha=alpha,
                        device=cfg.device, quiet=quiet, log=lambda m: click.echo(m, err=True), secrets=secrets)  # fmt: skip
     click.echo(format_audit(report))
-    click.echo(str(Path(out) / "metrics" / "audit.json"))
+    click.echo(str(Path(out) / metrics_file("audit")))
     if report.check == "failed":
         sys.exit(1)
 
@@ -495,7 +496,7 @@ def sweep(sweep_file, out, jobs, seeds, executor, address, cpus_per_cell, gpus_p
     index, _ = _sweep_and_report(sweep_file, Path(out), jobs, device, quiet, report=False, seeds=seeds,
                                  executor=executor, ray=ray)  # fmt: skip
     failed = [c for c in index.cells if c.status != "done"]
-    click.echo(str(Path(out) / "sweep.json"))
+    click.echo(str(Path(out) / SWEEP_INDEX))
     if failed:
         sys.exit(1)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import Config
+from .run.layout import SECRETS
 
 
 def mix(*parts) -> int:
@@ -60,18 +61,18 @@ def make_secrets(cfg: Config) -> Secrets:
 
 
 def secrets_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "clients" / "secrets.json"
+    return Path(run_dir) / SECRETS
 
 
 def read_secrets(run_dir: str | Path) -> Optional[Secrets]:
-    from .rundir import read_json
+    from .run.codec import read_json
 
     path = secrets_path(run_dir)
     return read_json(path, Secrets) if path.is_file() else None
 
 
 def write_secrets(run_dir: str | Path, s: Secrets) -> None:
-    from .rundir import write_json
+    from .run.codec import write_json
 
     write_json(secrets_path(run_dir), s)
 
@@ -87,7 +88,7 @@ def secrets_for(cfg: Config, run_dir: Optional[str | Path] = None, given: Option
     if s.derived_from_seed != cfg.secrets.derive_from_seed:
         from .errors import UserError
 
-        where = f"{run_dir}/clients/secrets.json" if held else "the secrets given"
+        where = f"{run_dir}/{SECRETS}" if held else "the secrets given"
         raise UserError(f"{where} {'were' if s.derived_from_seed else 'were not'} derived from the seed, but the "
                         f"config says secrets.derive_from_seed={str(cfg.secrets.derive_from_seed).lower()}")  # fmt: skip
     return s

@@ -18,7 +18,8 @@ from .config import Config
 from .data import Dataset, Splits, load_dataset, make_splits
 from .errors import UserError
 from .protocol import Cut, protocol_for
-from .rundir import CutChoice, RunDir
+from .run.directory import RunDir
+from .run.schemas import CutChoice
 
 
 @dataclass(frozen=True)

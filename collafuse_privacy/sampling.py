@@ -28,7 +28,9 @@ from .models import load_unet
 from .party import resolve_device
 from .protocol import Cut, protocol_for
 from .rng import generator
-from .rundir import RunDir
+from .run.directory import RunDir
+from .run.layout import (HANDOVER, HANDOVER_GRID, SAMPLES_GRID, SAMPLES_MANIFEST, SERVER, party_file, samples_client,
+                         samples_file, samples_grid)
 from .sampler import Sampler
 
 
@@ -113,10 +115,10 @@ class SamplesManifest:
 def read_samples(run_dir: str | Path) -> tuple[dict[int, torch.Tensor], SamplesManifest]:
     """The clients' samples ``{k: [n, C, H, W]}`` of the last complete ``sample``, checked."""
     from .checkpoint import sha256
-    from .rundir import read_json
+    from .run.codec import read_json
 
     run_dir = Path(run_dir)
-    mpath = run_dir / "samples" / "manifest.json"
+    mpath = run_dir / SAMPLES_MANIFEST
     if not mpath.is_file():
         raise UserError(f"{run_dir} has no complete samples (samples/manifest.json is missing: never sampled, "
                         "or a `sample` was interrupted): run `collafuse-privacy sample`")  # fmt: skip
@@ -125,8 +127,8 @@ def read_samples(run_dir: str | Path) -> tuple[dict[int, torch.Tensor], SamplesM
         f = run_dir / rel
         if not f.is_file() or sha256(f) != digest:
             raise UserError(f"{f} does not belong to the last complete sample (an interrupted `sample`?): rerun sample")
-    out = {int(Path(rel).stem.split("-")[1]): load_tensors(run_dir / rel)["x0"]
-           for rel in manifest.files if rel.startswith("samples/client-")}  # fmt: skip
+    out = {samples_client(rel): load_tensors(run_dir / rel)["x0"]
+           for rel in manifest.files if samples_client(rel) is not None}  # fmt: skip
     return out, manifest
 
 
@@ -219,8 +221,7 @@ def load_models(run_dir: Path, cfg: Config, device, ema: bool = True):
     from .checkpoint import check_finite, verified_step_dir
 
     rd = RunDir(run_dir)
-    suffix = "_ema" if ema else ""
-    names = [f"server{suffix}.safetensors"] + [f"client-{k}{suffix}.safetensors" for k in range(cfg.data.clients)]
+    names = [party_file(SERVER, ema)] + [party_file(k, ema) for k in range(cfg.data.clients)]
     d, _ = verified_step_dir(rd, names)
     shape = rd.meta().shape
     weights = [load_tensors(d / n) for n in names]
@@ -272,7 +273,7 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
         raise UserError(f"{run_dir} has no clients/secrets.json (a run made by an older version): retrain it")
     own = [secrets.client(k, cfg.seed) for k in range(len(clients))]
     rd = RunDir(run_dir)
-    for folder in (run_dir / "samples", rd.view_dir / "handover"):  # nothing is computed for a folder we cannot write
+    for folder in (rd.samples_dir, rd.handover_dir):  # nothing is computed for a folder we cannot write
         folder.mkdir(parents=True, exist_ok=True)
         check_writable(folder)
     raw, handovers = collaborative_sample(server, clients, cfg, n, seed, dev, cfg.sample.batch_size, own)
@@ -282,7 +283,7 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
 def write_handovers(run_dir, handovers: torch.Tensor, step: int, cut: Cut) -> None:
     """The hand-over images the server produced ``[K, n, ...]`` into its view, with the client each went to."""
     K, n = handovers.shape[:2]
-    save_tensors(RunDir(run_dir).view_dir / "handover" / "sample.safetensors",
+    save_tensors(RunDir(run_dir).handover_path,
                  {"h": handovers.reshape(-1, *handovers.shape[2:]), "client": torch.arange(K).repeat_interleave(n)},
                  {"step": str(step), "level": str(cut.handover_level)})  # fmt: skip
 
@@ -296,26 +297,26 @@ def write_samples(run_dir: Path, cfg: Config, raw: torch.Tensor, handovers: Opti
     stats = sample_stats(raw, handovers, cut)
     samples = raw.clamp(-1, 1)
     # One unit: the manifest goes first and comes back last, naming every file of this sample.
-    (run_dir / "samples" / "manifest.json").unlink(missing_ok=True)
+    (run_dir / SAMPLES_MANIFEST).unlink(missing_ok=True)
     K = raw.shape[0]
     nrow = max(1, int(round(n**0.5)))
     files = []
     for k in range(K):
-        save_tensors(run_dir / "samples" / f"client-{k}.safetensors", {"x0": samples[k]}, {"step": str(step)})
-        files.append(f"samples/client-{k}.safetensors")
-        save_grid(run_dir / "samples" / f"grid-client-{k}.png", samples[k], nrow)
+        save_tensors(run_dir / samples_file(k), {"x0": samples[k]}, {"step": str(step)})
+        files.append(samples_file(k))
+        save_grid(run_dir / samples_grid(k), samples[k], nrow)
     show = min(n, 16)
-    save_grid(run_dir / "samples" / "grid.png", samples[:, :show].reshape(-1, *samples.shape[2:]), show)
+    save_grid(run_dir / SAMPLES_GRID, samples[:, :show].reshape(-1, *samples.shape[2:]), show)
     if handovers is not None:
         write_handovers(run_dir, handovers, step, cut)
-        files.append("server_view/handover/sample.safetensors")
+        files.append(HANDOVER)
         if not cut.sends_clean:
-            save_grid(run_dir / "samples" / "handover.png", handovers[:, :show].reshape(-1, *handovers.shape[2:]).clamp(-1, 1), show)
+            save_grid(run_dir / HANDOVER_GRID, handovers[:, :show].reshape(-1, *handovers.shape[2:]).clamp(-1, 1), show)
     else:
-        (rd.view_dir / "handover" / "sample.safetensors").unlink(missing_ok=True)
+        rd.handover_path.unlink(missing_ok=True)
     from .checkpoint import sha256
-    from .rundir import write_json
+    from .run.codec import write_json
 
-    write_json(run_dir / "samples" / "manifest.json",
+    write_json(run_dir / SAMPLES_MANIFEST,
                SamplesManifest(step=step, n=n, seed=seed, files={f: sha256(run_dir / f) for f in files}, stats=stats))
     return {"run_dir": str(run_dir), "n": n, "clients": K, "step": step, "t_c": cfg.t_c, "problem": stats.problem()}

@@ -48,6 +48,7 @@ from .config import apply_overrides, config_hash, from_dict, read_yaml
 from .errors import UserError
 from .io import atomic_write_json, atomic_write_text
 from .lock import locked
+from .run.layout import CELL, CELL_ERROR, CELLS, SWEEP_INDEX
 from .stages import STAGES
 
 TOP_KEYS = {"name", "base", "config", "grid", "include", "stages", "seeds"}
@@ -142,15 +143,15 @@ class SweepIndex:
 
 
 def read_index(out: str | Path) -> SweepIndex:
-    from .rundir import read_json
+    from .run.codec import read_json
 
-    return read_json(Path(out) / "sweep.json", SweepIndex)
+    return read_json(Path(out) / SWEEP_INDEX, SweepIndex)
 
 
 def _write_index(out: Path, index: SweepIndex) -> None:
-    from .rundir import write_json
+    from .run.codec import write_json
 
-    write_json(out / "sweep.json", index)
+    write_json(out / SWEEP_INDEX, index)
 
 
 def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None, seeds: Optional[int] = None) -> Sweep:
@@ -222,7 +223,7 @@ def load_sweep(path: str | Path, out: str | Path, device: Optional[str] = None, 
                                            stages={**cells[i].stages, **extra})  # fmt: skip
             continue
         seen.add(cid)
-        cells.append(Cell(cid, combo, cfg.to_dict(), str(out / "cells" / cid), extra))
+        cells.append(Cell(cid, combo, cfg.to_dict(), str(out / CELLS / cid), extra))
 
     stages_raw = raw.get("stages")
     order = STAGES.names()
@@ -292,7 +293,7 @@ def _parse_stages(raw, path, what: str) -> dict:
 
 def read_cell(run_dir: Path) -> dict:
     """A cell's ``cell.json`` (empty when missing or damaged: its stages are then re-checked)."""
-    f = run_dir / "cell.json"
+    f = run_dir / CELL
     if f.is_file():
         try:
             return json.loads(f.read_text())
@@ -374,18 +375,18 @@ def _run_cell(cell: Cell, stages: dict, run_dir: Path, quiet: bool, log, secrets
         except BaseException as exc:  # noqa: BLE001 - a failed cell must not stop the sweep
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             record.update(status="failed", failed_stage=stage, error=f"{type(exc).__name__}: {msg}"[:500])
-            atomic_write_text(run_dir / "error.log", traceback.format_exc())
-            atomic_write_json(run_dir / "cell.json", record)
+            atomic_write_text(run_dir / CELL_ERROR, traceback.format_exc())
+            atomic_write_json(run_dir / CELL, record)
             log(f"[{cell.label}] FAILED in {stage}: {record['error']}")
             return record
         done.append(stage)
         record["stage_options"][stage] = opts
         record["seconds"][stage] = round(time.perf_counter() - t0, 2)
         record["stages_done"] = done
-        atomic_write_json(run_dir / "cell.json", record)
+        atomic_write_json(run_dir / CELL, record)
     record["status"] = "done"
     record.pop("error", None)
-    atomic_write_json(run_dir / "cell.json", record)
+    atomic_write_json(run_dir / CELL, record)
     return record
 
 
@@ -452,7 +453,7 @@ def record_failure(cell: Cell, error: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     rec = read_cell(run_dir)
     rec.update(id=cell.id, label=cell.label, overrides=cell.overrides, status="failed", error=error)
-    atomic_write_json(run_dir / "cell.json", rec)
+    atomic_write_json(run_dir / CELL, rec)
 
 
 def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, quiet: bool = False,

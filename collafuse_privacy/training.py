@@ -45,7 +45,9 @@ from .protocol import Cut, Message, Protocol, Transport, protocol_for
 from .resolve import Resolved, resolve
 from .rng import generator
 from .client_secrets import Secrets, read_secrets, write_secrets
-from .rundir import RunDir, ViewMeta, open_run
+from .run.directory import RunDir, open_run
+from .run.layout import AUDIT_CANARIES, FLOWER_PLAN, SERVER, client_name
+from .run.schemas import ViewMeta
 from .view import ViewRecorder, seal_view, write_public
 
 
@@ -269,7 +271,7 @@ class Trainer:
             if k == 0:  # before building the others: refuse a run that cannot fit in memory
                 check_memory(cfg, self.data.images.element_size() * self.data.images.numel(), server_model,
                              client_models[0], tuple(self.data.shape))  # fmt: skip
-        if (self.run_dir / "flower" / "plan.json").is_file() and self.rd.latest() is None:
+        if (self.run_dir / FLOWER_PLAN).is_file() and self.rd.latest() is None:
             raise UserError(f"{self.run_dir} is a Flower run that has not finished (its parties' checkpoints are in "
                             "flower/): resume it with `collafuse-privacy flower run`")  # fmt: skip
         self.resumed = open_run(cfg, self.run_dir)
@@ -383,7 +385,7 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------
     def parties(self) -> list[tuple[str, Party]]:
-        return [("server", self.server.party)] + [(f"client-{c.k}", c.party) for c in self.clients]
+        return [(SERVER, self.server.party)] + [(client_name(c.k), c.party) for c in self.clients]
 
     def save_checkpoint(self) -> None:
         from .checkpoint import save_checkpoint
@@ -494,7 +496,7 @@ def train(cfg: Config, run_dir: str | Path, device: str = "auto", quiet: bool = 
 
 def refuse_audit_dir(run_dir) -> None:
     """``train --out`` an audit's folder: its twin trains with canaries, which `train` knows nothing of."""
-    if (Path(run_dir) / "audit" / "canaries.safetensors").is_file():
+    if (Path(run_dir) / AUDIT_CANARIES).is_file():
         raise UserError(f"--out {run_dir} holds an audit run (its clients' data hold canaries): choose another --out, "
                         "or rerun the `audit` command that made it")  # fmt: skip
 

@@ -1,7 +1,7 @@
 """Typed, validated dataclasses from plain data (YAML / JSON) and back.
 
 One implementation for the config (``config.yaml``) and every file of a run directory
-(:mod:`collafuse_privacy.rundir`): :func:`from_data` checks a mapping against a
+(:mod:`collafuse_privacy.run`): :func:`from_data` checks a mapping against a
 dataclass's annotations (nested dataclasses, ``Optional``, ``list[T]``, ``dict[str, T]``,
 ``float``/``int``/``bool``/``str``, ``Any``) and raises :class:`UserError` naming the key;
 :func:`to_data` turns a dataclass back into plain data. A field's name in the file may

@@ -2,7 +2,7 @@
 
 Layout inside a run directory::
 
-    server_view/meta.json                 what the server legitimately knows (rundir.ViewMeta):
+    server_view/meta.json                 what the server legitimately knows (run.schemas.ViewMeta):
                                           protocol, schedule, t_c, image shape, presets
     server_view/public.safetensors        the server's own public images (and their labels)
     server_view/train/shard-A-B.safetensors   messages received in rounds A..B:
@@ -23,7 +23,6 @@ the only input attacks get; it never opens the dataset.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,9 +33,9 @@ import torch
 from .errors import UserError
 from .io import load_tensors, save_tensors
 from .protocol import Cut, Message, Protocol, make_protocol
-from .rundir import RunDir, ViewManifest, ViewMeta
-
-SHARD_RE = re.compile(r"shard-(\d{8})-(\d{8})\.safetensors$")
+from .run.directory import RunDir
+from .run.layout import SERVER, SHARD_RE, SHARDS, TRUTH_TRAIN, VIEW_FILES, VIEW_TRAIN, party_file, shard_name, step_of
+from .run.schemas import ViewManifest, ViewMeta
 
 
 class ViewRecorder:
@@ -50,8 +49,8 @@ class ViewRecorder:
     def __init__(self, run_dir: Path, max_items: int, shard_size: int, dtype: str = "float32", truth: bool = True):
         self.rd = RunDir(run_dir)
         self.truth = truth  # False where the ids are not the recorder's to know (a networked server, flower/)
-        self.view_dir = Path(run_dir) / "server_view" / "train"
-        self.truth_dir = Path(run_dir) / "ground_truth" / "train"
+        self.view_dir = Path(run_dir) / VIEW_TRAIN
+        self.truth_dir = Path(run_dir) / TRUTH_TRAIN
         self.max_items = max_items
         self.shard_size = shard_size
         self.dtype = getattr(torch, dtype)
@@ -96,7 +95,8 @@ class ViewRecorder:
 
     def write_stats(self) -> None:
         """``server_view/record.json``: how many received rows were recorded."""
-        from .rundir import RecordStats, write_json
+        from .run.codec import write_json
+        from .run.schemas import RecordStats
 
         write_json(self.rd.record_path, RecordStats(received=self.received, recorded=self.count,
                                                     max_items=self.max_items, dtype=str(self.dtype).split(".")[-1]))
@@ -107,7 +107,7 @@ class ViewRecorder:
             return
         keys = self._buf[0].keys()
         cat = {k: torch.cat([b[k] for b in self._buf]) for k in keys}
-        name = f"shard-{self._first_round:08d}-{self._last_round:08d}.safetensors"
+        name = shard_name(self._first_round, self._last_round)
         # Ground truth first: a view shard never exists without its ids.
         if self.truth:
             save_tensors(self.truth_dir / name, {"image_id": torch.cat(self._ids)})
@@ -158,8 +158,8 @@ def shard_rows(path: Path) -> int:
 
 def view_files(rd: RunDir) -> list[str]:
     """The view's files a manifest covers, relative to ``server_view/``."""
-    names = [n for n in ("meta.json", "record.json", "public.safetensors") if (rd.view_dir / n).is_file()]
-    return names + [f"train/{f.name}" for f in list_shards(rd.view_dir / "train")]
+    names = [n for n in VIEW_FILES if (rd.view_dir / n).is_file()]
+    return names + [f"{SHARDS}/{f.name}" for f in list_shards(rd.view_train_dir)]
 
 
 def seal_view(run_dir: Path, step: int, rows: int, cfg) -> None:
@@ -167,7 +167,7 @@ def seal_view(run_dir: Path, step: int, rows: int, cfg) -> None:
     of every view file, ``rows`` recorded, the run's identity hash. What ``ServerView.load`` verifies."""
     from .checkpoint import sha256
     from .config import config_hash
-    from .rundir import write_json
+    from .run.codec import write_json
 
     rd = RunDir(run_dir)
     files = {rel: sha256(rd.view_dir / rel) for rel in view_files(rd)}
@@ -207,7 +207,8 @@ def verify_view(rd: RunDir, step: int, cfg=None) -> list[Path]:
     ``record.json``'s, and (``cfg``) the run's identity hash. Returns the shards to read."""
     from .checkpoint import sha256
     from .config import config_hash
-    from .rundir import RecordStats, read_json
+    from .run.codec import read_json
+    from .run.schemas import RecordStats
 
     path = rd.view_manifest_path
     if not path.is_file():
@@ -220,8 +221,8 @@ def verify_view(rd: RunDir, step: int, cfg=None) -> list[Path]:
     if cfg is not None and man.config_hash != config_hash(cfg):
         raise UserError(f"{rd.config_path} is not the config this view was recorded under (its identity hash differs "
                         f"from {path}'s): it was edited after training; restore it or retrain")  # fmt: skip
-    listed = {rel for rel in man.files if rel.startswith("train/")}
-    extra = [f for f in list_shards(rd.view_dir / "train") if f"train/{f.name}" not in listed]
+    listed = {rel for rel in man.files if rel.startswith(f"{SHARDS}/")}
+    extra = [f for f in list_shards(rd.view_train_dir) if f"{SHARDS}/{f.name}" not in listed]
     if extra:
         raise UserError(f"{extra[0]} is not in {path}: it was written after the last checkpoint (an interrupted "
                         f"`train`) or added by hand: {RETRAIN}")  # fmt: skip
@@ -234,10 +235,10 @@ def verify_view(rd: RunDir, step: int, cfg=None) -> list[Path]:
                             "damaged; restore it or retrain")  # fmt: skip
     shards = [rd.view_dir / rel for rel in sorted(listed)]
     rows = sum(shard_rows(f) for f in shards)
-    record = read_json(rd.record_path, RecordStats) if "record.json" in man.files else None
+    record = read_json(rd.record_path, RecordStats) if rd.record_path.name in man.files else None
     if rows != man.rows or (record is not None and record.recorded != rows):
         said = f"{man.rows} in {path}" + (f", {record.recorded} in {rd.record_path}" if record is not None else "")
-        raise UserError(f"{rd.view_dir / 'train'} holds {rows} rows, {said}: the view is incomplete; retrain")
+        raise UserError(f"{rd.view_train_dir} holds {rows} rows, {said}: the view is incomplete; retrain")
     return shards
 
 
@@ -250,7 +251,7 @@ def write_public(run_dir: Path, images: torch.Tensor, labels: torch.Tensor) -> N
 class ServerView:
     """Everything the server holds, and nothing else.
 
-    ``meta``: protocol, schedule, t_c, shape (:class:`~collafuse_privacy.rundir.ViewMeta`).
+    ``meta``: protocol, schedule, t_c, shape (:class:`~collafuse_privacy.run.schemas.view.ViewMeta`).
     ``messages``: the received rows (``x`` [N, C, H, W] float32; ``client``, ``round`` [N];
     plus ``t`` and ``eps`` in shared-noise). ``handover``: hand-over images produced at
     inference (``h``, ``client``) or None. ``public``: the server's public images and
@@ -261,7 +262,7 @@ class ServerView:
     messages: dict[str, torch.Tensor] = field(default_factory=dict)
     handover: Optional[dict[str, torch.Tensor]] = None
     public: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-    record: Optional[object] = None  # rundir.RecordStats: rows received vs recorded
+    record: Optional[object] = None  # run.schemas.RecordStats: rows received vs recorded
     server_state: Optional[dict[str, torch.Tensor]] = None
     run_dir: Optional[Path] = None
     released_clients: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -335,14 +336,14 @@ class ServerView:
         if rd.latest() is None and not step_dirs(rd):
             raise UserError(f"{rd.path} has no checkpoint: its training never reached one (killed early, or a Flower "
                             "run not collected yet); train it first")  # fmt: skip
-        server = [] if Cut(meta.diffusion, meta.t_c).sends_nothing else ["server_ema.safetensors"]
-        files = server + [f"client-{k}_ema.safetensors" for k in release_clients]
+        server = [] if Cut(meta.diffusion, meta.t_c).sends_nothing else [party_file(SERVER, ema=True)]
+        files = server + [party_file(k, ema=True) for k in release_clients]
         step_dir, _ = verified_step_dir(rd, files)  # the files read here match the checkpoint's manifest
-        shards = verify_view(rd, int(step_dir.name.split("-")[-1]), cfg)
+        shards = verify_view(rd, step_of(step_dir.name), cfg)
         parts = [load_tensors(f) for f in shards]
         msgs = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
         msgs = {k: (v.float() if v.is_floating_point() else v) for k, v in msgs.items()}
-        ho_path = rd.view_dir / "handover" / "sample.safetensors"
+        ho_path = rd.handover_path
         handover = load_tensors(ho_path) if ho_path.is_file() else None
         public = None
         if rd.public_path.is_file():
@@ -353,7 +354,7 @@ class ServerView:
             server_state = load_tensors(step_dir / server[0])
             check_finite(server_state, step_dir / server[0])
         for k in release_clients:
-            released[int(k)] = load_tensors(step_dir / f"client-{k}_ema.safetensors")
+            released[int(k)] = load_tensors(step_dir / party_file(int(k), ema=True))
         return cls(meta=meta, messages=msgs, handover=handover, public=public, record=rd.record(),
                    server_state=server_state, run_dir=rd.path, released_clients=released)  # fmt: skip
 

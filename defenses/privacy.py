@@ -14,7 +14,7 @@ Two guarantees, side by side (DESIGN.md §4):
 * ``client_dp``: DP-SGD epsilon of each client's model (Opacus accountant), what
   protects a client when it releases its model or its samples.
 
-The file's schema is :class:`collafuse_privacy.rundir.PrivacyReport` (infinite numbers as
+The file's schema is :class:`collafuse_privacy.run.schemas.privacy.PrivacyReport` (infinite numbers as
 the string ``"inf"``).
 """
 
@@ -27,8 +27,10 @@ from ..lock import locks_run
 from ..config import Config
 from ..errors import UserError
 from ..numbers import fmt
-from ..rundir import (ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, RunDir, UnlinkedClient,
-                      UnlinkedPrivacy, ViewPrivacy)
+from ..run.directory import RunDir
+from ..run.layout import STATE, client_name, step_of
+from ..run.schemas import (ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, UnlinkedClient,
+                           UnlinkedPrivacy, ViewPrivacy)
 from ..resolve import planned_releases
 from .accounting import INF, dp_sgd_epsilon, release_mu, sensitivity
 
@@ -172,7 +174,7 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
 
     if not rd.meta_path.is_file():
         raise UserError(f"{rd.path} has no finished checkpoint to compute privacy from; train it first")
-    step_dir, _ = verified_step_dir(rd, ["state.pt"])
+    step_dir, _ = verified_step_dir(rd, [STATE])
     meta = rd.meta()
     n_members = [len(m) for m in rd.splits().members]
     if not recompute and rd.metrics_path("privacy").is_file():
@@ -180,13 +182,13 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
             cached = rd.metrics("privacy")
             u = cached.unlinked
             stale = u is not None and u.reason is None and u.sampling is None  # the sum-form number of before
-            if cached.step == int(step_dir.name.split("-")[-1]) and not stale:  # it describes the latest checkpoint
+            if cached.step == step_of(step_dir.name) and not stale:  # it describes the latest checkpoint
                 return cached
         except UserError:
             pass  # damaged: recompute below
-    state = load_state(step_dir / "state.pt")
+    state = load_state(step_dir / STATE)
     parties = state.get("parties", {})
-    dp_states = [parties[f"client-{k}"]["dp"] for k in range(len(n_members)) if "dp" in parties.get(f"client-{k}", {})]
+    dp_states = [parties[client_name(k)]["dp"] for k in range(len(n_members)) if "dp" in parties.get(client_name(k), {})]
     cut_choice = None
     if cfg.protocol.target_epsilon is not None:
         cut_choice = CutChoice(target_epsilon=cfg.protocol.target_epsilon, cut_ratio=cfg.protocol.cut_ratio,

@@ -63,8 +63,10 @@ from collafuse_privacy.data import Dataset, Splits
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.io import load_tensors, save_tensors
 from collafuse_privacy.numbers import fmt
-from collafuse_privacy.rundir import (AUDIT_FORMAT, AuditBound, AuditMethod, AuditOneRun, AuditReleases, AuditReport,
-                                      AuditStratum, RunDir)  # fmt: skip
+from collafuse_privacy.run.directory import RunDir
+from collafuse_privacy.run.layout import AUDIT_CANARIES, CHECKPOINTS, CONFIG, audit_twin
+from collafuse_privacy.run.schemas import (AUDIT_FORMAT, AuditBound, AuditMethod, AuditOneRun, AuditReleases,
+                                           AuditReport, AuditStratum)
 
 from . import audit_stats as st
 from .roc import auc as roc_auc
@@ -79,12 +81,12 @@ SERVER = "server"
 
 
 def canaries_path(run_dir) -> Path:
-    return Path(run_dir) / "audit" / "canaries.safetensors"
+    return Path(run_dir) / AUDIT_CANARIES
 
 
 def audit_dir(run_dir, target: str = SERVER) -> Path:
     """Where the audit stage of a run (a sweep cell) trains its twin with canaries."""
-    return Path(run_dir) / f"audit-{parse_audit_target(target).replace(':', '-')}"
+    return Path(run_dir) / audit_twin(parse_audit_target(target))
 
 
 # ---------------------------------------------------------------------------
@@ -378,7 +380,7 @@ def run_audit(cfg: Config, run_dir, *, canaries: int = DEFAULT_CANARIES, kind: s
         raise UserError(f"--target {target}: the client audit needs DP-SGD clients (defense.client_dp.enabled: true); "
                         "without them client models have no formal epsilon to audit")  # fmt: skip
     check_audit_methods(methods, options, target)  # every input checked before the twin trains
-    if (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir() and not canaries_path(run_dir).is_file():
+    if (run_dir / CONFIG).is_file() and (run_dir / CHECKPOINTS).is_dir() and not canaries_path(run_dir).is_file():
         raise UserError(f"--out {run_dir} holds an ordinary run, not an audit (it has no audit/canaries.safetensors): "
                         "choose another --out")  # fmt: skip
     t0 = time.perf_counter()

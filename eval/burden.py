@@ -26,7 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from collafuse_privacy.config import Config
 from collafuse_privacy.diffusion import p_losses
 from collafuse_privacy.protocol import Cut, protocol_for
-from collafuse_privacy.rundir import BurdenReport, RunDir
+from collafuse_privacy.run.directory import RunDir
+from collafuse_privacy.run.schemas import BurdenReport
 from collafuse_privacy.sampler import Sampler
 from collafuse_privacy.sampling import client_denoise
 

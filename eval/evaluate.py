@@ -29,8 +29,10 @@ from .ground_truth import load_ground_truth
 
 from collafuse_privacy.party import resolve_device
 from collafuse_privacy.numbers import fmt_interval
-from collafuse_privacy.rundir import QUALITY_FORMAT, ClientDisclosure, ClientQuality, DisclosureFigures, PooledQuality, \
-    QualityFloor, QualityReport, QualityRun, RunDir
+from collafuse_privacy.run.directory import RunDir
+from collafuse_privacy.run.layout import METRICS_DIR
+from collafuse_privacy.run.schemas import (QUALITY_FORMAT, ClientDisclosure, ClientQuality, DisclosureFigures,
+                                           PooledQuality, QualityFloor, QualityReport, QualityRun)
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.sampling import load_models, read_samples, sample_run
 from collafuse_privacy.training import train
@@ -107,7 +109,7 @@ def evaluate_run(
     verified_step_dir(rd)  # a trained run, its checkpoint intact
     n = n or cfg.sample.n
     dev = str(resolve_device(device))
-    check_writable(run_dir / "metrics")
+    check_writable(run_dir / METRICS_DIR)
     _, splits, ds = load_ground_truth(run_dir)
     ext, note = get_extractor(extractor, dataset=ds, device=dev)
     log(note)

@@ -10,7 +10,8 @@ import torch
 
 from collafuse_privacy.data import Splits, load_dataset
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.rundir import RunDir
+from collafuse_privacy.run.directory import RunDir
+from collafuse_privacy.run.layout import TRUTH_TRAIN
 from collafuse_privacy.view import load_shards
 
 
@@ -34,7 +35,7 @@ def message_image_ids(run_dir: str | Path, n_rows: Optional[int] = None) -> torc
     ``n_rows``: the number of rows the view holds; a mismatch is a UserError.
     """
     run_dir = Path(run_dir)
-    ids = load_shards(run_dir / "ground_truth" / "train").get("image_id")
+    ids = load_shards(run_dir / TRUTH_TRAIN).get("image_id")
     ids = torch.zeros(0, dtype=torch.long) if ids is None else ids.long()
     if n_rows is not None and len(ids) != n_rows:
         raise UserError(f"{run_dir}: ground truth holds {len(ids)} image ids for {n_rows} recorded messages")

@@ -49,7 +49,9 @@ from collafuse_privacy.io import atomic_write_bytes, check_writable, save_figure
 from collafuse_privacy.linalg import nearest
 from collafuse_privacy.numbers import fmt_interval, num, to_json
 from collafuse_privacy.party import resolve_device
-from collafuse_privacy.rundir import BestMethod, GDPSection, MembershipMethod, MembershipReport, MembershipResult, RunDir
+from collafuse_privacy.run.directory import RunDir
+from collafuse_privacy.run.layout import FIGURES, METRICS_DIR, membership_roc, membership_scores
+from collafuse_privacy.run.schemas import BestMethod, GDPSection, MembershipMethod, MembershipReport, MembershipResult
 from collafuse_privacy.typed import Schema, from_data, to_data
 from collafuse_privacy.view import ServerView
 
@@ -193,7 +195,7 @@ def run_membership(
         view = ServerView.load(run_dir)  # no client model was ever trained: attacks say NotApplicable
     else:
         view = ServerView.load(run_dir, release_clients=(tk,) if kind == "client" else ())
-    for folder in ("metrics", "figures"):  # before any computation: a read-only run fails now, naming the folder
+    for folder in (METRICS_DIR, FIGURES):  # before any computation: a read-only run fails now, naming the folder
         check_writable(run_dir / folder)
     clients = [tk] if kind == "client" else list(range(splits.num_clients))
     cand = sample_candidates(splits, ds.images, clients, cap=cap, seed=seed)
@@ -275,7 +277,7 @@ def run_membership(
         gdp_note = "the GDP accounting covers the releases the server received, not a released client model"
 
     suffix = _suffix(target)
-    scores_rel, fig_rel = f"metrics/membership_scores{suffix}.npz", f"figures/membership_roc{suffix}.png"
+    scores_rel, fig_rel = membership_scores(suffix), membership_roc(suffix)
     buf = io.BytesIO()
     np.savez(buf, labels=labels, client=owner, image_id=cand["image_id"], methods=np.array(list(scores), dtype=str),
              **{f"score_{k}": v for k, v in scores.items()})  # fmt: skip

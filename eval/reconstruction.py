@@ -54,7 +54,9 @@ from collafuse_privacy.linalg import nearest
 from collafuse_privacy.lock import locks_run
 from collafuse_privacy.numbers import fmt_interval, to_json
 from collafuse_privacy.party import resolve_device
-from collafuse_privacy.rundir import ReconstructionReport, RunDir
+from collafuse_privacy.run.directory import RunDir
+from collafuse_privacy.run.layout import FIGURES, METRICS_DIR, RECONSTRUCTION_FIGURE, SAMPLES, client_name
+from collafuse_privacy.run.schemas import ReconstructionReport
 from collafuse_privacy.sampling import read_samples
 from collafuse_privacy.typed import Schema, from_data
 from collafuse_privacy.view import ServerView
@@ -64,7 +66,7 @@ from .similarity import image_similarity
 from .stats import mean_ci
 
 DEFAULT_CAP = 512
-FIGURE = "figures/reconstruction.png"
+FIGURE = RECONSTRUCTION_FIGURE
 SHOW = 8  # columns of the figure
 
 
@@ -92,7 +94,7 @@ def client_outputs(run_dir: Path, view: ServerView) -> tuple[Optional[torch.Tens
         x0 = samples[k]
         pos = torch.nonzero(client == k).flatten()
         if len(x0) != len(pos):
-            return None, f"samples/client-{k} holds {len(x0)} images for {len(pos)} hand-over images (sampled apart?)"
+            return None, f"{SAMPLES}/{client_name(k)} holds {len(x0)} images for {len(pos)} hand-over images (sampled apart?)"
         out[pos] = x0.float()
     return out, ""
 
@@ -227,7 +229,7 @@ def run_reconstruction(
     if cap < 1:
         raise UserError(f"cap must be at least 1, got {cap}")
     dev = str(resolve_device(device))
-    for folder in ("metrics", "figures"):  # before any computation: a read-only run fails now, naming the folder
+    for folder in (METRICS_DIR, FIGURES):  # before any computation: a read-only run fails now, naming the folder
         check_writable(run_dir / folder)
     view = ServerView.load(run_dir)
     meta = view.meta

@@ -23,7 +23,7 @@ from collafuse_privacy.defenses.accounting import (
 from collafuse_privacy.defenses.privacy import format_privacy, privacy_report
 from collafuse_privacy.protocol import Cut, make_protocol
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.rundir import read_run_config
+from collafuse_privacy.run.directory import read_run_config
 from collafuse_privacy.training import train
 
 from conftest import tiny_config

@@ -17,7 +17,7 @@ from collafuse_privacy.config import load_config
 from collafuse_privacy.defenses.accounting import gdp_epsilon
 from collafuse_privacy.eval import audit_stats as st
 from collafuse_privacy.eval.audit import Canaries, gaussian_release_audit, run_audit
-from collafuse_privacy.rundir import RunDir
+from collafuse_privacy.run.directory import RunDir
 from collafuse_privacy.view import ServerView
 
 from conftest import CONFIGS, synthetic_cut_meta

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from collafuse_privacy.cli import main
 from collafuse_privacy.eval.burden import measure_burden
-from collafuse_privacy.rundir import read_run_config
+from collafuse_privacy.run.directory import read_run_config
 from collafuse_privacy.sampling import load_models
 from collafuse_privacy.training import train
 

@@ -70,7 +70,7 @@ def test_the_calibrated_attacks_find_the_members_and_are_at_chance_on_unseen_ima
     controls. To keep the test short their two references train 150 of the target's 500 rounds, which
     costs some AUC (measured: lira 0.82, rmia 0.95; `benchmarks/positive_control.py --attacks
     loss,lira,rmia` for more references)."""
-    from collafuse_privacy.rundir import RunDir
+    from collafuse_privacy.run.directory import RunDir
 
     run, cfg = memorised
     view = ServerView.load(run)
@@ -104,7 +104,7 @@ def test_the_model_attacks_find_the_members_of_a_released_client_model(memorised
     and 200 never-seen ones (measured, seeds 0 / 1 of the training: loss 0.95, secmi 0.91 / 0.91,
     pia 0.92; secmi with the paper's k = 10 reaches 0.44 / 0.47 here), and at chance on two halves
     of never-seen images."""
-    from collafuse_privacy.rundir import RunDir
+    from collafuse_privacy.run.directory import RunDir
 
     run, cfg = memorised_client
     view = ServerView.load(run, release_clients=(0,))

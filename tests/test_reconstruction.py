@@ -13,7 +13,7 @@ from collafuse_privacy.attacks.reconstruction import ReconstructionAttack, get, 
 from collafuse_privacy.attacks.reconstruction.denoiser import ancestral_sample, clear_cache, ddpm_jump
 from collafuse_privacy.cli import main
 from collafuse_privacy.protocol import Cut
-from collafuse_privacy.rundir import RunDir
+from collafuse_privacy.run.directory import RunDir
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.eval.reconstruction import format_reconstruction
 from collafuse_privacy.eval.reconstruction import run_reconstruction as _run_reconstruction

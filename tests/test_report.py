@@ -12,10 +12,12 @@ from collafuse_privacy.cli import main
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.eval.report import collect, knee, pareto_front, write_report
 from collafuse_privacy.numbers import Interval
-from collafuse_privacy.rundir import (BestMethod, BestReconstruction, BurdenReport, ClientDisclosure, ClientDPReport, ClientQuality, DisclosureFigures,
-                                      GDPSection, MembershipMethod, MembershipReport, MembershipResult, PooledQuality,
-                                      PrivacyReport, QUALITY_FORMAT, QualityFloor, QualityReport, QualityRun, ReconstructionMethod,
-                                      ReconstructionReport, ReleasePrivacy, RunDir, ViewPrivacy)
+from collafuse_privacy.run.directory import RunDir
+from collafuse_privacy.run.schemas import (BestMethod, BestReconstruction, BurdenReport, ClientDisclosure,
+                                           ClientDPReport, ClientQuality, DisclosureFigures, GDPSection,
+                                           MembershipMethod, MembershipReport, MembershipResult, PooledQuality,
+                                           PrivacyReport, QUALITY_FORMAT, QualityFloor, QualityReport, QualityRun,
+                                           ReconstructionMethod, ReconstructionReport, ReleasePrivacy, ViewPrivacy)
 
 
 def iv(v, w=0.02):

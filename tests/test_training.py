@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from collafuse_privacy.io import load_tensors
-from collafuse_privacy.rundir import RunDir
+from collafuse_privacy.run.directory import RunDir
 from collafuse_privacy.sampling import sample_run
 from collafuse_privacy.training import train
 from collafuse_privacy.view import ServerView, list_shards

@@ -226,7 +226,9 @@ def test_report_shows_both_formal_numbers_each_with_its_threat_model(tiny_run):
 
 
 def test_view_meta_check_compares_sampling_and_reads_views_from_before_the_field(tiny_run, tmp_path):
-    from collafuse_privacy.rundir import RunDir, ViewMeta, read_json
+    from collafuse_privacy.run.codec import read_json
+    from collafuse_privacy.run.directory import RunDir
+    from collafuse_privacy.run.schemas import ViewMeta
     from collafuse_privacy.view import check_meta
 
     edited = tmp_path / "meta.json"

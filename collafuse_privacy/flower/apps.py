@@ -34,7 +34,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from ..errors import UserError
-from .parties import ClientNode, ServerNode, flower_dir, log, party_dir
+from ..run.layout import FLOWER_RESULT, PARTY_ASSIGNMENT, client_name, party_dir
+from .parties import ClientNode, ServerNode, log
 
 DEFAULT_NODE_TIMEOUT = 120.0
 # reply errors that mean "the node or message went away", not "the client failed"
@@ -53,7 +54,7 @@ def _settings(context: Context, defaults: dict) -> dict:
 def _write_result(run_dir, **fields) -> None:
     from ..io import atomic_write_json
 
-    atomic_write_json(flower_dir(run_dir) / "result.json", {"time": time.time(), **fields})
+    atomic_write_json(Path(run_dir) / FLOWER_RESULT, {"time": time.time(), **fields})
 
 
 # ---- the server ---------------------------------------------------------------------------------------
@@ -199,8 +200,8 @@ def _client(context: Context, defaults: dict) -> ClientNode:
     nc = context.node_config
     if "partition-id" not in nc:
         raise UserError("this SuperNode has no partition-id: start it with --node-config 'partition-id=K'")
-    folder = Path(nc.get("client-dir") or party_dir(s["run-dir"], f"client-{nc['partition-id']}"))
-    stamp = (folder / "assignment.json").stat().st_mtime_ns if (folder / "assignment.json").is_file() else None
+    folder = Path(nc.get("client-dir") or party_dir(s["run-dir"], client_name(nc["partition-id"])))
+    stamp = (folder / PARTY_ASSIGNMENT).stat().st_mtime_ns if (folder / PARTY_ASSIGNMENT).is_file() else None
     # a cached client is the same client of the same prepared run (prepare rewrites its assignment)
     key = (str(s["run-dir"]), str(nc["partition-id"]), str(folder), str(nc.get("data", "")), stamp)
     node = _CACHE.get(key)

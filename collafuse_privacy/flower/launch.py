@@ -33,7 +33,8 @@ from typing import Optional
 from ..config import Config
 from ..errors import UserError
 from ..io import atomic_write_text
-from .parties import collect, flower_dir, party_dir, prepare
+from ..run.layout import FLOWER_APP, FLOWER_HOME, FLOWER_LOGS, FLOWER_RESULT, PARTY_LOG, SERVER, party_dir
+from .parties import collect, prepare
 
 ENGINES = ("simulation", "deployment")
 RESTARTS = 3
@@ -86,7 +87,7 @@ def _thread_env(threads: Optional[int]) -> dict:
 def write_app(run_dir: Path, device: str, node_timeout: float, address: str, sample: bool = True) -> tuple[Path, Path]:
     """The Flower app folder (``flwr run`` builds it into a FAB) and a Flower home whose default
     SuperLink connection is ``address``."""
-    app, home = flower_dir(run_dir) / "app", flower_dir(run_dir) / "home"
+    app, home = Path(run_dir) / FLOWER_APP, Path(run_dir) / FLOWER_HOME
     app.mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
     atomic_write_text(app / "pyproject.toml", f'''[build-system]
@@ -178,8 +179,8 @@ def _wait_result(run_dir: Path, since: float, procs: list[_Proc], link: Optional
 
     from tqdm import tqdm
 
-    path = flower_dir(run_dir) / "result.json"
-    log = party_dir(run_dir, "server") / "train.jsonl"
+    path = Path(run_dir) / FLOWER_RESULT
+    log = party_dir(run_dir, SERVER) / PARTY_LOG
     bar = tqdm(total=total, desc="flower train", disable=quiet, dynamic_ncols=True)
     asked, ended = time.monotonic(), None
     try:
@@ -209,7 +210,7 @@ def _wait_result(run_dir: Path, since: float, procs: list[_Proc], link: Optional
                     ended = ended or time.monotonic()
                     if time.monotonic() - ended > 15:
                         raise UserError(f"the ServerApp ended ({st}) without a result; its log: "
-                                        f"FLWR_HOME={flower_dir(run_dir) / 'home'} flwr log {run_id} local")  # fmt: skip
+                                        f"FLWR_HOME={Path(run_dir) / FLOWER_HOME} flwr log {run_id} local")  # fmt: skip
             time.sleep(0.5)
     finally:
         bar.close()
@@ -230,20 +231,20 @@ def submit(app: Path, home: Path, env: dict) -> str:
 def start_supernode(run_dir: Path, k: int, superlink: str, env: dict) -> _Proc:
     args = [_bin("flower-supernode"), "--insecure", "--superlink", superlink, "--port", str(free_port()),
             "--node-config", f"partition-id={k}"]  # fmt: skip
-    return _Proc(args, flower_dir(run_dir) / "logs" / f"supernode-{k}.log", env)
+    return _Proc(args, Path(run_dir) / FLOWER_LOGS / f"supernode-{k}.log", env)
 
 
 def deploy(run_dir: Path, clients: int, device: str, env: dict, node_timeout: float, superlink: Optional[str],
            quiet: bool, total: int, sample: bool = True) -> dict:  # fmt: skip
     """A localhost deployment (or, with ``superlink``, a submission to an existing one)."""
     link, nodes = None, []
-    env = {**env, "FLWR_HOME": str(flower_dir(run_dir) / "home")}  # Flower's state stays in the run
+    env = {**env, "FLWR_HOME": str(Path(run_dir) / FLOWER_HOME)}  # Flower's state stays in the run
     try:
         if superlink is None:
             port = free_port()
             address = f"127.0.0.1:{port}"
             link = _Proc([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port)],
-                         flower_dir(run_dir) / "logs" / "superlink.log", env)  # fmt: skip
+                         Path(run_dir) / FLOWER_LOGS / "superlink.log", env)  # fmt: skip
             deadline = time.monotonic() + 60
             while reachable(address, 1.0) is not None:
                 if not link.alive() or time.monotonic() > deadline:
@@ -282,7 +283,7 @@ def simulate(run_dir: Path, clients: int, device: str, env: dict, node_timeout: 
     run_simulation(server_app, client_app, num_supernodes=clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"logging_level": logging.ERROR, "log_to_driver": False}})  # fmt: skip
-    path = flower_dir(run_dir) / "result.json"
+    path = Path(run_dir) / FLOWER_RESULT
     res = json.loads(path.read_text()) if path.is_file() else {}
     if res.get("time", 0) < since:
         raise UserError("the Flower simulation ended without a result (see the log above)")

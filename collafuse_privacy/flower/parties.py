@@ -40,17 +40,21 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint, sha256, step_name
+from ..checkpoint import load_checkpoint, save_checkpoint, sha256
 from ..config import Config
 from ..errors import UserError
 from ..io import append_jsonl, load_tensors, save_state, save_tensors, truncate_jsonl
 from ..party import Party, resolve_device
 from ..protocol import Cut, Message, Transport, from_tensors, protocol_for
-from ..rundir import RunDir, read_json, write_json
+from ..run.codec import read_json, write_json
+from ..run.directory import RunDir
+from ..run.layout import (CHECKPOINTS, CONFIG, FLOWER_PLAN, PARTY_ASSIGNMENT, PARTY_DATA, PARTY_LOG, PARTY_SAMPLES,
+                          PARTY_SECRET, PARTY_SENT, PLAN, SERVER, SHARD_RE, STATE, client_name, party_dir,
+                          party_file, party_names, shard_name, step_name)
 from ..training import (Server, build_client_model, build_server_model, client_dp_on, client_round, joint_state,
                         load_server_state, make_client, server_state)
 from ..rng import generator
-from ..view import SHARD_RE, ViewRecorder, list_shards
+from ..view import ViewRecorder, list_shards
 
 PLAN_SCHEMA = 1
 
@@ -86,16 +90,8 @@ class ClientSecret:
     schema: int = 1
 
 
-def flower_dir(run_dir) -> Path:
-    return Path(run_dir) / "flower"
-
-
-def party_dir(run_dir, who: str) -> Path:
-    return flower_dir(run_dir) / who
-
-
 def read_plan(run_dir) -> Plan:
-    path = flower_dir(run_dir) / "plan.json"
+    path = Path(run_dir) / FLOWER_PLAN
     if not path.is_file():
         raise UserError(f"{run_dir} is not prepared for Flower ({path} is missing): run `collafuse-privacy flower "
                         "prepare` (or `collafuse-privacy flower run`) first")  # fmt: skip
@@ -121,7 +117,7 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
     public images), plus each client's folder with its data and secret, and ``flower/plan.json``."""
     from ..client_secrets import read_secrets, write_secrets
     from ..resolve import resolve
-    from ..rundir import open_run
+    from ..run.directory import open_run
     from ..training import ensure_splits, write_view_meta
 
     run_dir = Path(run_dir)
@@ -130,7 +126,7 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
     if rounds_per_message is not None and rounds_per_message < 1:
         raise UserError(f"--rounds-per-message={rounds_per_message}: must be at least 1")
     rd = RunDir(run_dir)
-    if rd.latest() is not None and not (flower_dir(run_dir) / "plan.json").is_file():
+    if rd.latest() is not None and not (run_dir / FLOWER_PLAN).is_file():
         raise UserError(f"{run_dir} holds an in-process run (trained with `train`); resume it with `train`, or choose "
                         "another --out for a Flower run")  # fmt: skip
     resumed = open_run(cfg, run_dir)
@@ -141,7 +137,7 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
     splits = ensure_splits(rd, resolved.splits)
     cut = Cut.from_config(cfg)
     write_view_meta(run_dir, cfg, cut, resolved.data, splits)
-    old = flower_dir(run_dir) / "plan.json"
+    old = run_dir / FLOWER_PLAN
     if old.is_file():  # a resumed run keeps its id (config.yaml changes when train.steps grows)
         prev = read_json(old, Plan)
         rid, rpm = prev.run, rounds_per_message or prev.rounds_per_message
@@ -150,20 +146,20 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
     plan = Plan(run=rid, clients=cfg.data.clients, image_shape=list(resolved.data.shape),
                 num_classes=resolved.data.num_classes, rounds_per_message=rpm)  # fmt: skip
     for k in range(cfg.data.clients):
-        folder = party_dir(run_dir, f"client-{k}")
+        folder = party_dir(run_dir, k)
         folder.mkdir(parents=True, exist_ok=True)
-        data_path = folder / "data.safetensors"
+        data_path = folder / PARTY_DATA
         ids = torch.tensor(splits.members[k], dtype=torch.long)
         if not data_path.is_file():
             save_tensors(data_path, {"images": resolved.data.images[ids].float().contiguous(),
                                      "labels": resolved.data.labels[ids].long(), "ids": ids})  # fmt: skip
-        write_json(folder / "secret.json", ClientSecret(resolved.secrets.client(k, cfg.seed)))
-        write_json(folder / "assignment.json", Assignment(run=rid, client=k, members=len(ids),
+        write_json(folder / PARTY_SECRET, ClientSecret(resolved.secrets.client(k, cfg.seed)))
+        write_json(folder / PARTY_ASSIGNMENT, Assignment(run=rid, client=k, members=len(ids),
                                                           data_sha256=sha256(data_path)))  # fmt: skip
-        write_json(folder / "plan.json", plan)  # what the client needs on a machine of its own
+        write_json(folder / PLAN, plan)  # what the client needs on a machine of its own
         rd_k = RunDir(folder)
         rd_k.write_config(cfg)
-    party_dir(run_dir, "server").mkdir(parents=True, exist_ok=True)
+    party_dir(run_dir, SERVER).mkdir(parents=True, exist_ok=True)
     write_json(old, plan)
     return plan
 
@@ -183,15 +179,15 @@ class ClientNode:
             k = int(k)
         except (TypeError, ValueError):
             raise UserError(f"client id {k!r} is not an integer") from None
-        self.folder = Path(client_dir) if client_dir else party_dir(self.run_dir, f"client-{k}")
+        self.folder = Path(client_dir) if client_dir else party_dir(self.run_dir, k)
         # a client on its own machine has only its folder: the run's config and plan are copied into it
-        own = (self.folder / "config.yaml").is_file() and (self.folder / "plan.json").is_file()
+        own = (self.folder / CONFIG).is_file() and (self.folder / PLAN).is_file()
         self.cfg = cfg = RunDir(self.folder).config() if own else RunDir(self.run_dir).config()
-        self.plan = plan = read_json(self.folder / "plan.json", Plan) if own else read_plan(self.run_dir)
+        self.plan = plan = read_json(self.folder / PLAN, Plan) if own else read_plan(self.run_dir)
         if not 0 <= k < plan.clients:
             raise UserError(f"client id {k} is out of range: the run has {plan.clients} clients (ids 0..{plan.clients - 1})")
         self.k = k
-        apath = self.folder / "assignment.json"
+        apath = self.folder / PARTY_ASSIGNMENT
         if not apath.is_file():
             raise UserError(f"client {k}: {apath} is missing (not a prepared client folder)")
         a = read_json(apath, Assignment)
@@ -199,7 +195,7 @@ class ClientNode:
             raise UserError(f"client {k}: {self.folder} belongs to another run ({a.run}, this run is {plan.run})")
         if a.client != k:
             raise UserError(f"client {k}: {self.folder} is client {a.client}'s folder")
-        data_path = Path(data) if data else self.folder / "data.safetensors"
+        data_path = Path(data) if data else self.folder / PARTY_DATA
         if not data_path.is_file():
             raise UserError(f"client {k}: its data file {data_path} does not exist")
         if sha256(data_path) != a.data_sha256:
@@ -209,7 +205,7 @@ class ClientNode:
         if list(d["images"].shape[1:]) != list(plan.image_shape) or d["images"].shape[0] != a.members:
             raise UserError(f"client {k}: its data {data_path} has shape {list(d['images'].shape)}, the run needs "
                             f"{a.members} images of {plan.image_shape}")  # fmt: skip
-        secret = read_json(self.folder / "secret.json", ClientSecret).secret
+        secret = read_json(self.folder / PARTY_SECRET, ClientSecret).secret
         self.device = resolve_device(device)
         C, S = plan.image_shape[0], plan.image_shape[-1]
         model = build_client_model(cfg, secret, S, C)
@@ -222,7 +218,7 @@ class ClientNode:
 
     @property
     def name(self) -> str:
-        return f"client-{self.k}"
+        return client_name(self.k)
 
     def _keep(self) -> int:
         # the server resumes from its last checkpoint; this client may be up to two messages ahead
@@ -251,8 +247,8 @@ class ClientNode:
 
     def _truncate(self, step: int) -> None:
         """Drop records of rounds after ``step`` (computed again, identically, from here)."""
-        truncate_jsonl(self.folder / "train.jsonl", lambda r: r.get("step", 0) <= step)
-        sent = self.folder / "sent"
+        truncate_jsonl(self.folder / PARTY_LOG, lambda r: r.get("step", 0) <= step)
+        sent = self.folder / PARTY_SENT
         if sent.is_dir():
             for f in sent.iterdir():
                 m = SHARD_RE.search(f.name)
@@ -279,9 +275,9 @@ class ClientNode:
             rows.append(row)
         self.step = start + rounds
         if ids:  # ground truth of what it sent: its own record, never sent
-            save_tensors(self.folder / "sent" / f"shard-{start:08d}-{self.step - 1:08d}.safetensors",
+            save_tensors(self.folder / PARTY_SENT / shard_name(start, self.step - 1),
                          {"image_id": torch.cat(ids), "round": torch.cat(rnd)})  # fmt: skip
-        append_jsonl(self.folder / "train.jsonl", rows)
+        append_jsonl(self.folder / PARTY_LOG, rows)
         self.save()
         return out
 
@@ -300,7 +296,7 @@ class ClientNode:
         gen = client_sample_generator(seed, self.k, self.client.secret)
         raw = client_finish(model, self.cfg, handover, n, gen, self.device, self.cfg.sample.batch_size,
                             self.plan.image_shape)  # fmt: skip
-        save_tensors(self.folder / "samples.safetensors", {"raw": raw},
+        save_tensors(self.folder / PARTY_SAMPLES, {"raw": raw},
                      {"step": str(self.step), "n": str(n), "seed": str(seed)})  # fmt: skip
         return raw
 
@@ -325,15 +321,15 @@ class ServerNode:
         self.recorder = ViewRecorder(self.run_dir, rec.max_items if rec.enabled else 0, rec.shard_size, rec.dtype,
                                      truth=False)  # fmt: skip
         self.transport = Transport(self.server.receive, self.recorder.receive)
-        self.own = RunDir(party_dir(self.run_dir, "server"))
+        self.own = RunDir(party_dir(self.run_dir, SERVER))
         self.step = 0
         self.quiet = quiet
-        loaded = load_checkpoint(self.own, [("server", self.server.party)])
+        loaded = load_checkpoint(self.own, [(SERVER, self.server.party)])
         if loaded is None:
             self.recorder.load_state_dict({"count": 0, "round": 0})
         else:
             self.step = load_server_state(loaded[1], self.server, self.recorder, self.transport)
-        truncate_jsonl(self.own.path / "train.jsonl", lambda r: r.get("step", 0) <= self.step)
+        truncate_jsonl(self.own.path / PARTY_LOG, lambda r: r.get("step", 0) <= self.step)
 
     @property
     def done(self) -> bool:
@@ -364,7 +360,7 @@ class ServerNode:
                                 "checkpoint is the resume point). Lower train.lr or check the data")  # fmt: skip
             self.recorder.end_round()
             self.step += 1
-            append_jsonl(self.own.path / "train.jsonl", [{"step": self.step, "sent": sent, "server_loss": loss,
+            append_jsonl(self.own.path / PARTY_LOG, [{"step": self.step, "sent": sent, "server_loss": loss,
                                                           "server_n": n, "seconds": round(time.perf_counter() - r0, 4)}])
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == self.cfg.train.steps:
                 self.save()
@@ -373,7 +369,7 @@ class ServerNode:
         self.recorder.flush()
         state = server_state(self.server, self.recorder, self.transport)
         keep = max(2, self.cfg.train.keep_checkpoints)
-        save_checkpoint(self.own, self.step, [("server", self.server.party)], state, keep)
+        save_checkpoint(self.own, self.step, [(SERVER, self.server.party)], state, keep)
 
     def handovers(self, n: int, seed: int) -> Optional[torch.Tensor]:
         """The server's part of sampling ``[K, n, ...]`` with its EMA model; recorded in its view."""
@@ -406,24 +402,24 @@ def collect(run_dir, quiet: bool = True) -> dict:
     rd, plan = RunDir(run_dir), read_plan(run_dir)
     cfg = rd.config()
     total = cfg.train.steps
-    parties = ["server"] + [f"client-{k}" for k in range(plan.clients)]
+    parties = party_names(plan.clients)
     dirs = {}
     for p in parties:
-        d = party_dir(run_dir, p) / "checkpoints" / step_name(total)
+        d = party_dir(run_dir, p) / CHECKPOINTS / step_name(total)
         why = damage(d) if d.is_dir() else "it does not exist (the run has not finished)"
         if why is not None:
             raise UserError(f"{p}'s checkpoint of the last round {d} cannot be used: {why}")
         dirs[p] = d
-    states = {p: load_state(dirs[p] / "state.pt") for p in parties}
+    states = {p: load_state(dirs[p] / STATE) for p in parties}
     state = {"step": total, "parties": {p: states[p]["parties"][p] for p in parties},
-             **joint_state(states["server"], [states[f"client-{k}"] for k in range(plan.clients)])}
+             **joint_state(states[SERVER], [states[client_name(k)] for k in range(plan.clients)])}
     from ..checkpoint import commit_step_dir, new_step_dir
 
     tmp = new_step_dir(rd, total)
     for p in parties:
-        for suffix in ("", "_ema"):
-            shutil.copyfile(dirs[p] / f"{p}{suffix}.safetensors", tmp / f"{p}{suffix}.safetensors")
-    save_state(tmp / "state.pt", state)
+        for ema in (False, True):
+            shutil.copyfile(dirs[p] / party_file(p, ema), tmp / party_file(p, ema))
+    save_state(tmp / STATE, state)
     commit_step_dir(rd, total, tmp)
     _ground_truth(run_dir, plan)
     _train_log(run_dir, plan)
@@ -440,12 +436,12 @@ def _ground_truth(run_dir: Path, plan: Plan) -> None:
     """``ground_truth/train/`` from the clients' ``sent/`` records, row for row with the view."""
     logs = []
     for k in range(plan.clients):
-        parts = [load_tensors(f) for f in list_shards(party_dir(run_dir, f"client-{k}") / "sent")]
+        parts = [load_tensors(f) for f in list_shards(party_dir(run_dir, k) / PARTY_SENT)]
         ids = torch.cat([p["image_id"] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)
         rnd = torch.cat([p["round"] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)
         logs.append((ids, rnd))
-    truth = Path(run_dir) / "ground_truth" / "train"
-    for f in list_shards(RunDir(run_dir).view_dir / "train"):
+    truth = RunDir(run_dir).truth_dir
+    for f in list_shards(RunDir(run_dir).view_train_dir):
         v = load_tensors(f)
         out, i, n = [], 0, len(v["client"])
         while i < n:  # one run of rows per (round, client): the first rows of that message
@@ -461,7 +457,7 @@ def _ground_truth(run_dir: Path, plan: Plan) -> None:
             i = j
         save_tensors(truth / f.name, {"image_id": torch.cat(out)})
     if truth.is_dir():
-        names = {f.name for f in list_shards(RunDir(run_dir).view_dir / "train")}
+        names = {f.name for f in list_shards(RunDir(run_dir).view_train_dir)}
         for f in truth.iterdir():
             if SHARD_RE.search(f.name) and f.name not in names:
                 f.unlink()
@@ -477,8 +473,8 @@ def _train_log(run_dir: Path, plan: Plan) -> None:
             return {}
         return {r["step"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
 
-    server = rows(party_dir(run_dir, "server") / "train.jsonl")
-    clients = [rows(party_dir(run_dir, f"client-{k}") / "train.jsonl") for k in range(plan.clients)]
+    server = rows(party_dir(run_dir, SERVER) / PARTY_LOG)
+    clients = [rows(party_dir(run_dir, k) / PARTY_LOG) for k in range(plan.clients)]
     out = []
     for step in sorted(server):
         s = server[step]
@@ -495,7 +491,7 @@ def _samples(run_dir: Path, plan: Plan, cfg: Config) -> bool:
     """``samples/`` from the clients' outputs and the server's hand-over images, if they sampled."""
     from ..sampling import write_samples
 
-    files = [party_dir(run_dir, f"client-{k}") / "samples.safetensors" for k in range(plan.clients)]
+    files = [party_dir(run_dir, k) / PARTY_SAMPLES for k in range(plan.clients)]
     if not all(f.is_file() for f in files):
         return False
     from safetensors import safe_open
@@ -506,12 +502,12 @@ def _samples(run_dir: Path, plan: Plan, cfg: Config) -> bool:
             metas.append(fh.metadata())
         raws.append(load_tensors(f)["raw"])
     n, seed = int(metas[0]["n"]), int(metas[0]["seed"])
-    ho = RunDir(run_dir).view_dir / "handover" / "sample.safetensors"
+    ho = RunDir(run_dir).handover_path
     handovers = None
     if ho.is_file():
         h = load_tensors(ho)["h"]
         handovers = h.reshape(plan.clients, n, *h.shape[1:])
-    (Path(run_dir) / "samples").mkdir(parents=True, exist_ok=True)
+    RunDir(run_dir).samples_dir.mkdir(parents=True, exist_ok=True)
     write_samples(Path(run_dir), cfg, torch.stack(raws), handovers, cfg.train.steps, n, seed)
     return True
 

@@ -3,7 +3,7 @@
 Reads run directories and sweep directories (``sweep.json`` + ``cells/``) and writes
 ``report.md``, a self-contained ``report.html`` (images embedded as data URIs, no scripts,
 opens from disk) and ``figures/*.png``. Every number comes from the runs' typed
-``metrics/*.json`` (``collafuse_privacy.rundir``); a number that is missing is shown as
+``metrics/*.json`` (``collafuse_privacy.run``); a number that is missing is shown as
 missing, with the reason the metrics file gives; a file of the wrong shape is a one-line
 error. Four steps, one module each: :mod:`.collect` (numbers per run), :mod:`.analyse`
 (Pareto front, knee, reading), :mod:`.figures` (the trade-off plot), :mod:`.render`

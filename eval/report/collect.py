@@ -11,7 +11,8 @@ import numpy as np
 from collafuse_privacy.checkpoint import verified_step_dir
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.numbers import num
-from collafuse_privacy.rundir import METRICS, RunDir
+from collafuse_privacy.run.directory import METRICS, RunDir
+from collafuse_privacy.run.layout import AUDIT_TWIN_GLOB, CONFIG, SAMPLES_GRID, SWEEP_INDEX
 from collafuse_privacy.sweep import read_cell, read_index
 
 
@@ -226,11 +227,11 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
     b = rd.metrics("burden")
     if b is not None:
         r.client_flop_share, r.bytes_per_image, r.t_c = b.sampling_flop_ratio, b.bytes_sent_per_training_image, b.t_c
-    for adir in [rd.path] + sorted(p for p in rd.path.glob("audit-*") if p.is_dir()):
+    for adir in [rd.path] + sorted(p for p in rd.path.glob(AUDIT_TWIN_GLOB) if p.is_dir()):
         a = RunDir(adir).metrics("audit")
         if a is not None:
             r.audits.append(_audit_row(a))
-    grid = rd.path / "samples" / "grid.png"
+    grid = rd.path / SAMPLES_GRID
     if grid.is_file():
         r.figures["samples"] = grid
     return r
@@ -262,13 +263,13 @@ def collect(dirs) -> list[CellResult]:
         if d.resolve() in seen:
             continue
         seen.add(d.resolve())
-        if (d / "sweep.json").is_file():
+        if (d / SWEEP_INDEX).is_file():
             for c in read_index(d).cells:
                 cdir = d / c.dir
                 cell = read_cell(cdir)
                 out.append(read_run(cdir, label=c.label, status=cell.get("status", "pending"), error=cell.get("error"),
                                     setting=c.setting or c.label))  # fmt: skip
-        elif (d / "config.yaml").is_file():
+        elif (d / CONFIG).is_file():
             out.append(read_run(d))
         else:
             raise UserError(f"{d} is neither a run directory (config.yaml) nor a sweep directory (sweep.json)")
