@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import Config
+from .run.codec import read_json, write_json
 from .run.layout import SECRETS
 
 
@@ -65,15 +66,11 @@ def secrets_path(run_dir: str | Path) -> Path:
 
 
 def read_secrets(run_dir: str | Path) -> Optional[Secrets]:
-    from .run.codec import read_json
-
     path = secrets_path(run_dir)
     return read_json(path, Secrets) if path.is_file() else None
 
 
 def write_secrets(run_dir: str | Path, s: Secrets) -> None:
-    from .run.codec import write_json
-
     write_json(secrets_path(run_dir), s)
 
 

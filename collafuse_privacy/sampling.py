@@ -28,6 +28,7 @@ from .models import load_unet
 from .party import resolve_device
 from .protocol import Cut, protocol_for
 from .rng import generator
+from .run.codec import read_json, write_json
 from .run.directory import RunDir
 from .run.layout import (HANDOVER, HANDOVER_GRID, SAMPLES_GRID, SAMPLES_MANIFEST, SERVER, party_file, samples_client,
                          samples_file, samples_grid)
@@ -115,7 +116,6 @@ class SamplesManifest:
 def read_samples(run_dir: str | Path) -> tuple[dict[int, torch.Tensor], SamplesManifest]:
     """The clients' samples ``{k: [n, C, H, W]}`` of the last complete ``sample``, checked."""
     from .checkpoint import sha256
-    from .run.codec import read_json
 
     run_dir = Path(run_dir)
     mpath = run_dir / SAMPLES_MANIFEST
@@ -315,7 +315,6 @@ def write_samples(run_dir: Path, cfg: Config, raw: torch.Tensor, handovers: Opti
     else:
         rd.handover_path.unlink(missing_ok=True)
     from .checkpoint import sha256
-    from .run.codec import write_json
 
     write_json(run_dir / SAMPLES_MANIFEST,
                SamplesManifest(step=step, n=n, seed=seed, files={f: sha256(run_dir / f) for f in files}, stats=stats))

@@ -48,6 +48,7 @@ from .config import apply_overrides, config_hash, from_dict, read_yaml
 from .errors import UserError
 from .io import atomic_write_json, atomic_write_text
 from .lock import locked
+from .run.codec import read_json, write_json
 from .run.layout import CELL, CELL_ERROR, CELLS, SWEEP_INDEX
 from .stages import STAGES
 
@@ -143,14 +144,10 @@ class SweepIndex:
 
 
 def read_index(out: str | Path) -> SweepIndex:
-    from .run.codec import read_json
-
     return read_json(Path(out) / SWEEP_INDEX, SweepIndex)
 
 
 def _write_index(out: Path, index: SweepIndex) -> None:
-    from .run.codec import write_json
-
     write_json(out / SWEEP_INDEX, index)
 
 

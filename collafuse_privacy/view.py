@@ -33,9 +33,10 @@ import torch
 from .errors import UserError
 from .io import load_tensors, save_tensors
 from .protocol import Cut, Message, Protocol, make_protocol
+from .run.codec import read_json, write_json
 from .run.directory import RunDir
 from .run.layout import SERVER, SHARD_RE, SHARDS, TRUTH_TRAIN, VIEW_FILES, VIEW_TRAIN, party_file, shard_name, step_of
-from .run.schemas import ViewManifest, ViewMeta
+from .run.schemas import RecordStats, ViewManifest, ViewMeta
 
 
 class ViewRecorder:
@@ -95,8 +96,6 @@ class ViewRecorder:
 
     def write_stats(self) -> None:
         """``server_view/record.json``: how many received rows were recorded."""
-        from .run.codec import write_json
-        from .run.schemas import RecordStats
 
         write_json(self.rd.record_path, RecordStats(received=self.received, recorded=self.count,
                                                     max_items=self.max_items, dtype=str(self.dtype).split(".")[-1]))
@@ -167,7 +166,6 @@ def seal_view(run_dir: Path, step: int, rows: int, cfg) -> None:
     of every view file, ``rows`` recorded, the run's identity hash. What ``ServerView.load`` verifies."""
     from .checkpoint import sha256
     from .config import config_hash
-    from .run.codec import write_json
 
     rd = RunDir(run_dir)
     files = {rel: sha256(rd.view_dir / rel) for rel in view_files(rd)}
@@ -207,8 +205,6 @@ def verify_view(rd: RunDir, step: int, cfg=None) -> list[Path]:
     ``record.json``'s, and (``cfg``) the run's identity hash. Returns the shards to read."""
     from .checkpoint import sha256
     from .config import config_hash
-    from .run.codec import read_json
-    from .run.schemas import RecordStats
 
     path = rd.view_manifest_path
     if not path.is_file():

@@ -19,8 +19,8 @@ import collafuse_privacy.run.schemas as schemas
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.numbers import Interval
 from collafuse_privacy.run import layout
-from collafuse_privacy.run.codec import (ARTEFACTS, SCHEMA, artefact, artefact_named, artefact_of, parse_row, read_artefact,
-                                         read_json, write_json)
+from collafuse_privacy.run.codec import (ARTEFACTS, SCHEMA, artefact, artefact_named, artefact_of, parse_row,
+                                         read_artefact, read_json, write_json)
 from collafuse_privacy.run.directory import METRICS, RunDir
 from collafuse_privacy.run.schemas import AUDIT_FORMAT, QUALITY_FORMAT, AuditReport, LatestCheckpoint, QualityReport
 from collafuse_privacy.typed import to_data

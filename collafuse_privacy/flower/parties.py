@@ -47,7 +47,7 @@ from ..io import append_jsonl, load_tensors, save_state, save_tensors, truncate_
 from ..party import Party, resolve_device
 from ..protocol import Cut, Message, Transport, from_tensors, protocol_for
 from ..run.codec import read_json, write_json
-from ..run.directory import RunDir
+from ..run.directory import RunDir, open_run
 from ..run.layout import (CHECKPOINTS, CONFIG, FLOWER_PLAN, PARTY_ASSIGNMENT, PARTY_DATA, PARTY_LOG, PARTY_SAMPLES,
                           PARTY_SECRET, PARTY_SENT, PLAN, SERVER, SHARD_RE, STATE, client_name, party_dir,
                           party_file, party_names, shard_name, step_name)
@@ -117,7 +117,6 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
     public images), plus each client's folder with its data and secret, and ``flower/plan.json``."""
     from ..client_secrets import read_secrets, write_secrets
     from ..resolve import resolve
-    from ..run.directory import open_run
     from ..training import ensure_splits, write_view_meta
 
     run_dir = Path(run_dir)
