@@ -41,7 +41,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from collafuse_privacy.numbers import Interval
 
-from .features import FeatureExtractor, extractor_device, one_thread
+from .extractor import FeatureExtractor, extractor_device, one_thread
 
 # torchmetrics' default KID subset size (Binkowski et al. use 1000 as well).
 DEFAULT_KID_SUBSET_SIZE = 1000
