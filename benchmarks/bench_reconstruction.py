@@ -18,8 +18,37 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
+
+from collafuse_privacy.config import load_config
+from collafuse_privacy.eval.reconstruction import run_reconstruction
+from collafuse_privacy.io import atomic_write_json
+from collafuse_privacy.training import train
+from collafuse_privacy.typed import to_data
+
 
 def main() -> None:
+    args = _args()
+    torch.set_num_threads(1)
+    size = 8 if args.data == "digits" else 16
+    base = [f"data.name={args.data}", f"data.image_size={size}", "data.clients=2" if args.data == "digits" else "data.clients=3",
+            f"diffusion.timesteps={args.timesteps}", f"model.preset={args.preset}", f"train.steps={args.steps}",
+            f"train.batch_size={args.batch}", f"train.checkpoint_every={args.steps}", f"data.public_fraction={args.public_fraction}",
+            "device=cpu", "sample.n=4"]  # fmt: skip
+    if args.max_images:
+        base.append(f"data.max_images={args.max_images}")
+    rows = []
+    for c in [float(x) for x in args.cuts.split(",")]:
+        for fixed in (False, True):
+            rows += _run_rows(args, base, c, fixed)
+    print(f"data {args.data} {size}x{size}, T = {args.timesteps}, {args.steps} rounds x batch {args.batch}, "
+          f"max_images {args.max_images or 'all'}, public fraction {args.public_fraction}")  # fmt: skip
+    _print(rows)
+    atomic_write_json(Path(args.root) / "bench.json", rows)
+    print(f"-> {Path(args.root) / 'bench.json'}")
+
+
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="digits", choices=["digits", "mnist5k"])
     ap.add_argument("--cuts", default="0.1,0.2")
@@ -33,46 +62,32 @@ def main() -> None:
     ap.add_argument("--methods", default="rescale,learned,average")
     ap.add_argument("--cap", type=int, default=512)
     ap.add_argument("--root", default="runs/bench-reconstruction")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    import torch
 
-    from collafuse_privacy.config import load_config
-    from collafuse_privacy.eval.reconstruction import run_reconstruction
-    from collafuse_privacy.io import atomic_write_json
-    from collafuse_privacy.training import train
-    from collafuse_privacy.typed import to_data
-
-    torch.set_num_threads(1)
-    size = 8 if args.data == "digits" else 16
-    base = [f"data.name={args.data}", f"data.image_size={size}", "data.clients=2" if args.data == "digits" else "data.clients=3",
-            f"diffusion.timesteps={args.timesteps}", f"model.preset={args.preset}", f"train.steps={args.steps}",
-            f"train.batch_size={args.batch}", f"train.checkpoint_every={args.steps}", f"data.public_fraction={args.public_fraction}",
-            "device=cpu", "sample.n=4"]  # fmt: skip
-    if args.max_images:
-        base.append(f"data.max_images={args.max_images}")
-    methods = args.methods.split(",")
+def _run_rows(args, base: list[str], c: float, fixed: bool) -> list[dict]:
+    """Train (or reuse) the run at cut ``c`` with fresh or fixed noise, score the methods: one row each."""
+    run = Path(args.root) / f"{args.data}-c{c:g}-{'fixed' if fixed else 'fresh'}"
+    cfg = load_config(None, base + [f"protocol.cut_ratio={c}", f"protocol.fixed_noise={str(fixed).lower()}"])
     opts = {m: {"steps": args.attack_steps} for m in ("learned", "average") if args.attack_steps}
+    t0 = time.perf_counter()
+    train(cfg, run, device="cpu", quiet=True)
+    t_train = time.perf_counter() - t0
+    r = to_data(run_reconstruction(run, methods=args.methods.split(","), options=opts, cap=args.cap, figure=False,
+                                   log=lambda m: None), json_numbers=True)  # fmt: skip
     rows = []
-    for c in [float(x) for x in args.cuts.split(",")]:
-        for fixed in (False, True):
-            run = Path(args.root) / f"{args.data}-c{c:g}-{'fixed' if fixed else 'fresh'}"
-            cfg = load_config(None, base + [f"protocol.cut_ratio={c}", f"protocol.fixed_noise={str(fixed).lower()}"])
-            t0 = time.perf_counter()
-            train(cfg, run, device="cpu", quiet=True)
-            t_train = time.perf_counter() - t0
-            r = to_data(run_reconstruction(run, methods=methods, options=opts, cap=args.cap, figure=False,
-                                           log=lambda m: None), json_numbers=True)  # fmt: skip
-            for name, m in r["methods"].items():
-                if not m["applicable"]:
-                    continue
-                lk = m.get("linking") or {}
-                rows.append({"c": c, "t_c": r["t_c"], "noise": "fixed" if fixed else "fresh", "method": name, "n": m["n"],
-                             "mse": m["mse"], "psnr": m["psnr"], "ident": m["identification"]["value"],
-                             "linked": lk.get("mean_linked"), "precision": lk.get("precision"),
-                             "sent": lk.get("mean_true_releases"), "seconds": m["seconds"], "train_s": t_train})  # fmt: skip
-    print(f"data {args.data} {size}x{size}, T = {args.timesteps}, {args.steps} rounds x batch {args.batch}, "
-          f"max_images {args.max_images or 'all'}, public fraction {args.public_fraction}")  # fmt: skip
+    for name, m in r["methods"].items():
+        if not m["applicable"]:
+            continue
+        lk = m.get("linking") or {}
+        rows.append({"c": c, "t_c": r["t_c"], "noise": "fixed" if fixed else "fresh", "method": name, "n": m["n"],
+                     "mse": m["mse"], "psnr": m["psnr"], "ident": m["identification"]["value"],
+                     "linked": lk.get("mean_linked"), "precision": lk.get("precision"),
+                     "sent": lk.get("mean_true_releases"), "seconds": m["seconds"], "train_s": t_train})  # fmt: skip
+    return rows
+
+
+def _print(rows: list[dict]) -> None:
     head = f"{'c':>4} {'t_c':>4} {'noise':6} {'method':8} {'n':>4}  {'MSE [95% CI]':26} {'PSNR':>6} {'ident':>6}  linked/prec/sent    s"
     print(head)
     for x in rows:
@@ -80,8 +95,6 @@ def main() -> None:
         link = "" if x["linked"] is None else f"{x['linked']:.1f}/{x['precision']:.2f}/{x['sent']:.1f}"
         print(f"{x['c']:>4g} {x['t_c']:>4} {x['noise']:6} {x['method']:8} {x['n']:>4}  {mse:26} "
               f"{float(x['psnr']['value']):6.2f} {x['ident']:6.3f}  {link:17} {x['seconds']:5.1f}")  # fmt: skip
-    atomic_write_json(Path(args.root) / "bench.json", rows)
-    print(f"-> {Path(args.root) / 'bench.json'}")
 
 
 if __name__ == "__main__":

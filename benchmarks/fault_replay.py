@@ -12,6 +12,7 @@ Exits 1 if any case ends otherwise. Takes a few minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 TINY = ["data.name=digits", "data.image_size=8", "data.clients=2", "diffusion.timesteps=20", "model.preset=micro",
         "train.steps=4", "train.batch_size=8", "train.checkpoint_every=2", "record.shard_size=16", "sample.n=4",
@@ -50,8 +53,6 @@ def record(name: str, code: int, stderr: str, expect=(0, 2)) -> None:
 
 def digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (lock files aside)."""
-    import hashlib
-
     return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
             for f in sorted(folder.rglob("*")) if f.is_file() and f.name != ".lock"}  # fmt: skip
 
@@ -77,8 +78,6 @@ def sets23(*extra) -> list[str]:
 
 def issue23(w: Path) -> None:
     """Every reproduction of issue 23 (numbers as in the issue)."""
-    import yaml
-
     w.mkdir(parents=True, exist_ok=True)
     R = w / "R"
     p = subprocess.run(CLI + ["train", "--quiet", "--out", str(R)] + sets23(), capture_output=True, text=True)
@@ -89,43 +88,53 @@ def issue23(w: Path) -> None:
         shutil.copytree(R, d, ignore=shutil.ignore_patterns(".lock"))
         return d, digest(d)
 
-    view_lrt = ["--type", "membership", "--method", "view-lrt"]
+    _view_faults(w, copy)
+    _sweep_faults(w)
+    _merged_results(copy)
+    _input_faults(w, copy)
+
+
+VIEW_LRT = ["--type", "membership", "--method", "view-lrt"]
+
+
+def _view_faults(w: Path, copy) -> None:
+    """#1-#5, #10: a damaged or inconsistent view, and bad attack options, on copies of R."""
     d, before = copy("r1")
     f = sorted((d / "server_view" / "train").glob("shard-*"))[0]
     data = f.read_bytes()
     f.write_bytes(data[:-256] + bytes(b ^ 0x5A for b in data[-256:]))
     before = digest(d)
-    run("#1 a corrupted view shard: attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    run("#1 a corrupted view shard: attack", ["attack", "--run", str(d)] + VIEW_LRT, expect=(2,))
     kept("#1", d, before)
     d, _ = copy("r2")
     for f in (d / "server_view" / "train").glob("shard-*"):
         f.unlink()
     before = digest(d)
-    run("#2 deleted view shards: attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    run("#2 deleted view shards: attack", ["attack", "--run", str(d)] + VIEW_LRT, expect=(2,))
     kept("#2", d, before)
     d, _ = copy("r3")
     shutil.rmtree(d / "checkpoints")  # train killed before its first checkpoint
     before = digest(d)
-    run("#3 no checkpoint (killed train): attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    run("#3 no checkpoint (killed train): attack", ["attack", "--run", str(d)] + VIEW_LRT, expect=(2,))
     run("#3 no checkpoint (killed train): attack reconstruction", ["attack", "--run", str(d), "--type",
                                                                    "reconstruction"], expect=(2,))  # fmt: skip
     kept("#3", d, before)
     fp = w / "prepared"
     p = subprocess.run(CLI + ["flower", "prepare", "--out", str(fp)] + sets23(), capture_output=True, text=True)
     if p.returncode == 0:
-        run("#3 a `flower prepare` folder: attack", ["attack", "--run", str(fp)] + view_lrt, expect=(2,))
+        run("#3 a `flower prepare` folder: attack", ["attack", "--run", str(fp)] + VIEW_LRT, expect=(2,))
     d, _ = copy("r4")
     meta = json.loads((d / "server_view" / "meta.json").read_text())
     (d / "server_view" / "meta.json").write_text(json.dumps({**meta, "t_c": 5}))
     before = digest(d)
-    run("#4 meta.json t_c = 5: attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    run("#4 meta.json t_c = 5: attack", ["attack", "--run", str(d)] + VIEW_LRT, expect=(2,))
     kept("#4", d, before)
     d, _ = copy("r4b")
     cfg = yaml.safe_load((d / "config.yaml").read_text())
     cfg["protocol"]["cut_ratio"] = 0.2
     (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     before = digest(d)
-    run("#4 config.yaml cut_ratio 0.2: attack", ["attack", "--run", str(d)] + view_lrt, expect=(2,))
+    run("#4 config.yaml cut_ratio 0.2: attack", ["attack", "--run", str(d)] + VIEW_LRT, expect=(2,))
     kept("#4", d, before)
     d, before = copy("r5")
     for opt in ("loss.n_noise=0", "loss.n_noise=-3", "loss.fractions=[]"):
@@ -136,6 +145,9 @@ def issue23(w: Path) -> None:
         run(f"#10 --option {opt}", ["attack", "--run", str(d), "--type", kind, "--option", opt], expect=(2,))
     kept("#5, #10", d, before)
 
+
+def _sweep_faults(w: Path) -> None:
+    """#6, #13, #15: sweep files whose stages are invalid: refused before anything trains."""
     base = {"data": {"name": "digits", "image_size": 8, "clients": 3}, "model": {"preset": "tiny"},
             "diffusion": {"timesteps": 20}, "train": {"batch_size": 16, "steps": 30}, "protocol": {"cut_ratio": 0.5},
             "device": "cpu", "secrets": {"derive_from_seed": True}}  # fmt: skip
@@ -154,8 +166,11 @@ def issue23(w: Path) -> None:
     sweep("sw15", "#15 sweep stages {} + include of other seeds", stages={},
           include=[{"seed": 7, "stages": {"privacy": {}}}])
 
+
+def _merged_results(copy) -> None:
+    """#7: a second attack's results are merged into membership.json, the first one's kept."""
     d, before = copy("r7")
-    run("#7 attack --method view-lrt", ["attack", "--run", str(d)] + view_lrt, expect=(0,))
+    run("#7 attack --method view-lrt", ["attack", "--run", str(d)] + VIEW_LRT, expect=(0,))
     first = json.loads((d / "metrics" / "membership.json").read_text())["targets"]["server"]["methods"]
     mid = digest(d)
     run("#7 then attack --method loss", ["attack", "--run", str(d), "--type", "membership", "--method", "loss"],
@@ -167,6 +182,9 @@ def issue23(w: Path) -> None:
     kept("#7 (besides the merged results)", d, mid, may_change=("metrics/membership.json",
          "metrics/membership_scores.npz", "figures/membership_roc.png"))  # fmt: skip
 
+
+def _input_faults(w: Path, copy) -> None:
+    """#8, #9, #11, #12, #14, #16-#19: out-of-range inputs, wrong folders, hostile and ambiguous config input."""
     run("#8 train data.holdout_fraction=0", ["train", "--quiet", "--out", str(w / "h0")]
         + sets23("data.holdout_fraction=0"), expect=(2,))  # fmt: skip
     for seed in ("-1", "99999999999999999999999"):
@@ -200,6 +218,7 @@ def issue23(w: Path) -> None:
     (aud / "audit").mkdir(parents=True)
     (aud / "audit" / "canaries.safetensors").write_bytes(b"an audit's canaries")
     run("#17 train --out <an audit folder>", ["train", "--quiet", "--out", str(aud)] + sets23(), expect=(2,))
+
     bomb = "[&a [x,x,x,x,x,x,x,x,x], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], " \
            "&d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], &f [*e,*e,*e,*e,*e,*e,*e,*e,*e], " \
            "&g [*f,*f,*f,*f,*f,*f,*f,*f,*f], &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]]"  # fmt: skip
@@ -227,6 +246,12 @@ def main() -> None:
         issue23(w / "issue23")
     if args.only == "23":
         return summary()
+    issue13(w)
+    summary()
+
+
+def issue13(w: Path) -> None:
+    """Every fault of issue 13, against copies of one tiny trained run."""
     base = w / "base"
     p = subprocess.run(CLI + ["train", "--quiet", "--out", str(base)] + sets(), capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
@@ -236,6 +261,14 @@ def main() -> None:
         shutil.copytree(base, d, ignore=shutil.ignore_patterns(".lock"))
         return d
 
+    _training_faults(w, fresh)
+    _two_writers_and_os_errors(w, base, fresh)
+    _interrupted_outputs(w, fresh)
+    _data_and_reports(w, fresh)
+
+
+def _training_faults(w: Path, fresh) -> None:
+    """Non-finite and diverging settings, damaged checkpoints, a tiny T."""
     run("train.lr=.inf", ["train", "--out", str(w / "a")] + sets("train.lr=.inf"))
     run("protocol.cut_ratio=.nan", ["train", "--out", str(w / "b")] + sets("protocol.cut_ratio=.nan"))
     run("a diverging lr (1e30)", ["train", "--quiet", "--out", str(w / "c")] + sets("train.lr=1e30", "train.steps=6"))
@@ -256,7 +289,10 @@ def main() -> None:
     print(p.stdout.splitlines()[2] if p.returncode == 0 else "", file=sys.stderr)
     run("diffusion.timesteps=5", ["train", "--out", str(w / "t5")] + sets("diffusion.timesteps=5"))
 
-    # two writers on one run
+
+
+def _two_writers_and_os_errors(w: Path, base: Path, fresh) -> None:
+    """Two identical train commands on one run; a file where a folder belongs, a full disk (where a tmpfs mounts)."""
     d = w / "twice"
     cmd = CLI + ["train", "--quiet", "--out", str(d)] + sets("train.steps=30", "train.checkpoint_every=10")
     a = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -267,7 +303,6 @@ def main() -> None:
     record("two identical train commands: second", b.returncode, b.stderr)
     rows = len((d / "metrics" / "train.jsonl").read_text().splitlines())
     ROWS.append((f"  -> train.jsonl rows: {rows} (30 expected)", 0 if rows == 30 else 1, False, ""))
-
     # OS errors
     d = fresh("notafolder")
     (d / "figures").write_text("a file where a folder belongs")
@@ -286,7 +321,10 @@ def main() -> None:
     else:
         ROWS.append(("a full disk during training: not replayable here (no tmpfs mount)", 0, False, ""))
 
-    # interrupted outputs
+
+
+def _interrupted_outputs(w: Path, fresh) -> None:
+    """A sample and an attack killed while writing: the next commands notice."""
     d = fresh("killed")
     run("sample --n 3", ["sample", "--run", str(d), "--n", "3"])
     # killed while writing: `sample` removes its manifest first and writes it back last
@@ -306,7 +344,10 @@ def main() -> None:
     k.wait()
     p = run("report after a killed attack", ["report", str(d), "--no-screenshot"])
 
-    # resources, data, reports
+
+
+def _data_and_reports(w: Path, fresh) -> None:
+    """A run too large for this machine, image folders of unusual formats, damaged metrics files."""
     # refused by the memory estimate on this machine (about 62 GB: 801 models and the server's step over 800
     # clients' hand-over images); one round only where a machine has the memory
     run("data.clients=800 (the default config)", ["train", "--quiet", "--out", str(w / "huge"), "--set", "data.clients=800",
@@ -336,9 +377,8 @@ def main() -> None:
     (d / "metrics" / "membership.json").write_text(json.dumps({"schema": 1, "targets": {"server": {"t_c": "x"}}}))
     run("report with membership.json of the wrong shape", ["report", str(d), "--no-screenshot"])
     d = fresh("twicereport")
-    p = run("report DIR DIR (the same folder twice)", ["report", str(d), str(d), "--no-screenshot"])
+    run("report DIR DIR (the same folder twice)", ["report", str(d), str(d), "--no-screenshot"])
 
-    summary()
 
 
 def summary() -> None:

@@ -43,6 +43,10 @@ For a GDP claim (the view) the headline is ``mu >= mu_lb`` against the formal ``
 ``(eps, delta)`` claim (Opacus) the best epsilon bound against Opacus' epsilon. The check fails
 when a lower bound exceeds its formal number: with probability at most ``alpha`` for a correct
 pipeline (for each of the two numbers).
+
+Where each part lives: this module runs the audit (checks its input, trains the twin with its
+canaries, writes ``metrics/audit.json``) and prints it; :mod:`.canaries` makes, stores and inserts
+the canaries; :mod:`.audit_score` scores a trained audit run; :mod:`.audit_stats` holds the bounds.
 """
 
 from __future__ import annotations
@@ -51,171 +55,33 @@ import dataclasses
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
+from collafuse_privacy.attacks.base import check_family_options
+from collafuse_privacy.attacks.membership import FAMILY
 from collafuse_privacy.config import Config
-from collafuse_privacy.data import Dataset, Splits
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.io import load_tensors, save_tensors
 from collafuse_privacy.numbers import fmt
 from collafuse_privacy.run.directory import RunDir
-from collafuse_privacy.run.layout import AUDIT_CANARIES, CHECKPOINTS, CONFIG, audit_twin
-from collafuse_privacy.run.schemas import (AUDIT_FORMAT, AuditBound, AuditMethod, AuditOneRun, AuditReleases,
-                                           AuditReport, AuditStratum)
+from collafuse_privacy.run.layout import CHECKPOINTS, CONFIG, audit_twin
+from collafuse_privacy.run.schemas import AuditReport
 
 from . import audit_stats as st
-from .roc import auc as roc_auc
+from .audit_score import (CLIENT_METHODS, KNOWN_RELEASE, VIEW_METHODS, attack_scores, known_release_scores,  # noqa: F401
+                          method_bounds, score_audit)  # fmt: skip
+from .canaries import (CANARY_KINDS, LABEL_ALT, LABEL_X, SERVER, Canaries, canaries_path, insert,  # noqa: F401
+                       make_canaries, with_canaries)  # fmt: skip
 
-CANARY_KINDS = ("worst-case", "in-distribution")
-LABEL_X, LABEL_ALT = 1, 0  # a replace-one canary's label: tied to its coin (Canaries.labels)
-KNOWN_RELEASE = "known-release"
 DEFAULT_CANARIES = 1000
-VIEW_METHODS = ("view-lrt", "view-composed")
-CLIENT_METHODS = ("loss",)
-SERVER = "server"
-
-
-def canaries_path(run_dir) -> Path:
-    return Path(run_dir) / AUDIT_CANARIES
 
 
 def audit_dir(run_dir, target: str = SERVER) -> Path:
     """Where the audit stage of a run (a sweep cell) trains its twin with canaries."""
     return Path(run_dir) / audit_twin(parse_audit_target(target))
 
-
-# ---------------------------------------------------------------------------
-# Canaries
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Canaries:
-    """The slots of an audit (ground truth: never in the server's view).
-
-    ``x`` ``[m, C, H, W]`` the canaries; ``alt`` their partners (replace-one) or None (add/remove);
-    ``coin`` ``[m]`` bool: 1 = ``x`` was inserted; ``client`` ``[m]`` the client each slot belongs to;
-    ``ids`` ``[m]`` the dataset id the inserted image has (-1 where nothing was inserted).
-    """
-
-    kind: str
-    game: str  # "replace-one" | "add/remove"
-    x: torch.Tensor
-    alt: Optional[torch.Tensor]
-    coin: torch.Tensor
-    client: torch.Tensor
-    ids: torch.Tensor
-    seed: int = 0  # of the coins, the canaries and the calibration / evaluation halves
-    labels_tied: bool = True  # False in canary files written before labels were tied to coins (labels 0)
-
-    def __len__(self) -> int:
-        return int(self.coin.shape[0])
-
-    @property
-    def labels(self) -> torch.Tensor:
-        """The label each inserted slot's image carries ``[m]`` long: tied to the coin in the replace-one
-        game (``x`` has label :data:`LABEL_X`, its partner :data:`LABEL_ALT`), so a view that carries labels
-        (``model.server_conditioning = labels``) shows the coin through them, as the accounting must
-        allow for; 0 in the add/remove game (presence is the coin there)."""
-        if self.alt is None or not self.labels_tied:
-            return torch.zeros(len(self), dtype=torch.long)
-        return torch.where(self.coin, torch.tensor(LABEL_X), torch.tensor(LABEL_ALT)).long()
-
-    @property
-    def inserted(self) -> torch.Tensor:
-        """The image each slot holds (``x`` or ``alt`` by the coin; ``x`` for add/remove)."""
-        if self.alt is None:
-            return self.x
-        return torch.where(self.coin.view(-1, 1, 1, 1), self.x, self.alt)
-
-    def save(self, path: Path) -> None:
-        t = {"x": self.x, "coin": self.coin.to(torch.uint8), "client": self.client, "ids": self.ids}
-        if self.alt is not None:
-            t["alt"] = self.alt
-        save_tensors(path, t, metadata={"kind": self.kind, "game": self.game, "seed": str(self.seed),
-                                        "labels": "coin" if self.labels_tied else "zero"})  # fmt: skip
-
-    @classmethod
-    def load(cls, path: Path) -> "Canaries":
-        from safetensors import safe_open
-
-        t = load_tensors(path)
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        try:
-            return cls(meta["kind"], meta["game"], t["x"].float(), t["alt"].float() if "alt" in t else None,
-                       t["coin"].bool(), t["client"].long(), t["ids"].long(), int(meta["seed"]),
-                       meta.get("labels", "zero") == "coin")  # fmt: skip
-        except (KeyError, ValueError) as exc:
-            raise UserError(f"{path} is not an audit's canary file (missing {exc})") from None
-
-
-def make_canaries(data: Dataset, splits: Splits, m: int, kind: str, target: str, seed: int) -> Canaries:
-    """``m`` slots for ``target`` (``"server"``: replace-one over all clients; ``"client:K"``:
-    add/remove in client ``K``), coins and canaries from ``seed``."""
-    if kind not in CANARY_KINDS:
-        raise UserError(f"canary kind must be one of {', '.join(CANARY_KINDS)}, got {kind!r}")
-    if m < 4:
-        raise UserError(f"an audit needs at least 4 canaries, got {m}")
-    g = torch.Generator().manual_seed(seed % (2**63 - 1))
-    C, S, _ = data.shape
-    n_clients = splits.num_clients
-    replace = target == SERVER
-    if replace:
-        client = torch.arange(m) % n_clients
-    else:
-        k = int(target.split(":")[1])
-        if not 0 <= k < n_clients:
-            raise UserError(f"--target {target}: the run has clients 0..{n_clients - 1}")
-        client = torch.full((m,), k, dtype=torch.long)
-    coin = torch.rand(m, generator=g) < 0.5
-    if kind == "worst-case":
-        x = torch.randint(0, 2, (m, C, S, S), generator=g).float() * 2 - 1
-        alt = -x if replace else None
-    else:
-        pool = torch.tensor(sorted(i for h in splits.holdout for i in h), dtype=torch.long)
-        need = 2 * m if replace else m
-        if len(pool) < need:
-            raise UserError(f"in-distribution canaries: {need} held-out images needed for {m} slots, the run's "
-                            f"clients hold {len(pool)} (fewer --canaries, or worst-case ones)")  # fmt: skip
-        pick = pool[torch.randperm(len(pool), generator=g)[:need]]
-        x = data.images[pick[:m]].float()
-        alt = data.images[pick[m:]].float() if replace else None
-    # the inserted images get new ids after the dataset's, in slot order (add/remove: inserted slots only)
-    ins = torch.ones(m, dtype=torch.bool) if replace else coin
-    ids = torch.full((m,), -1, dtype=torch.long)
-    ids[ins] = len(data) + torch.arange(int(ins.sum()))
-    return Canaries(kind, "replace-one" if replace else "add/remove", x, alt, coin, client, ids, seed)
-
-
-def insert(data: Dataset, splits: Splits, can: Canaries) -> tuple[Dataset, Splits]:
-    """The dataset with the inserted canaries appended and the slots added to their clients' members."""
-    ins = can.ids >= 0
-    imgs = torch.cat([data.images, can.inserted[ins].to(data.images.dtype)])
-    labels = torch.cat([data.labels, can.labels[ins].to(data.labels.dtype)])
-    clients = []
-    for k, c in enumerate(splits.clients):
-        extra = can.ids[ins & (can.client == k)].tolist()
-        clients.append(dataclasses.replace(c, members=list(c.members) + extra))
-    return (dataclasses.replace(data, images=imgs, labels=labels),
-            dataclasses.replace(splits, clients=clients))  # fmt: skip
-
-
-def with_canaries(run_dir, data: Dataset) -> Dataset:
-    """``data`` as the audit run in ``run_dir`` trained on it (unchanged for an ordinary run): the
-    one place the eval side rebuilds an audit run's dataset."""
-    path = canaries_path(run_dir)
-    if not path.is_file():
-        return data
-    can = Canaries.load(path)
-    ins = can.ids >= 0
-    return dataclasses.replace(data, images=torch.cat([data.images, can.inserted[ins].to(data.images.dtype)]),
-                               labels=torch.cat([data.labels, can.labels[ins].to(data.labels.dtype)]))  # fmt: skip
 
 
 def audit_resolved(cfg: Config, run_dir: Path, m: int, kind: str, target: str, secrets=None):
@@ -244,120 +110,6 @@ def audit_resolved(cfg: Config, run_dir: Path, m: int, kind: str, target: str, s
         cfg2, choice = resolve_cut(base.cfg, data, splits, run_dir)
     return dataclasses.replace(base, cfg=cfg2, data=data, splits=splits, cut_choice=choice), can
 
-
-# ---------------------------------------------------------------------------
-# Scores
-# ---------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def known_release_scores(view, row_ids: torch.Tensor, can: Canaries) -> tuple[np.ndarray, np.ndarray]:
-    """The auditor's statistic per replace-one slot and the number of distinct releases it used.
-
-    Rows are linked to slots by their ground-truth image ids; identical rows (fixed noise re-sends
-    the same ``h``) count once. Where the protocol sends the noise (``sends_noise``) or the clean
-    image (``c = 0``) the slot's input is recovered exactly: ``+-inf``. Where the rows carry labels
-    (``model.server_conditioning = labels``), a release whose label is the canary's and not its
-    partner's decides the slot (``+-inf``; the labels are tied to the coins, ``Canaries.labels``).
-    """
-    proto, m = view.protocol, len(can)
-    scores, n_rel = np.zeros(m), np.zeros(m, dtype=np.int64)
-    if len(view) == 0 or can.alt is None:
-        return scores, n_rel
-    x_all = view.messages["x"].double().flatten(1)
-    levels = proto.row_levels(view.messages)
-    abar = proto.cut.abar.double()
-    slot_of = {int(i): s for s, i in enumerate(can.ids.tolist()) if i >= 0}
-    rows_by_slot: dict[int, list[int]] = {}
-    for r, i in enumerate(row_ids.tolist()):
-        s = slot_of.get(int(i))
-        if s is not None:
-            rows_by_slot.setdefault(s, []).append(r)
-    X, A = can.x.double().flatten(1), can.alt.double().flatten(1)
-    for s, rows in rows_by_slot.items():
-        r = torch.tensor(rows)
-        lv = levels[r]
-        if proto.sends_noise or bool((lv < 0).all()):  # the input itself is in the view
-            x0 = proto.recover_x0(view.messages, r).flatten(1) if proto.sends_noise else x_all[r]
-            n_rel[s] = len(torch.unique(x0, dim=0))
-            near_x, near_a = float((x0 - X[s]).pow(2).sum(1).min()), float((x0 - A[s]).pow(2).sum(1).min())
-            scores[s] = math.inf if near_x < near_a else -math.inf
-            continue
-        if "labels" in view.messages:  # the label channel: the coin is in the clear
-            lab = view.messages["labels"][r].long()
-            if bool((lab == LABEL_X).any()) != bool((lab == LABEL_ALT).any()):
-                scores[s] = math.inf if bool((lab == LABEL_X).any()) else -math.inf
-                n_rel[s] = len(torch.unique(x_all[r], dim=0))
-                continue
-        _, inv = torch.unique(x_all[r], dim=0, return_inverse=True)
-        first = torch.full((int(inv.max()) + 1,), len(inv), dtype=torch.long).scatter_reduce(
-            0, inv, torch.arange(len(inv)), "amin")
-        h, a = x_all[r][first], abar[lv[first]].unsqueeze(1)
-        n_rel[s] = len(h)
-        # log N(h; sqrt(a) x, (1-a) I) - log N(h; sqrt(a) x', (1-a) I), summed over the releases
-        ll = (-((h - a.sqrt() * X[s]) ** 2).sum(1, keepdim=True) + ((h - a.sqrt() * A[s]) ** 2).sum(1, keepdim=True))
-        scores[s] = float((ll / (2 * (1 - a))).sum())
-    return scores, n_rel
-
-
-def attack_scores(view, name: str, can: Canaries, device: str, options: dict, target: str) -> np.ndarray:
-    """Slot scores of a membership method that sees only the server's view."""
-    from collafuse_privacy.attacks.membership import make
-
-    attack = make(name, target=target, device=device, **(options or {})).fit(view)
-    client = None if target == SERVER else int(target.split(":")[1])
-
-    def score(x):
-        return np.asarray(attack.score(view, x, client=client), dtype=np.float64)
-
-    s = score(can.x)
-    return s - score(can.alt) if can.alt is not None else s
-
-
-# ---------------------------------------------------------------------------
-# Bounds
-# ---------------------------------------------------------------------------
-
-
-def _bound(b: Optional[st.Bound]) -> Optional[AuditBound]:
-    return None if b is None else AuditBound(**dataclasses.asdict(b))
-
-
-def method_bounds(scores: np.ndarray, coin: np.ndarray, cal, ev, delta: float, alpha: float, gdp: bool,
-                  one_run: bool, sees: str, statistic: str, independent: bool = False) -> AuditMethod:  # fmt: skip
-    """Every bound of one method's slot scores that is valid for them (module docstring).
-
-    ``independent``: each slot's score depends only on that slot's randomness (the auditor's
-    known-release test), so the slots are independent trials and the Clopper-Pearson routes apply:
-    ``epsilon`` and, for a GDP claim (``gdp``), ``mu``. Otherwise one view or one model trained on
-    every canary scores them all, the trials are dependent, and only the one-run bound is computed
-    and reported. ``one_run``: compute the one-run bound for independent scores too."""
-    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=1e300, neginf=-1e300)
-    both = coin.any() and (~coin).any()
-    auc = float(roc_auc(s, coin)) if both else None
-    e = mu = None
-    cal_e = cal_mu = None
-    o = st.one_run(s, coin, cal, ev, delta, alpha) if (one_run or not independent) else None
-    if independent:
-        e = st.threshold_bound(s, coin, cal, ev, "eps", delta, alpha)
-        b = st.threshold_bound(s, coin, cal, cal, "eps", delta, alpha)
-        cal_e = None if b is None else b.value
-        if gdp:
-            mu = st.threshold_bound(s, coin, cal, ev, "mu", delta, alpha)
-            b = st.threshold_bound(s, coin, cal, cal, "mu", delta, alpha)
-            cal_mu = None if b is None else b.value
-        eps_lb, route = (None if e is None else e.value), "clopper-pearson"
-    else:
-        eps_lb, route, cal_e = o.epsilon, "one-run", o.calibration
-    return AuditMethod(sees=sees, statistic=statistic, auc=auc, independent=independent, epsilon=_bound(e),
-                       mu=_bound(mu), one_run=None if o is None else AuditOneRun(**dataclasses.asdict(o)),
-                       epsilon_lb=eps_lb, epsilon_route=None if eps_lb is None else route, calibration_epsilon=cal_e,
-                       calibration_mu=cal_mu)  # fmt: skip
-
-
-# ---------------------------------------------------------------------------
-# The audit
-# ---------------------------------------------------------------------------
 
 
 def run_audit(cfg: Config, run_dir, *, canaries: int = DEFAULT_CANARIES, kind: str = "worst-case",
@@ -400,9 +152,6 @@ def run_audit(cfg: Config, run_dir, *, canaries: int = DEFAULT_CANARIES, kind: s
 
 def check_audit_methods(methods: Optional[Sequence[str]], options: Optional[dict], target: str = SERVER) -> dict:
     """The membership methods and options of an audit, checked (names, types, ranges) before it trains."""
-    from collafuse_privacy.attacks.base import check_family_options
-    from collafuse_privacy.attacks.membership import FAMILY
-
     names = [n for n in (methods or []) if n != KNOWN_RELEASE]
     if methods is not None and not isinstance(methods, (list, tuple)):
         raise UserError(f"audit methods must be a list of names, got {methods!r}")
@@ -418,156 +167,6 @@ def parse_audit_target(target: str) -> str:
         return t
     raise UserError(f"audit target must be 'server' or 'client:K', got {target!r}")
 
-
-def score_audit(run_dir, can: Canaries, *, methods=None, options=None, one_run=False, alpha=0.05,
-                device="cpu", target=SERVER, seconds=0.0, log=print) -> AuditReport:  # fmt: skip
-    """The bounds of a trained audit run (see the module docstring)."""
-    from collafuse_privacy.attacks.base import NotApplicable
-    from collafuse_privacy.view import ServerView
-
-    from .ground_truth import message_image_ids
-
-    rd = RunDir(run_dir)
-    privacy = rd.metrics("privacy")
-    if privacy is None:
-        raise UserError(f"{run_dir} has no metrics/privacy.json; train first")
-    coin = can.coin.numpy().astype(bool)
-    cal, ev = st.halves(len(can), can.seed)
-    notes: list[str] = []
-    results: dict[str, AuditMethod] = {}
-    releases = None
-    strata: list = []
-    if target == SERVER:
-        gdp = True
-        view_p = privacy.view
-        formal_eps, formal_mu, delta = view_p.epsilon, view_p.mu, view_p.delta
-        formal_note = (f"the run's release bound (replace-one at L2 distance {view_p.sensitivity_l2:.4g}, "
-                       f"{view_p.releases_per_image} release(s) per image): the audit's game is the same replace-one "
-                       "game, so the formal number applies unchanged")  # fmt: skip
-        view = ServerView.load(run_dir)
-        ids = message_image_ids(run_dir, len(view))
-        kr, n_rel = known_release_scores(view, ids, can)
-        releases = AuditReleases(int(n_rel.min()), float(np.median(n_rel)), int(n_rel.max()), int((n_rel == 0).sum()))
-        if releases.none:
-            notes.append(f"{releases.none} of {len(can)} canaries never crossed the cut (no recorded release): "
-                         "their coins cannot be seen, which weakens every bound")  # fmt: skip
-        rec = view.record
-        if rec is not None and getattr(rec, "received", 0) > getattr(rec, "recorded", 0):
-            notes.append(f"the view recorded {rec.recorded} of {rec.received} rows: unrecorded releases are "
-                         "invisible to the audit (record.max_items)")  # fmt: skip
-        res = method_bounds(kr, coin, cal, ev, delta, alpha, True, one_run,
-                            "auditor: ground-truth links of the canaries' own releases",
-                            "sum over the slot's releases of log N(h; sqrt(a) x, 1-a) - log N(h; sqrt(a) x', 1-a)",
-                            independent=True)  # each slot's score depends on its own releases' noise only  # fmt: skip
-        results[KNOWN_RELEASE] = res
-        dist = (can.x - can.alt).flatten(1).norm(dim=1)
-        per = [view.protocol.release_mu(view.image_shape, int(r), float(d)) for r, d in zip(n_rel, dist)]
-        canary_mu = float(max(per)) if per else 0.0
-        if len(set(n_rel[n_rel > 0].tolist())) > 1:  # fresh noise: counts vary, and with them the formal mu
-            strata = [AuditStratum(**dataclasses.asdict(x))
-                      for x in st.stratified_mu(kr, coin, cal, ev, n_rel, per, delta, alpha)]  # fmt: skip
-        names = list(VIEW_METHODS if methods is None else methods)
-        release_clients: tuple = ()
-    else:
-        gdp = False
-        k = int(target.split(":")[1])
-        dp = privacy.client_dp
-        entry = next((c for c in dp.clients if c.client == k), None)
-        if not dp.enabled or entry is None:
-            raise UserError(f"{run_dir}: client {k} trained without DP-SGD: no formal epsilon to audit")
-        formal_eps, formal_mu, delta = entry.epsilon, None, dp.delta
-        formal_note = ("Opacus' epsilon of client %d (add/remove, Poisson sampling): the audit's game is add/remove of "
-                       "one canary, the same adjacency, so the formal number applies unchanged" % k)  # fmt: skip
-        canary_mu = None
-        dist = can.x.flatten(1).norm(dim=1)
-        names = list(CLIENT_METHODS if methods is None else methods)
-        release_clients = (k,)
-        view = ServerView.load(run_dir, release_clients=release_clients)
-        notes.append("a black-box, last-iterate audit of DP-SGD: the attacker sees only the final model's denoising "
-                     "loss on the canaries, not the gradients of each step; such audits are known to sit far below "
-                     "the formal epsilon (Nasr et al. 2021: even with crafted inputs, a last-iterate black-box "
-                     "adversary is much weaker than the worst case DP-SGD's accounting must cover; Nasr et al. 2023 "
-                     "need gradient canaries and every iterate to be tight). A bound near 0 here shows that this "
-                     "attack finds little, not that the client is safer than its epsilon says")  # fmt: skip
-    for name in [n for n in names if n != KNOWN_RELEASE]:
-        try:
-            s = attack_scores(view, name, can, device, (options or {}).get(name, {}), target)
-        except NotApplicable as exc:
-            results[name] = AuditMethod(sees="server view", statistic="", reason=str(exc))
-            continue
-        if len(s) and np.isnan(s).all():  # no result, and said so (a diverged model, degenerate options)
-            results[name] = AuditMethod(sees="server view", statistic="", reason=f"all {len(s)} slot scores are NaN")
-            log(f"audit: {name}: all {len(s)} slot scores are NaN: no result")
-            continue
-        sees = "server view" if target == SERVER else f"server view + client {target.split(':')[1]}'s released model"
-        stat = "score(x) - score(x')" if can.alt is not None else "score(x)"
-        results[name] = method_bounds(s, coin, cal, ev, delta, alpha, gdp, one_run, sees, f"{name}: {stat}")
-        log(f"audit: {name} done")
-    usable = {n: r for n, r in results.items() if r.reason is None}
-    # best-of choices on the calibration slots; the chosen method's bound is the one on the evaluation slots
-    with_eps = {n: r for n, r in usable.items() if r.epsilon_lb is not None and r.calibration_epsilon is not None}
-    eps_method = max(with_eps, key=lambda n: with_eps[n].calibration_epsilon) if with_eps else None
-    lb = with_eps[eps_method].epsilon_lb if eps_method else 0.0
-    eps_route = with_eps[eps_method].epsilon_route if eps_method else None
-    with_mu = {n: r for n, r in usable.items() if r.mu is not None and r.calibration_mu is not None}
-    mu_method = max(with_mu, key=lambda n: with_mu[n].calibration_mu) if (gdp and with_mu) else None
-    mu_lb = with_mu[mu_method].mu.value if mu_method else None
-    n_pos, n_neg = int(coin[ev].sum()), int((~coin[ev]).sum())
-    max_eps, max_mu = st.max_certifiable(n_pos, n_neg, delta, alpha)
-    if gdp:
-        ratio_of, best = "mu", mu_method
-        ratio = (mu_lb / formal_mu) if (mu_lb is not None and formal_mu and math.isfinite(formal_mu)) else None
-    else:
-        ratio_of, best = "epsilon", eps_method
-        ratio = (lb / formal_eps) if (formal_eps and math.isfinite(formal_eps) and formal_eps > 0) else None
-    tol = 1e-9
-    eps_over = lb > formal_eps * (1 + tol) + tol
-    mu_over = mu_lb is not None and formal_mu is not None and mu_lb > formal_mu * (1 + tol) + tol
-    strata_over = [x for x in strata if x.mu_lb is not None and x.mu_lb > x.formal_mu * (1 + tol) + tol]
-    failed = eps_over or mu_over or bool(strata_over)
-    conf = f"{100 * (1 - alpha):g}%"
-    eps_txt = f"epsilon >= {lb:.4g} ({eps_route or 'no route'}, {eps_method or 'no method'})"
-    mu_txt = f"mu >= {mu_lb:.4g} (GDP route, {mu_method})" if mu_lb is not None else None
-    if failed:
-        over = [t for t, o in ((f"{mu_txt} exceeds the formal mu {formal_mu:.4g}" if mu_txt else "", mu_over),
-                               (f"{eps_txt} exceeds the formal epsilon {formal_eps:.4g}", eps_over)) if o]
-        over += [f"mu >= {x.mu_lb:.4g} over the {x.slots} slots released {x.releases} time(s) exceeds their formal mu "
-                 f"{x.formal_mu:.4g}" for x in strata_over]  # fmt: skip
-        message = (f"FAILED: the empirical lower bound {' and '.join(over)} of this run ({conf} confidence): the "
-                   f"pipeline discloses more than its accounting says (or a {100 * alpha:g}% chance event)")  # fmt: skip
-    else:
-        parts = ([f"{mu_txt} <= formal mu {formal_mu:.4g}"] if mu_txt and formal_mu is not None else []) \
-            + [f"{eps_txt} <= formal epsilon {formal_eps:.4g}"]
-        message = (f"passed ({conf}): " + "; ".join(parts)
-                   + (f"; ratio of {ratio_of} {ratio:.2f}" if ratio is not None else ""))  # fmt: skip
-    if math.isfinite(formal_eps) and formal_eps > max_eps:
-        notes.append(f"{len(can)} canaries certify at most epsilon {max_eps:.3g} (a perfect attack on "
-                     f"{n_pos + n_neg} evaluation slots, Clopper-Pearson): the formal {formal_eps:.3g} cannot be "
-                     "shown tight with these canaries; add canaries")  # fmt: skip
-    if not math.isfinite(formal_eps):
-        notes.append("the formal epsilon is infinite (the view reveals the images): the audit can only confirm that")
-    if strata:
-        notes.append(f"fresh noise: the canaries were released {releases.min} to {releases.max} times; the pooled bound "
-                     "mixes their trade-off curves, so the known-release test is also bounded per release count against "
-                     "the formal mu at that count (strata, a union bound over them)")  # fmt: skip
-    dependent = sorted(n for n, r in usable.items() if not r.independent)
-    if dependent:
-        notes.append(f"{', '.join(dependent)}: one {'view' if target == SERVER else 'model'} scores every slot, so "
-                     "the slots are not independent trials: only the one-run bound (Steinke et al. 2023) is valid "
-                     "for them, and only it is reported")  # fmt: skip
-    if gdp:
-        notes.append("mu is the GDP route's bound: it rules out every mu-GDP claim below it, and it is not an "
-                     "epsilon (a non-Gaussian mechanism can give a large mu bound at a small epsilon); epsilon "
-                     "bounds come from the assumption-free routes only")  # fmt: skip
-    return AuditReport(target=target, game=can.game, canaries=len(can), canary_kind=can.kind,
-                       distance=float(dist.median()), alpha=alpha, delta=delta, formal_epsilon=formal_eps,
-                       formal_note=formal_note, claim="mu-GDP" if gdp else "(eps, delta)", methods=results,
-                       best=best, epsilon_lb=float(lb), epsilon_method=eps_method, epsilon_route=eps_route,
-                       ratio=ratio, ratio_of=ratio_of, max_certifiable_epsilon=max_eps,
-                       check="failed" if failed else "passed", message=message, seconds=float(seconds),
-                       formal_mu=formal_mu, mu_lb=mu_lb, mu_method=mu_method, canary_formal_mu=canary_mu,
-                       max_certifiable_mu=max_mu if gdp else None, releases=releases, strata=strata, notes=notes,
-                       format=AUDIT_FORMAT)  # fmt: skip
 
 
 def format_audit(r: AuditReport) -> str:

@@ -103,6 +103,10 @@ def evaluate_run(
     device: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict:
+    """Quality (with its floor), the disclosure figures and the client burden of a trained run
+    (module docstring); writes ``metrics/quality.json`` and ``metrics/burden.json`` and returns
+    ``{"quality": QualityReport, "burden": BurdenReport}``. ``n``: samples per client (default
+    ``sample.n``); ``ends``: also train and score the ``c = 1`` and ``c = 0`` siblings."""
     rd = RunDir(run_dir)
     run_dir = rd.path
     cfg = rd.config()
@@ -117,36 +121,12 @@ def evaluate_run(
     holdout = [extract(ds.images[torch.tensor(h, dtype=torch.long)], ext) for h in splits.holdout]
     pooled_real = Features.cat(holdout)
     members = [ds.images[torch.tensor(m, dtype=torch.long)] for m in splits.members]
-
-    runs = {cfg.protocol.cut_ratio: run_dir}
-    if ends:
-        for c, tag in ((1.0, "c1"), (0.0, "c0")):
-            if c in runs:
-                continue
-            sib = run_dir.parent / f"{run_dir.name}-{tag}"
-            log(f"training the c = {c:g} end of the sweep in {sib} (same data, seed and steps; resumable)")
-            train(with_overrides(cfg, [f"protocol.cut_ratio={c}", "protocol.target_epsilon=null"]), sib, device=dev,
-                  secrets=read_secrets(run_dir))  # the same clients: the same split and draws
-            runs[c] = sib
     quality_runs = []
-    for c in sorted(runs):
-        r = runs[c]
+    for c, r in sorted(_runs_compared(cfg, run_dir, ends, dev, log).items()):
         per_client, pooled = _quality_row(_samples(r, n, dev), holdout, pooled_real, ext, cfg.seed)
         quality_runs.append(QualityRun(cut_ratio=c, t_c=RunDir(r).config().t_c, run_dir=str(r),
                                        per_client=per_client, pooled=pooled))  # fmt: skip
-
-    # The paper's disclosure figures: what the server saw vs the client's own data.
-    view = ServerView.load(run_dir)
-    disclosure = []
-    for k in range(cfg.data.clients):
-        training = inference = None
-        if view.messages:
-            sel = view.messages["client"] == k
-            training = _disclosure(view.messages["x"][sel], members[k], ext, cfg.seed)
-        if view.handover is not None:
-            sel = view.handover["client"] == k
-            inference = _disclosure(view.handover["h"][sel], members[k], ext, cfg.seed)
-        disclosure.append(ClientDisclosure(client=k, training=training, inference=inference))
+    disclosure = _disclosures(ServerView.load(run_dir), members, ext, cfg.seed)
     per_client, pooled = _quality_row(floor_images(members, n, cfg.seed), holdout, pooled_real, ext, cfg.seed)
     floor = QualityFloor(label=FLOOR_LABEL, per_client=per_client, pooled=pooled)
     quality = QualityReport(extractor=ext.name, extractor_sha256=ext.sha256, extractor_note=note,
@@ -158,6 +138,38 @@ def evaluate_run(
     burden = measure_burden(cfg, server, clients[0], run_dir)
     rd.write_metrics("burden", burden)
     return {"quality": quality, "burden": burden}
+
+
+def _runs_compared(cfg, run_dir: Path, ends: bool, dev: str, log: Callable[[str], None]) -> dict[float, Path]:
+    """``{cut ratio: run directory}``: the run, and with ``ends`` the two ends of the sweep, trained as
+    siblings ``<run>-c1`` / ``<run>-c0`` (same data, seed, steps and clients; resumable)."""
+    runs = {cfg.protocol.cut_ratio: run_dir}
+    if ends:
+        for c, tag in ((1.0, "c1"), (0.0, "c0")):
+            if c in runs:
+                continue
+            sib = run_dir.parent / f"{run_dir.name}-{tag}"
+            log(f"training the c = {c:g} end of the sweep in {sib} (same data, seed and steps; resumable)")
+            train(with_overrides(cfg, [f"protocol.cut_ratio={c}", "protocol.target_epsilon=null"]), sib, device=dev,
+                  secrets=read_secrets(run_dir))  # the same clients: the same split and draws
+            runs[c] = sib
+    return runs
+
+
+def _disclosures(view: ServerView, members: list[torch.Tensor], ext, seed: int) -> list[ClientDisclosure]:
+    """The paper's disclosure figures per client: what the server saw (in training, at inference)
+    against the client's own member images."""
+    disclosure = []
+    for k in range(len(members)):
+        training = inference = None
+        if view.messages:
+            sel = view.messages["client"] == k
+            training = _disclosure(view.messages["x"][sel], members[k], ext, seed)
+        if view.handover is not None:
+            sel = view.handover["client"] == k
+            inference = _disclosure(view.handover["h"][sel], members[k], ext, seed)
+        disclosure.append(ClientDisclosure(client=k, training=training, inference=inference))
+    return disclosure
 
 
 def _disclosure(server_images: torch.Tensor, client_images: torch.Tensor, ext, seed: int,

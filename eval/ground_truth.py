@@ -1,5 +1,6 @@
 """Ground truth of a run, for scoring only (never given to attacks): the splits, the
-dataset, and the image id of every recorded message."""
+dataset (an audit run's with its canaries, :mod:`.canaries`), and the image id of every
+recorded message."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from collafuse_privacy.run.directory import RunDir
 from collafuse_privacy.run.layout import TRUTH_TRAIN
 from collafuse_privacy.view import load_shards
 
+from .canaries import with_canaries
+
 
 def load_splits(run_dir: str | Path) -> Splits:
     """``splits.json`` of a run; UserError when missing or corrupt."""
@@ -21,9 +24,7 @@ def load_splits(run_dir: str | Path) -> Splits:
 
 
 def load_ground_truth(run_dir: str | Path):
-    """``(cfg, splits, dataset)`` of a run (an audit run's with its canaries, ``eval/audit.py``)."""
-    from .audit import with_canaries
-
+    """``(cfg, splits, dataset)`` of a run (an audit run's with its canaries)."""
     rd = RunDir(run_dir)
     cfg = rd.config()
     return cfg, rd.splits(), with_canaries(run_dir, load_dataset(cfg.data))

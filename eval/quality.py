@@ -39,9 +39,10 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from collafuse_privacy.linalg import pairwise_sqdist
 from collafuse_privacy.numbers import Interval
 
-from .features import FeatureExtractor, extractor_device, one_thread
+from .extractor import FeatureExtractor, extractor_device, one_thread
 
 # torchmetrics' default KID subset size (Binkowski et al. use 1000 as well).
 DEFAULT_KID_SUBSET_SIZE = 1000
@@ -320,8 +321,6 @@ def kid_interval(value: float, fake, real, n_boot: int = DEFAULT_BOOTSTRAP, seed
 
 def pairwise_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-pixel MSE between every pair: ``a`` [N_a, ...], ``b`` [N_b, ...] -> [N_a, N_b] float64."""
-    from collafuse_privacy.linalg import pairwise_sqdist
-
     return pairwise_sqdist(a, b) / a[0].numel()
 
 

@@ -98,8 +98,13 @@ def utility_reading(cells: list[CellResult]) -> list[str]:
 
 def reading(cells: list[CellResult]) -> list[str]:
     """A short plain-language reading: the quality axis, then dominated settings and the knee per
-    disclosure measure."""
-    lines = utility_reading(cells)
+    disclosure measure, the formal guarantees, and the audits."""
+    return utility_reading(cells) + front_reading(cells) + epsilon_reading(cells) + audit_reading(cells)
+
+
+def front_reading(cells: list[CellResult]) -> list[str]:
+    """Per disclosure measure (membership, reconstruction): the dominated settings and the knee of the front."""
+    lines = []
     for key, label, get in disclosure_axes(cells)[:2]:
         pts, names = [], []
         for c in cells:
@@ -124,33 +129,46 @@ def reading(cells: list[CellResult]) -> list[str]:
             lines.append(f"The knee of the {short} front is [{names[k]}]: FID {pts[k][1]:.2f} at {short} "
                          f"{pts[k][0]:.3f}; the front runs from FID {pts[front[0]][1]:.2f} at {pts[front[0]][0]:.3f} "
                          f"to FID {pts[front[-1]][1]:.2f} at {pts[front[-1]][0]:.3f}.")  # fmt: skip
+    return lines
+
+
+def epsilon_reading(cells: list[CellResult]) -> list[str]:
+    """The formal guarantee of the server's view: linked, unlinked, and why the unlinked one is missing."""
     eps = [(c.label, c.view_epsilon) for c in cells if c.view_epsilon is not None and not math.isnan(c.view_epsilon)]
+    if not eps:
+        return []
     finite = [(n, e) for n, e in eps if math.isfinite(e) and e > 0]
-    if eps:
-        if finite:
-            useful = [(n, e) for n, e in finite if e <= 10]
-            lines.append("Formal guarantee for the server's view, linked (a server that attributes every release to its "
-                         "image; GDP, delta as in privacy.json): finite epsilon for "
-                         + "; ".join(f"[{n}] eps={e:.3g}" for n, e in finite) + ". "
-                         + (("Only " + ", ".join(f"[{n}]" for n, _ in useful) + " reach eps <= 10, the range where a "
-                             "guarantee means something; ") if useful else "None reaches eps <= 10, the range where "
-                            "a guarantee means something; ")
-                         + "elsewhere the empirical attacks are the only evidence.")  # fmt: skip
-        else:
-            lines.append("No setting that sends images has a finite formal epsilon for the server's view: "
-                         "the empirical attacks above are the only evidence of privacy.")  # fmt: skip
-        unlinked = [(c.label, c.view_epsilon_unlinked, c.view_epsilon_unlinked_add_remove) for c in cells
-                    if c.view_epsilon_unlinked is not None]  # fmt: skip
-        if unlinked:
-            lines.append("For the unlinked server of our threat model (it cannot know in which rounds an image was "
-                         "drawn, but may recognise its row when present; the secret-sampling bound, replace-one / "
-                         "add-remove, the latter infinite because a row's presence reveals the image): "
-                         + "; ".join(f"[{n}] eps={a:.3g} / {b:.3g}" for n, a, b in unlinked) + ".")  # fmt: skip
-        refused = sorted({c.unlinked_reason for c in cells if c.view_epsilon_unlinked is None and c.unlinked_reason
-                          and c.view_epsilon is not None})  # fmt: skip
-        if refused:
-            lines.append("The unlinked epsilon is " + ("not reported for the other settings" if unlinked else
-                         "not reported") + ": " + "; ".join(r.removeprefix("not reported: ") for r in refused) + ".")
+    lines = []
+    if finite:
+        useful = [(n, e) for n, e in finite if e <= 10]
+        lines.append("Formal guarantee for the server's view, linked (a server that attributes every release to its "
+                     "image; GDP, delta as in privacy.json): finite epsilon for "
+                     + "; ".join(f"[{n}] eps={e:.3g}" for n, e in finite) + ". "
+                     + (("Only " + ", ".join(f"[{n}]" for n, _ in useful) + " reach eps <= 10, the range where a "
+                         "guarantee means something; ") if useful else "None reaches eps <= 10, the range where "
+                        "a guarantee means something; ")
+                     + "elsewhere the empirical attacks are the only evidence.")  # fmt: skip
+    else:
+        lines.append("No setting that sends images has a finite formal epsilon for the server's view: "
+                     "the empirical attacks above are the only evidence of privacy.")  # fmt: skip
+    unlinked = [(c.label, c.view_epsilon_unlinked, c.view_epsilon_unlinked_add_remove) for c in cells
+                if c.view_epsilon_unlinked is not None]  # fmt: skip
+    if unlinked:
+        lines.append("For the unlinked server of our threat model (it cannot know in which rounds an image was "
+                     "drawn, but may recognise its row when present; the secret-sampling bound, replace-one / "
+                     "add-remove, the latter infinite because a row's presence reveals the image): "
+                     + "; ".join(f"[{n}] eps={a:.3g} / {b:.3g}" for n, a, b in unlinked) + ".")  # fmt: skip
+    refused = sorted({c.unlinked_reason for c in cells if c.view_epsilon_unlinked is None and c.unlinked_reason
+                      and c.view_epsilon is not None})  # fmt: skip
+    if refused:
+        lines.append("The unlinked epsilon is " + ("not reported for the other settings" if unlinked else
+                     "not reported") + ": " + "; ".join(r.removeprefix("not reported: ") for r in refused) + ".")
+    return lines
+
+
+def audit_reading(cells: list[CellResult]) -> list[str]:
+    """One line per audit: its lower bounds against the formal numbers, and whether the check failed."""
+    lines = []
     for c in cells:
         for a in c.audits:
             what = "the server's view" if a["target"] == "server" else a["target"].replace(":", " ") + "'s model"
@@ -167,8 +185,6 @@ def reading(cells: list[CellResult]) -> list[str]:
                          + (". FAILED: the run discloses more than its accounting says." if a["check"] == "failed"
                             else "."))  # fmt: skip
     return lines
-
-
 
 
 def across_seeds(cells: list[CellResult]) -> list[dict]:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from collafuse_privacy.checkpoint import verified_step_dir
+from collafuse_privacy.checkpoint import sha256, verified_step_dir
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.numbers import num
 from collafuse_privacy.run.directory import METRICS, RunDir
@@ -122,20 +122,41 @@ class CellResult:
 
 def _own(run_dir: Path, rel: str, files: dict) -> bool:
     """Whether ``rel`` is the file its metrics were written with (not one of an interrupted rerun)."""
-    from collafuse_privacy.checkpoint import sha256
-
     f = run_dir / rel
     return f.is_file() and (rel not in files or sha256(f) == files[rel])
 
 
 def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", error: Optional[str] = None,
              setting: Optional[str] = None) -> CellResult:  # fmt: skip
-    """Collect one run's headline numbers from ``metrics/*.json`` (and its config), all validated."""
+    """Collect one run's headline numbers from ``metrics/*.json`` (and its config), all validated.
+
+    The files are read in a fixed order (quality, membership, reconstruction, privacy, burden,
+    audits); where two give the same number (``t_c``, rows not recorded) the later one's is kept."""
     rd = RunDir(run_dir)
     label = label or rd.path.name
     if not rd.exists() and status != "done":  # a sweep cell that has not started
         return CellResult(label=label, run_dir=rd.path, setting=setting or label, status=status, error=error)
-    twins = sorted(p for p in rd.path.glob("audit-*") if RunDir(p).exists())
+    r = _cell(rd, label, status, error, setting)
+    _read_quality(r, rd.metrics("quality"))
+    _read_membership(r, rd.metrics("membership"), rd.path)
+    _read_reconstruction(r, rd.metrics("reconstruction"), rd.path)
+    _read_privacy(r, rd.metrics("privacy"))
+    b = rd.metrics("burden")
+    if b is not None:
+        r.client_flop_share, r.bytes_per_image, r.t_c = b.sampling_flop_ratio, b.bytes_sent_per_training_image, b.t_c
+    for adir in [rd.path] + sorted(p for p in rd.path.glob(AUDIT_TWIN_GLOB) if p.is_dir()):
+        a = RunDir(adir).metrics("audit")
+        if a is not None:
+            r.audits.append(_audit_row(a))
+    grid = rd.path / SAMPLES_GRID
+    if grid.is_file():
+        r.figures["samples"] = grid
+    return r
+
+
+def _cell(rd: RunDir, label: str, status: str, error: Optional[str], setting: Optional[str]) -> CellResult:
+    """A cell with what its config says (and whether it was ever trained), before any metrics."""
+    twins = sorted(p for p in rd.path.glob(AUDIT_TWIN_GLOB) if RunDir(p).exists())
     if not rd.exists() and twins:  # a cell whose only stage is an audit: its twin holds the config
         cfg = RunDir(twins[0]).config()
     else:
@@ -153,23 +174,29 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
     dp = cfg.defense.client_dp
     if dp.enabled:
         r.dp = {"enabled": True, "noise_multiplier": dp.noise_multiplier, "target_epsilon": dp.target_epsilon}
+    return r
 
-    q = rd.metrics("quality")
-    if q is not None:
-        r.extractor, r.extractor_sha256 = q.extractor, q.extractor_sha256
-        own = [x for x in q.runs if abs(x.cut_ratio - r.cut_ratio) < 1e-9]
-        if own:
-            r.fid, r.kid = own[0].pooled.fid, own[0].pooled.kid
-            r.fid_ci, r.kid_ci = _iv(own[0].pooled.fid_ci), _iv(own[0].pooled.kid_ci)
-            r.fid_per_client = [c.fid for c in own[0].per_client]
-            r.t_c = own[0].t_c
-        r.floor = {"label": q.floor.label, "fid": _iv(q.floor.pooled.fid_ci), "kid": _iv(q.floor.pooled.kid_ci),
-                   "n": q.floor.pooled.n_samples, "n_real": q.floor.pooled.n_real}  # fmt: skip
-        training = [d.training for d in q.disclosure if d.training is not None and d.training.kid is not None]
-        r.paper_kid = float(np.mean([t.kid for t in training])) if training else None
-        r.paper_mse = float(np.mean([t.pixel_mse for t in training])) if training else None
 
-    mem = rd.metrics("membership")
+def _read_quality(r: CellResult, q) -> None:
+    """FID / KID of the cell's own cut ratio, the floor, and the paper's disclosure figures."""
+    if q is None:
+        return
+    r.extractor, r.extractor_sha256 = q.extractor, q.extractor_sha256
+    own = [x for x in q.runs if abs(x.cut_ratio - r.cut_ratio) < 1e-9]
+    if own:
+        r.fid, r.kid = own[0].pooled.fid, own[0].pooled.kid
+        r.fid_ci, r.kid_ci = _iv(own[0].pooled.fid_ci), _iv(own[0].pooled.kid_ci)
+        r.fid_per_client = [c.fid for c in own[0].per_client]
+        r.t_c = own[0].t_c
+    r.floor = {"label": q.floor.label, "fid": _iv(q.floor.pooled.fid_ci), "kid": _iv(q.floor.pooled.kid_ci),
+               "n": q.floor.pooled.n_samples, "n_real": q.floor.pooled.n_real}  # fmt: skip
+    training = [d.training for d in q.disclosure if d.training is not None and d.training.kid is not None]
+    r.paper_kid = float(np.mean([t.kid for t in training])) if training else None
+    r.paper_mse = float(np.mean([t.pixel_mse for t in training])) if training else None
+
+
+def _read_membership(r: CellResult, mem, path: Path) -> None:
+    """Every target's methods, GDP section, strongest method, and ROC figure (when it is its own)."""
     for target, res in (mem.targets.items() if mem is not None else []):
         r.t_c = res.t_c
         r.membership[target] = {
@@ -187,54 +214,48 @@ def read_run(run_dir: Path, label: Optional[str] = None, status: str = "done", e
                                          "tpr1": _iv(res.best.tpr_at_1pct_fpr), "selected_by": res.best.selected_by}
         if res.record is not None and target == "server":
             r.not_recorded = res.record.not_recorded
-        if res.figure and _own(rd.path, res.figure, res.files):
-            r.figures[f"roc-{target}"] = rd.path / res.figure
+        if res.figure and _own(path, res.figure, res.files):
+            r.figures[f"roc-{target}"] = path / res.figure
 
-    rec = rd.metrics("reconstruction")
-    if rec is not None:
-        r.t_c = rec.t_c
-        r.reconstruction_sent, r.reconstruction_reason = rec.sent, rec.reason
-        for name, m in rec.methods.items():
-            if m.applicable:
-                r.reconstruction[name] = {"ssim": _iv(m.ssim), "psnr": _iv(m.psnr), "mse": _iv(m.mse),
-                                          "ident": _iv(m.identification), "chance": m.chance, "source": m.source}
-        if rec.best is not None:
-            r.reconstruction_best = {"method": rec.best.method, "ssim": _iv(rec.best.ssim), "psnr": _iv(rec.best.psnr),
-                                     "selected_by": rec.best.selected_by}
-        if rec.record is not None:
-            r.not_recorded = rec.record.not_recorded
-        if rec.figure and _own(rd.path, rec.figure, rec.files):
-            r.figures["reconstruction"] = rd.path / rec.figure
 
-    priv = rd.metrics("privacy")
-    if priv is not None:
-        r.view_epsilon, r.view_mu, r.view_delta = priv.view.epsilon, priv.view.mu, priv.view.delta
-        u = priv.unlinked
-        if u is not None and u.reason is None and u.sampling is None:  # the sum-form number: not a bound
-            r.unlinked_reason = ("privacy.json from before the secret-sampling bound (its unlinked number assumed the "
-                                 "other rows hide the target's): rerun `collafuse-privacy privacy`")  # fmt: skip
-        elif u is not None:
-            r.view_epsilon_unlinked, r.view_epsilon_unlinked_add_remove = u.epsilon_replace_one, u.epsilon_add_remove
-            r.unlinked_reason = u.reason
-        else:
-            r.unlinked_reason = "privacy.json from before the unlinked accountant: rerun `collafuse-privacy privacy`"
-        if priv.client_dp.enabled:
-            r.dp = {**(r.dp or {}), "enabled": True, "epsilon": priv.client_dp.epsilon}
-            if priv.client_dp.noise_multiplier is not None:
-                r.dp["noise_multiplier"] = priv.client_dp.noise_multiplier
-        r.t_c = priv.t_c
+def _read_reconstruction(r: CellResult, rec, path: Path) -> None:
+    """Each applicable method's summaries, the best method, and the figure (when it is its own)."""
+    if rec is None:
+        return
+    r.t_c = rec.t_c
+    r.reconstruction_sent, r.reconstruction_reason = rec.sent, rec.reason
+    for name, m in rec.methods.items():
+        if m.applicable:
+            r.reconstruction[name] = {"ssim": _iv(m.ssim), "psnr": _iv(m.psnr), "mse": _iv(m.mse),
+                                      "ident": _iv(m.identification), "chance": m.chance, "source": m.source}
+    if rec.best is not None:
+        r.reconstruction_best = {"method": rec.best.method, "ssim": _iv(rec.best.ssim), "psnr": _iv(rec.best.psnr),
+                                 "selected_by": rec.best.selected_by}
+    if rec.record is not None:
+        r.not_recorded = rec.record.not_recorded
+    if rec.figure and _own(path, rec.figure, rec.files):
+        r.figures["reconstruction"] = path / rec.figure
 
-    b = rd.metrics("burden")
-    if b is not None:
-        r.client_flop_share, r.bytes_per_image, r.t_c = b.sampling_flop_ratio, b.bytes_sent_per_training_image, b.t_c
-    for adir in [rd.path] + sorted(p for p in rd.path.glob(AUDIT_TWIN_GLOB) if p.is_dir()):
-        a = RunDir(adir).metrics("audit")
-        if a is not None:
-            r.audits.append(_audit_row(a))
-    grid = rd.path / SAMPLES_GRID
-    if grid.is_file():
-        r.figures["samples"] = grid
-    return r
+
+def _read_privacy(r: CellResult, priv) -> None:
+    """The view's formal numbers (linked, and unlinked or why not) and the clients' DP-SGD epsilon."""
+    if priv is None:
+        return
+    r.view_epsilon, r.view_mu, r.view_delta = priv.view.epsilon, priv.view.mu, priv.view.delta
+    u = priv.unlinked
+    if u is not None and u.reason is None and u.sampling is None:  # the sum-form number: not a bound
+        r.unlinked_reason = ("privacy.json from before the secret-sampling bound (its unlinked number assumed the "
+                             "other rows hide the target's): rerun `collafuse-privacy privacy`")  # fmt: skip
+    elif u is not None:
+        r.view_epsilon_unlinked, r.view_epsilon_unlinked_add_remove = u.epsilon_replace_one, u.epsilon_add_remove
+        r.unlinked_reason = u.reason
+    else:
+        r.unlinked_reason = "privacy.json from before the unlinked accountant: rerun `collafuse-privacy privacy`"
+    if priv.client_dp.enabled:
+        r.dp = {**(r.dp or {}), "enabled": True, "epsilon": priv.client_dp.epsilon}
+        if priv.client_dp.noise_multiplier is not None:
+            r.dp["noise_multiplier"] = priv.client_dp.noise_multiplier
+    r.t_c = priv.t_c
 
 
 def _audit_row(a) -> dict:
