@@ -31,10 +31,12 @@ from typing import Optional
 
 import torch
 
+from .config import config_hash, cut_timestep
 from .errors import UserError
 from .io import load_tensors, save_tensors
+from .models import load_unet
 from .protocol import Cut, Message, Protocol, make_protocol
-from .rundir import RunDir, ViewManifest, ViewMeta
+from .rundir import RecordStats, RunDir, ViewManifest, ViewMeta, read_json, write_json
 
 SHARD_RE = re.compile(r"shard-(\d{8})-(\d{8})\.safetensors$")
 
@@ -71,13 +73,7 @@ class ViewRecorder:
         self._last_kept = keep
         if keep == 0:
             return
-        row = {}
-        for k, v in msg.tensors().items():
-            v = v[:keep].detach().cpu()
-            row[k] = v.to(self.dtype) if v.is_floating_point() else v.to(torch.int64)
-        row["client"] = torch.full((keep,), msg.client, dtype=torch.int64)
-        row["round"] = torch.full((keep,), self.round, dtype=torch.int64)
-        self._buf.append(row)
+        self._buf.append(msg.enveloped(self.round, keep, self.dtype))  # payload + (client, round)
         self.count += keep
         self._buffered += keep
         if self._first_round is None:
@@ -96,8 +92,6 @@ class ViewRecorder:
 
     def write_stats(self) -> None:
         """``server_view/record.json``: how many received rows were recorded."""
-        from .rundir import RecordStats, write_json
-
         write_json(self.rd.record_path, RecordStats(received=self.received, recorded=self.count,
                                                     max_items=self.max_items, dtype=str(self.dtype).split(".")[-1]))
 
@@ -166,8 +160,6 @@ def seal_view(run_dir: Path, step: int, rows: int, cfg) -> None:
     """Write ``server_view/manifest.json`` (last, after the checkpoint of round ``step``): the sha256
     of every view file, ``rows`` recorded, the run's identity hash. What ``ServerView.load`` verifies."""
     from .checkpoint import sha256
-    from .config import config_hash
-    from .rundir import write_json
 
     rd = RunDir(run_dir)
     files = {rel: sha256(rd.view_dir / rel) for rel in view_files(rd)}
@@ -181,8 +173,6 @@ RETRAIN = "rerun the same `train` command (it resumes from the last checkpoint a
 def check_meta(meta: ViewMeta, cfg, where: Path) -> None:
     """``meta`` (what the server was told) against the run's resolved config: a view recorded
     under another cut, protocol or schedule is refused, naming the key."""
-    from .config import cut_timestep
-
     want = {"protocol": cfg.protocol.kind, "cut_ratio": cfg.protocol.cut_ratio, "fixed_noise": cfg.protocol.fixed_noise,
             "t_c": cut_timestep(cfg.protocol.cut_ratio, cfg.diffusion.timesteps),
             "timesteps": cfg.diffusion.timesteps, "diffusion": cfg.diffusion,
@@ -206,8 +196,6 @@ def verify_view(rd: RunDir, step: int, cfg=None) -> list[Path]:
     file there and unchanged, no shard beside them, the rows those shards hold = the manifest's =
     ``record.json``'s, and (``cfg``) the run's identity hash. Returns the shards to read."""
     from .checkpoint import sha256
-    from .config import config_hash
-    from .rundir import RecordStats, read_json
 
     path = rd.view_manifest_path
     if not path.is_file():
@@ -273,7 +261,7 @@ class ServerView:
 
     @cached_property
     def protocol(self) -> Protocol:
-        return make_protocol(self.meta.protocol, self.cut, self.meta.fixed_noise, self.meta.server_conditioning == "labels")
+        return make_protocol(self.meta.protocol, self.cut, self.meta.fixed_noise, self.meta.server_conditioning)
 
     @property
     def t_c(self) -> int:
@@ -296,16 +284,12 @@ class ServerView:
 
     def server_model(self, device="cpu"):
         """The server's own denoiser (EMA weights, as used at inference), or None if untrained."""
-        from .models import load_unet
-
         if self.server_state is None:
             return None
         return load_unet(self.meta.model_preset, self.image_shape, self.server_state, self.run_dir).to(device)
 
     def client_model(self, k: int, device="cpu"):
         """Client ``k``'s model, only if it was released (``ServerView.load(..., release_clients=[k])``)."""
-        from .models import load_unet
-
         if k not in self.released_clients:
             raise UserError(f"client {k}'s model is not part of the server's view (it was not released)")
         preset = self.meta.client_preset or self.meta.model_preset

@@ -75,6 +75,7 @@ class ModelAttack(MembershipAttack):
         else:
             model = view.client_model(self.target_client, self.device)  # UserError if not released
             self.conditioning = "none"
+        self.range = rng  # its clean data (ModelRange.data: the hand-over formula of the protocol)
         self.t_off, self.abar_s, self.hand_a = rng.t_off, rng.abar, rng.hand_a
         self.model = model.eval()
         self.n_steps = len(self.abar_s)
@@ -107,7 +108,7 @@ class ModelAttack(MembershipAttack):
         if not self.hand_a:
             return x
         eps1 = self.noise(x.shape[1:], 1, key).to(x.device)
-        return math.sqrt(self.hand_a) * x + math.sqrt(1 - self.hand_a) * eps1
+        return self.range.data(x, eps1)
 
     def start(self, x: torch.Tensor, key: int = 0) -> torch.Tensor:
         """Candidates at the target's lowest level ``s = 0``, on the distribution it was trained on:

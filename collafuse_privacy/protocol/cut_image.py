@@ -44,15 +44,16 @@ class CutImage(Protocol):
     def check_config(cls, cfg) -> None:
         pass  # fixed_noise and target_epsilon both apply
 
+    message_type = CutImageMessage
+
     def handover(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """``h = sqrt(abar_h) x0 + sqrt(1-abar_h) noise`` (``x0`` if ``t_c = 0``)."""
-        a = self.cut.abar_handover
-        return (a**0.5) * x0 + ((1 - a) ** 0.5) * noise
+        """``h = sqrt(abar_h) x0 + sqrt(1-abar_h) noise`` (``x0`` if ``t_c = 0``; ``Cut.handover``)."""
+        return self.cut.handover(x0, noise)
 
     def encode(self, client, x0, t, eps, *, ids, secret, labels=None):
         if self.fixed_noise:
             eps = fixed_handover_noise(ids, x0.shape[1:], secret).to(x0.device)
-        return CutImageMessage(client, labels, h=self.handover(x0, eps))
+        return CutImageMessage(client, self.message_labels(labels), h=self.handover(x0, eps))
 
     def server_batch(self, msgs, gen, device):
         h = torch.cat([m.h for m in msgs])
@@ -103,6 +104,3 @@ class CutImage(Protocol):
         if self.sends_labels:  # the label crosses in the clear: a replaced label is seen exactly
             return math.inf
         return release_mu(self.cut.abar_handover, image_shape, releases, sensitivity_l2)
-
-    def row_fields(self):
-        return ("x",)
