@@ -33,8 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig
+from .config import DATASET_NAMES, PARTITION_NAMES, DataConfig
 from .errors import UserError
+from .registry import Registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -252,7 +253,10 @@ def _attribute_groups(path: Path, spec: str) -> dict[str, int]:
     return out
 
 
-LOADERS = {"mnist5k": _mnist5k, "digits": _digits, "cifar10": _cifar10, "image-folder": _image_folder}
+DATASETS: Registry = Registry("data set", names=DATASET_NAMES)
+for _name, _load in (("mnist5k", _mnist5k), ("digits", _digits), ("cifar10", _cifar10), ("image-folder", _image_folder)):
+    DATASETS.register(_name)(_load)
+LOADERS = DATASETS.classes  # name -> loader (the registry's mapping)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -261,7 +265,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         raise UserError(f"data.root does not exist: {cfg.root}")
     if cfg.root is not None and not Path(cfg.root).is_dir():
         raise UserError(f"data.root is not a folder: {cfg.root}")
-    x, y = LOADERS[cfg.name](cfg)
+    x, y = DATASETS.get(cfg.name)(cfg)
     if cfg.name != "image-folder" and cfg.max_images is not None and len(x) > cfg.max_images:
         keep = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(x))[: cfg.max_images]))
         x, y = x[keep], y[keep]
@@ -308,30 +312,45 @@ class Splits:
         return len(self.clients)
 
 
-def _partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
-    n = cfg.clients
-    if cfg.partition == "iid":
-        perm = rng.permutation(idx)
-        return [np.sort(p) for p in np.array_split(perm, n)]
-    classes = np.unique(labels[idx])
+PARTITIONS: Registry = Registry("data partition", names=PARTITION_NAMES)
+
+
+@PARTITIONS.register("iid")
+def iid_partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """``idx`` shuffled and cut into ``data.clients`` near-equal parts."""
+    perm = rng.permutation(idx)
+    return [np.sort(p) for p in np.array_split(perm, cfg.clients)]
+
+
+@PARTITIONS.register("by-class")
+def by_class_partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig,
+                       rng: np.random.Generator) -> list[np.ndarray]:  # fmt: skip
+    """Each client gets a disjoint set of classes (the paper's attribute groups); with more clients than
+    classes, clients assigned the same class split its images."""
+    n, classes = cfg.clients, np.unique(labels[idx])
     parts: list[list[int]] = [[] for _ in range(n)]
-    if cfg.partition == "by-class":
-        # Each client gets a disjoint set of classes (the paper's attribute groups); with more
-        # clients than classes, clients assigned the same class split its images.
-        owners: dict[int, list[int]] = {int(c): [] for c in classes}
-        for k in range(max(n, len(classes))):
-            owners[int(classes[k % len(classes)])].append(k % n)
-        for c in classes:
-            ci = rng.permutation(idx[labels[idx] == c])
-            for chunk, client in zip(np.array_split(ci, len(owners[int(c)])), owners[int(c)]):
-                parts[client].extend(chunk.tolist())
-    else:  # dirichlet
-        for c in classes:
-            ci = rng.permutation(idx[labels[idx] == c])
-            props = rng.dirichlet([cfg.dirichlet_alpha] * n)
-            cuts = (np.cumsum(props)[:-1] * len(ci)).astype(int)
-            for client, chunk in enumerate(np.split(ci, cuts)):
-                parts[client].extend(chunk.tolist())
+    owners: dict[int, list[int]] = {int(c): [] for c in classes}
+    for k in range(max(n, len(classes))):
+        owners[int(classes[k % len(classes)])].append(k % n)
+    for c in classes:
+        ci = rng.permutation(idx[labels[idx] == c])
+        for chunk, client in zip(np.array_split(ci, len(owners[int(c)])), owners[int(c)]):
+            parts[client].extend(chunk.tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+@PARTITIONS.register("dirichlet")
+def dirichlet_partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig,
+                        rng: np.random.Generator) -> list[np.ndarray]:  # fmt: skip
+    """Per class, client shares drawn from ``Dirichlet(data.dirichlet_alpha)``."""
+    n = cfg.clients
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for c in np.unique(labels[idx]):
+        ci = rng.permutation(idx[labels[idx] == c])
+        props = rng.dirichlet([cfg.dirichlet_alpha] * n)
+        cuts = (np.cumsum(props)[:-1] * len(ci)).astype(int)
+        for client, chunk in enumerate(np.split(ci, cuts)):
+            parts[client].extend(chunk.tolist())
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
@@ -345,7 +364,7 @@ def make_splits(ds: Dataset, cfg: DataConfig, seed: int) -> Splits:
     n_pub = int(round(cfg.public_fraction * n_img))
     public, rest = np.sort(perm[:n_pub]), perm[n_pub:]
     labels = ds.labels.numpy()
-    parts = _partition(rest, labels, cfg, rng)
+    parts = PARTITIONS.get(cfg.partition)(rest, labels, cfg, rng)
     members, holdout = [], []
     for k, p in enumerate(parts):
         p = rng.permutation(p)
