@@ -71,10 +71,10 @@ class ModelAttack(MembershipAttack):
             model = view.server_model(self.device)
             if model is None:
                 raise NotApplicable("the server view holds no trained server model (no checkpoint)")
-            self.conditioning, self.n_clients = view.meta.server_conditioning, view.meta.clients
+            self.conditioning, self.n_clients = view.protocol.conditioning, view.meta.clients
         else:
             model = view.client_model(self.target_client, self.device)  # UserError if not released
-            self.conditioning = "none"
+            self.conditioning = None  # a client model takes no label
         self.range = rng  # its clean data (ModelRange.data: the hand-over formula of the protocol)
         self.t_off, self.abar_s, self.hand_a = rng.t_off, rng.abar, rng.hand_a
         self.model = model.eval()
@@ -129,11 +129,9 @@ class ModelAttack(MembershipAttack):
     def label_options(self, n: int, client: Optional[int]) -> list[Optional[torch.Tensor]]:
         """Class labels to try: the asked client's id (client-conditioned server), every
         client / class when unknown (the attacker keeps the best match), else None."""
-        if self.conditioning == "client":
-            ks = [int(client)] if client is not None else range(self.n_clients)
-        elif self.conditioning == "labels" and self.num_class_embeds:
-            ks = range(int(self.num_class_embeds))
-        else:
+        ks = None if self.conditioning is None else self.conditioning.probe_classes(client, self.n_clients,
+                                                                                   self.num_class_embeds)  # fmt: skip
+        if ks is None:
             return [None]
         return [torch.full((n,), k, dtype=torch.long, device=self.device) for k in ks]
 

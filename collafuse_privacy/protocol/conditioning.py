@@ -40,6 +40,16 @@ class Conditioning:
         """The server's class labels ``[sum len(m)]`` int64 for the rows of ``msgs``, in their order."""
         return None
 
+    def sample_labels(self, client: int, n: int, num_class_embeds: Optional[int], gen: torch.Generator,
+                      device) -> Optional[torch.Tensor]:  # fmt: skip
+        """Class labels ``[n]`` of the server's part of sampling for ``client`` (labels drawn from ``gen``)."""
+        return None
+
+    def probe_classes(self, client: Optional[int], clients: int, num_class_embeds: Optional[int]) -> Optional[range]:
+        """The classes an attacker on the server model tries (it keeps the best match): the asked client's
+        id, every client or class when unknown; None: the model takes no label."""
+        return None
+
 
 CONDITIONINGS: Registry = Registry("server conditioning", Conditioning, names=CONDITIONING_NAMES)
 
@@ -57,6 +67,12 @@ class ClientConditioning(Conditioning):
     def class_labels(self, msgs):
         return torch.cat([torch.full((len(m),), m.client, dtype=torch.long) for m in msgs])
 
+    def sample_labels(self, client, n, num_class_embeds, gen, device):
+        return torch.full((n,), client, dtype=torch.long, device=device)
+
+    def probe_classes(self, client, clients, num_class_embeds):
+        return range(int(client), int(client) + 1) if client is not None else range(clients)
+
 
 @CONDITIONINGS.register("labels")
 class LabelConditioning(Conditioning):
@@ -67,6 +83,12 @@ class LabelConditioning(Conditioning):
 
     def class_labels(self, msgs):
         return torch.cat([m.labels for m in msgs])
+
+    def sample_labels(self, client, n, num_class_embeds, gen, device):
+        return torch.randint(0, num_class_embeds, (n,), generator=gen).to(device)
+
+    def probe_classes(self, client, clients, num_class_embeds):
+        return range(int(num_class_embeds)) if num_class_embeds else None
 
 
 def make_conditioning(name: str) -> Conditioning:
