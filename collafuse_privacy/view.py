@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from .checkpoint import check_finite, sha256, step_dirs, verified_step_dir
 from .config import config_hash, cut_timestep
 from .errors import UserError
 from .io import load_tensors, save_tensors
@@ -159,7 +160,6 @@ def view_files(rd: RunDir) -> list[str]:
 def seal_view(run_dir: Path, step: int, rows: int, cfg) -> None:
     """Write ``server_view/manifest.json`` (last, after the checkpoint of round ``step``): the sha256
     of every view file, ``rows`` recorded, the run's identity hash. What ``ServerView.load`` verifies."""
-    from .checkpoint import sha256
 
     rd = RunDir(run_dir)
     files = {rel: sha256(rd.view_dir / rel) for rel in view_files(rd)}
@@ -195,7 +195,6 @@ def verify_view(rd: RunDir, step: int, cfg=None) -> list[Path]:
     """Check ``server_view/`` against its manifest (written at the checkpoint of round ``step``): every
     file there and unchanged, no shard beside them, the rows those shards hold = the manifest's =
     ``record.json``'s, and (``cfg``) the run's identity hash. Returns the shards to read."""
-    from .checkpoint import sha256
 
     path = rd.view_manifest_path
     if not path.is_file():
@@ -302,8 +301,6 @@ class ServerView:
         ``release_clients``: clients whose trained model (EMA weights) was released to the
         server, the threat model of client-model attacks; by default none is.
         """
-        from .checkpoint import check_finite, step_dirs, verified_step_dir
-
         rd = RunDir(run_dir)
         if rd.path.exists() and not rd.path.is_dir():
             raise UserError(f"{rd.path} is a file, not a run directory")

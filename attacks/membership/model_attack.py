@@ -33,6 +33,7 @@ import torch
 
 from .base import MembershipAttack, NotApplicable
 from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
+from collafuse_privacy.rng import generator
 
 
 # The papers attack DDPMs with T = 1000 linear betas from 1e-4 to 0.02 (Ho et al. 2020); their
@@ -122,8 +123,6 @@ class ModelAttack(MembershipAttack):
 
     def noise(self, shape, *key: int) -> torch.Tensor:
         """Fixed noise ``[1, C, H, W]`` shared by all candidates, seeded by ``(seed, *key)``."""
-        from collafuse_privacy.rng import generator
-
         return torch.randn((1, *shape), generator=generator(self.seed, 0x3A1A, *key))
 
     def label_options(self, n: int, client: Optional[int]) -> list[Optional[torch.Tensor]]:

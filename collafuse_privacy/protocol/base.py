@@ -17,6 +17,7 @@ from typing import ClassVar, Optional
 import torch
 
 from ..config import PROTOCOL_NAMES
+from ..defenses.accounting import gdp_epsilon
 from ..diffusion import make_scheduler
 from ..errors import UserError
 from ..registry import Registry
@@ -178,8 +179,6 @@ class Protocol:
 
     def view_privacy(self, image_shape, releases: int, delta: float) -> tuple[float, float]:
         """``(mu, epsilon)`` of the server's view of one image released ``releases`` times."""
-        from ..defenses.accounting import gdp_epsilon
-
         if self.cut.sends_nothing or releases <= 0:
             return 0.0, 0.0
         mu = self.release_mu(image_shape, releases)

@@ -24,6 +24,7 @@ from functools import cached_property
 
 import torch
 
+from ..defenses.accounting import release_mu
 from ..diffusion import q_sample
 from ..rng import generator
 from .base import ModelRange, Protocol, register
@@ -97,8 +98,6 @@ class CutImage(Protocol):
         return ModelRange(cut.t_c, cut.tail_abar, 0.0 if cut.sends_clean else cut.abar_handover)
 
     def release_mu(self, image_shape, releases=1, sensitivity_l2=None):
-        from ..defenses.accounting import release_mu
-
         if self.cut.sends_nothing or releases <= 0:
             return 0.0
         if self.sends_labels:  # the label crosses in the clear: a replaced label is seen exactly
