@@ -15,7 +15,7 @@ import inspect
 from typing import Any, Iterable, Optional
 
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.options import Opt, check_value
+from collafuse_privacy.options import Opt, check_value, parse_assignment
 from collafuse_privacy.registry import Registry
 
 # Passed by the runner, not by the user.
@@ -126,20 +126,13 @@ class Family:
 def parse_options(items: Iterable[str], family: Optional[Family] = None) -> dict[str, dict[str, Any]]:
     """``["loss.n_noise=4", "learned.steps=60"]`` -> ``{"loss": {"n_noise": 4}, "learned": {"steps": 60}}``;
     with ``family``, every method and option is checked (type and range) here, before any work."""
-    import yaml
-
-    from collafuse_privacy.config import strict_yaml
-
     out: dict[str, dict[str, Any]] = {}
     for item in items:
-        key, sep, text = item.partition("=")
-        method, dot, opt = key.strip().partition(".")
-        if not sep or not dot or not method or not opt:
-            raise UserError(f"--option expects METHOD.KEY=VALUE, got {item!r}")
-        try:
-            value = strict_yaml(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
+        usage = f"--option expects METHOD.KEY=VALUE, got {item!r}"
+        key, value = parse_assignment(item, usage, "--option")
+        method, dot, opt = key.partition(".")
+        if not dot or not method or not opt:
+            raise UserError(usage)
         out.setdefault(method, {})[opt] = value
     if family is not None:
         for name, opts in out.items():

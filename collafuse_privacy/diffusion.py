@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from .config import DiffusionConfig
+from .config import SCHEDULE_NAMES, DiffusionConfig
 from .errors import UserError
+from .registry import Registry
 
 
 # Linear betas scaled to a small T are capped here: beyond it a step destroys most of the
@@ -24,19 +25,31 @@ MAX_LINEAR_BETA = 0.5
 MAX_FINAL_ABAR = 1e-2
 
 
-def make_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
-    """Full-chain ``DDPMScheduler``. Linear betas are scaled by ``1000 / T`` so
-    that ``T = 1000`` is the standard DDPM schedule and smaller ``T`` still ends
-    near pure noise (capped at :data:`MAX_LINEAR_BETA`); ``cosine`` is diffusers'
-    ``squaredcos_cap_v2``. A schedule whose last ``abar`` is not near 0 is refused."""
+SCHEDULES: Registry = Registry("schedule", names=SCHEDULE_NAMES)
+
+
+@SCHEDULES.register("linear")
+def linear_schedule(cfg: DiffusionConfig) -> DDPMScheduler:
+    """Linear betas scaled by ``1000 / T`` (``T = 1000`` is the standard DDPM schedule; smaller ``T``
+    still ends near pure noise), capped at :data:`MAX_LINEAR_BETA`."""
     T = cfg.timesteps
-    if cfg.schedule == "linear":
-        scale = 1000.0 / T
-        betas = torch.linspace(cfg.beta_start * scale, cfg.beta_end * scale, T, dtype=torch.float64)
-        betas = betas.clamp(max=MAX_LINEAR_BETA)
-        sched = DDPMScheduler(num_train_timesteps=T, trained_betas=betas.tolist(), clip_sample=True)
-    else:
-        sched = DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    scale = 1000.0 / T
+    betas = torch.linspace(cfg.beta_start * scale, cfg.beta_end * scale, T, dtype=torch.float64)
+    betas = betas.clamp(max=MAX_LINEAR_BETA)
+    return DDPMScheduler(num_train_timesteps=T, trained_betas=betas.tolist(), clip_sample=True)
+
+
+@SCHEDULES.register("cosine")
+def cosine_schedule(cfg: DiffusionConfig) -> DDPMScheduler:
+    """diffusers' ``squaredcos_cap_v2`` (Nichol & Dhariwal 2021)."""
+    return DDPMScheduler(num_train_timesteps=cfg.timesteps, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+
+
+def make_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+    """Full-chain ``DDPMScheduler`` of ``cfg.schedule`` (:data:`SCHEDULES`). A schedule whose last
+    ``abar`` is not near 0 is refused."""
+    T = cfg.timesteps
+    sched = SCHEDULES.get(cfg.schedule)(cfg)
     last = float(torch.prod(1.0 - sched.betas.double()))
     if last > MAX_FINAL_ABAR:
         raise UserError(f"config key 'diffusion.timesteps'={T} is too few for the {cfg.schedule} schedule: its chain "

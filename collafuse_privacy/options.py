@@ -4,6 +4,9 @@ An option's value comes from YAML (``--option METHOD.KEY=VALUE`` on the command 
 sweep file's ``stages:``), so it can be anything YAML can spell: ``.inf``, ``.nan``, a string
 where a list belongs. :class:`Opt` says what an option takes and :func:`check_value` turns a
 bad value into one :class:`UserError` naming the option, before any work starts (STYLE.md 3, 13).
+
+Also the one parser of ``KEY=VALUE`` items (``--set``, ``--option``): :func:`parse_assignment`, whose
+value is read as strict YAML (:func:`strict_yaml`: no duplicate keys, no alias bombs).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
+
+import yaml
 
 from .errors import UserError
 
@@ -100,3 +105,67 @@ def check_value(opt: Opt, value: Any, where: str) -> Any:
 SEED = Opt(int, 0, SEED_MAX, help="seed of the method's own randomness")
 BATCH = Opt(int, 1, 1_000_000)
 PRESET = Opt(str, choices=("micro", "tiny", "small", "base"))
+
+
+# ---- KEY=VALUE items, values as strict YAML ----------------------------------------------
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping with a key twice (YAML would keep the last one,
+    silently) and an alias-expanded document of more than :data:`MAX_NODES` nodes (an alias bomb)."""
+
+    MAX_NODES = 1_000_000
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {str(key)[:60]!r} (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def compose_document(self):
+        node = super().compose_document()
+        count, stack = 0, [node]
+        while stack:  # nodes as the tree expands them: an alias counts every time it is used
+            n = stack.pop()
+            count += 1
+            if count > self.MAX_NODES:
+                raise yaml.YAMLError(f"the document expands to more than {self.MAX_NODES} values (aliases)")
+            if isinstance(n, yaml.MappingNode):
+                stack += [x for kv in n.value for x in kv]
+            elif isinstance(n, yaml.SequenceNode):
+                stack += list(n.value)
+        return node
+
+
+def strict_yaml(text: str) -> Any:
+    """YAML text as plain data (safe types only; duplicate keys and alias bombs refused, yaml.YAMLError)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return str(problem)[:120]
+
+
+def parse_assignment(item: str, usage: str, where: str = "--set") -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> ``(KEY stripped, VALUE read as YAML)``; an empty VALUE is None and text YAML cannot
+    read stays text. UserError ``usage`` without ``=``; a duplicate key or an alias bomb in VALUE is a
+    UserError naming ``where`` and the key."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise UserError(usage)
+    key = key.strip()
+    try:
+        value = strict_yaml(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        if "duplicate key" in str(exc) or "expands to" in str(exc):
+            raise UserError(f"{where} {key}: {yaml_problem(exc)}") from None
+        value = text
+    return key, value

@@ -30,8 +30,11 @@ from typing import Optional
 
 import torch
 
+from .checkpoint import check_finite, sha256, step_dirs, verified_step_dir
+from .config import config_hash, cut_timestep
 from .errors import UserError
 from .io import load_tensors, save_tensors
+from .models import load_unet
 from .protocol import Cut, Message, Protocol, make_protocol
 from .run.codec import read_json, write_json
 from .run.directory import RunDir
@@ -71,13 +74,7 @@ class ViewRecorder:
         self._last_kept = keep
         if keep == 0:
             return
-        row = {}
-        for k, v in msg.tensors().items():
-            v = v[:keep].detach().cpu()
-            row[k] = v.to(self.dtype) if v.is_floating_point() else v.to(torch.int64)
-        row["client"] = torch.full((keep,), msg.client, dtype=torch.int64)
-        row["round"] = torch.full((keep,), self.round, dtype=torch.int64)
-        self._buf.append(row)
+        self._buf.append(msg.enveloped(self.round, keep, self.dtype))  # payload + (client, round)
         self.count += keep
         self._buffered += keep
         if self._first_round is None:
@@ -96,7 +93,6 @@ class ViewRecorder:
 
     def write_stats(self) -> None:
         """``server_view/record.json``: how many received rows were recorded."""
-
         write_json(self.rd.record_path, RecordStats(received=self.received, recorded=self.count,
                                                     max_items=self.max_items, dtype=str(self.dtype).split(".")[-1]))
 
@@ -164,8 +160,6 @@ def view_files(rd: RunDir) -> list[str]:
 def seal_view(run_dir: Path, step: int, rows: int, cfg) -> None:
     """Write ``server_view/manifest.json`` (last, after the checkpoint of round ``step``): the sha256
     of every view file, ``rows`` recorded, the run's identity hash. What ``ServerView.load`` verifies."""
-    from .checkpoint import sha256
-    from .config import config_hash
 
     rd = RunDir(run_dir)
     files = {rel: sha256(rd.view_dir / rel) for rel in view_files(rd)}
@@ -179,8 +173,6 @@ RETRAIN = "rerun the same `train` command (it resumes from the last checkpoint a
 def check_meta(meta: ViewMeta, cfg, where: Path) -> None:
     """``meta`` (what the server was told) against the run's resolved config: a view recorded
     under another cut, protocol or schedule is refused, naming the key."""
-    from .config import cut_timestep
-
     want = {"protocol": cfg.protocol.kind, "cut_ratio": cfg.protocol.cut_ratio, "fixed_noise": cfg.protocol.fixed_noise,
             "t_c": cut_timestep(cfg.protocol.cut_ratio, cfg.diffusion.timesteps),
             "timesteps": cfg.diffusion.timesteps, "diffusion": cfg.diffusion,
@@ -203,8 +195,6 @@ def verify_view(rd: RunDir, step: int, cfg=None) -> list[Path]:
     """Check ``server_view/`` against its manifest (written at the checkpoint of round ``step``): every
     file there and unchanged, no shard beside them, the rows those shards hold = the manifest's =
     ``record.json``'s, and (``cfg``) the run's identity hash. Returns the shards to read."""
-    from .checkpoint import sha256
-    from .config import config_hash
 
     path = rd.view_manifest_path
     if not path.is_file():
@@ -270,7 +260,7 @@ class ServerView:
 
     @cached_property
     def protocol(self) -> Protocol:
-        return make_protocol(self.meta.protocol, self.cut, self.meta.fixed_noise, self.meta.server_conditioning == "labels")
+        return make_protocol(self.meta.protocol, self.cut, self.meta.fixed_noise, self.meta.server_conditioning)
 
     @property
     def t_c(self) -> int:
@@ -293,16 +283,12 @@ class ServerView:
 
     def server_model(self, device="cpu"):
         """The server's own denoiser (EMA weights, as used at inference), or None if untrained."""
-        from .models import load_unet
-
         if self.server_state is None:
             return None
         return load_unet(self.meta.model_preset, self.image_shape, self.server_state, self.run_dir).to(device)
 
     def client_model(self, k: int, device="cpu"):
         """Client ``k``'s model, only if it was released (``ServerView.load(..., release_clients=[k])``)."""
-        from .models import load_unet
-
         if k not in self.released_clients:
             raise UserError(f"client {k}'s model is not part of the server's view (it was not released)")
         preset = self.meta.client_preset or self.meta.model_preset
@@ -315,8 +301,6 @@ class ServerView:
         ``release_clients``: clients whose trained model (EMA weights) was released to the
         server, the threat model of client-model attacks; by default none is.
         """
-        from .checkpoint import check_finite, step_dirs, verified_step_dir
-
         rd = RunDir(run_dir)
         if rd.path.exists() and not rd.path.is_dir():
             raise UserError(f"{rd.path} is a file, not a run directory")

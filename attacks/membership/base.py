@@ -19,27 +19,13 @@ metrics live in ``eval/``.
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 import torch
 
-from collafuse_privacy.errors import UserError
+from collafuse_privacy.targets import parse_target  # noqa: F401  (part of this family's API)
 
 from ..base import Family, NotApplicable  # noqa: F401  (NotApplicable: part of this family's API)
-
-_TARGET_RE = re.compile(r"^client:(\d+)$")
-
-
-def parse_target(target: str) -> tuple[str, Optional[int]]:
-    """``"server"`` -> ``("server", None)``; ``"client:K"`` -> ``("client", K)``; else UserError."""
-    if target == "server":
-        return "server", None
-    m = _TARGET_RE.match(str(target))
-    if not m:
-        raise UserError(f"--target must be 'server' or 'client:K' with K a client number, got {target!r}")
-    return "client", int(m.group(1))
-
 
 class MembershipAttack:
     """Base class: ``fit(view) -> self``; ``score(view, candidates, client) -> Tensor[M]``."""

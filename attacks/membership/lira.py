@@ -21,8 +21,6 @@ candidate: the public split is disjoint from the clients' data. ``n_ref`` sets t
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from collafuse_privacy.models import build_unet
@@ -93,7 +91,7 @@ class LiRA(LossAttack):
             x = public[idx]
             if self.hand_a:  # the cut-image server's data: hand-over images of the public images
                 eps1 = fixed[idx] if fixed is not None else torch.randn(x.shape, generator=gen)
-                x = math.sqrt(self.hand_a) * x + math.sqrt(1 - self.hand_a) * eps1
+                x = self.range.data(x, eps1)
             s = torch.randint(0, n, (len(x),), generator=gen)
             eps = torch.randn(x.shape, generator=gen)
             a = self.abar_s[s].float().view(-1, 1, 1, 1)

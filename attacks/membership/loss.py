@@ -45,7 +45,7 @@ class LossAttack(ModelAttack):
                 data = x
                 if self.hand_a:
                     eps1 = self.noise(shape, 1, s, k).to(x.device)
-                    data = math.sqrt(self.hand_a) * x + math.sqrt(1 - self.hand_a) * eps1
+                    data = self.range.data(x, eps1)
                 eps = self.noise(shape, 2, s, k).to(x.device)
                 x_s = math.sqrt(a) * data + math.sqrt(1 - a) * eps
                 total += ((self.eps(x_s, s, labels) - eps) ** 2).flatten(1).mean(1)

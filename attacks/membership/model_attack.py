@@ -33,6 +33,7 @@ import torch
 
 from .base import MembershipAttack, NotApplicable
 from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
+from collafuse_privacy.rng import generator
 
 
 # The papers attack DDPMs with T = 1000 linear betas from 1e-4 to 0.02 (Ho et al. 2020); their
@@ -71,10 +72,11 @@ class ModelAttack(MembershipAttack):
             model = view.server_model(self.device)
             if model is None:
                 raise NotApplicable("the server view holds no trained server model (no checkpoint)")
-            self.conditioning, self.n_clients = view.meta.server_conditioning, view.meta.clients
+            self.conditioning, self.n_clients = view.protocol.conditioning, view.meta.clients
         else:
             model = view.client_model(self.target_client, self.device)  # UserError if not released
-            self.conditioning = "none"
+            self.conditioning = None  # a client model takes no label
+        self.range = rng  # its clean data (ModelRange.data: the hand-over formula of the protocol)
         self.t_off, self.abar_s, self.hand_a = rng.t_off, rng.abar, rng.hand_a
         self.model = model.eval()
         self.n_steps = len(self.abar_s)
@@ -107,7 +109,7 @@ class ModelAttack(MembershipAttack):
         if not self.hand_a:
             return x
         eps1 = self.noise(x.shape[1:], 1, key).to(x.device)
-        return math.sqrt(self.hand_a) * x + math.sqrt(1 - self.hand_a) * eps1
+        return self.range.data(x, eps1)
 
     def start(self, x: torch.Tensor, key: int = 0) -> torch.Tensor:
         """Candidates at the target's lowest level ``s = 0``, on the distribution it was trained on:
@@ -121,18 +123,14 @@ class ModelAttack(MembershipAttack):
 
     def noise(self, shape, *key: int) -> torch.Tensor:
         """Fixed noise ``[1, C, H, W]`` shared by all candidates, seeded by ``(seed, *key)``."""
-        from collafuse_privacy.rng import generator
-
         return torch.randn((1, *shape), generator=generator(self.seed, 0x3A1A, *key))
 
     def label_options(self, n: int, client: Optional[int]) -> list[Optional[torch.Tensor]]:
         """Class labels to try: the asked client's id (client-conditioned server), every
         client / class when unknown (the attacker keeps the best match), else None."""
-        if self.conditioning == "client":
-            ks = [int(client)] if client is not None else range(self.n_clients)
-        elif self.conditioning == "labels" and self.num_class_embeds:
-            ks = range(int(self.num_class_embeds))
-        else:
+        ks = None if self.conditioning is None else self.conditioning.probe_classes(client, self.n_clients,
+                                                                                   self.num_class_embeds)  # fmt: skip
+        if ks is None:
             return [None]
         return [torch.full((n,), k, dtype=torch.long, device=self.device) for k in ks]
 

@@ -11,15 +11,18 @@ imported in ``protocol/__init__.py``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 import torch
 
+from ..config import PROTOCOL_NAMES
+from ..defenses.accounting import gdp_epsilon
+from ..diffusion import make_scheduler
 from ..errors import UserError
 from ..registry import Registry
-from .cut import Cut
+from .conditioning import Conditioning, make_conditioning
+from .cut import Cut, noised
 from .messages import Message
 
 
@@ -40,6 +43,11 @@ class ModelRange:
     def __len__(self) -> int:
         return int(self.abar.shape[0])
 
+    def data(self, x: torch.Tensor, eps1: torch.Tensor) -> torch.Tensor:
+        """The model's clean data for images ``x``: ``x`` itself, or the hand-over images
+        ``h = sqrt(hand_a) x + sqrt(1 - hand_a) eps1`` (:func:`~.cut.noised`) where ``hand_a > 0``."""
+        return noised(x, eps1, self.hand_a) if self.hand_a else x
+
 
 class Protocol:
     """One way of splitting training and sampling between clients and the server.
@@ -47,19 +55,27 @@ class Protocol:
     Subclasses set ``name`` (by :func:`register`), ``sends_noise`` (the client's ``eps``
     travels with the image, so the server recovers ``x0`` exactly) and implement the
     methods below. ``cut``: where the chain is split; ``fixed_noise``: one release per
-    image (only where the protocol supports it).
+    image (only where the protocol supports it); ``conditioning``: what the server model is
+    conditioned on (``model.server_conditioning``, :mod:`.conditioning`), which decides whether
+    labels cross. ``message_type``: the :class:`Message` subclass it sends (what :meth:`decode`
+    rebuilds and what a row's bytes are counted from).
     """
 
     name: ClassVar[str] = ""
     sends_noise: ClassVar[bool] = False
+    message_type: ClassVar[type[Message]] = Message
 
-    def __init__(self, cut: Cut, fixed_noise: bool = False, sends_labels: bool = False):
+    def __init__(self, cut: Cut, fixed_noise: bool = False, conditioning: str = "none"):
         self.cut = cut
         self.fixed_noise = bool(fixed_noise)
-        # model.server_conditioning = labels: every row carries its image's label in the clear. Under the
-        # view's replace-one adjacency (any image for any other) a replaced image's label is seen exactly,
-        # so no finite mu or epsilon holds for the view (release_mu is infinite where anything crosses).
-        self.sends_labels = bool(sends_labels)
+        self.conditioning: Conditioning = make_conditioning(conditioning)
+
+    @property
+    def sends_labels(self) -> bool:
+        """Every row carries its image's label in the clear (``model.server_conditioning = labels``). Under
+        the view's replace-one adjacency (any image for any other) a replaced image's label is seen exactly,
+        so no finite mu or epsilon holds for the view (release_mu is infinite where anything crosses)."""
+        return self.conditioning.sends_labels
 
     # ---- configuration ------------------------------------------------------------
     @classmethod
@@ -77,14 +93,38 @@ class Protocol:
         ``x0`` [n, C, H, W] clean images in [-1, 1], ``t`` [n] their timesteps, ``eps``
         [n, C, H, W] the client's noise; ``ids`` [n] their ids and ``secret`` the client's
         secret (client-side only, for fixed noise; never sent); ``labels`` [n] only when
-        the config sends them.
+        the conditioning sends them (others are dropped here: :meth:`message_labels`).
         """
         raise NotImplementedError
+
+    def message_labels(self, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """What of the labels ``[n]`` crosses with the rows (the conditioning decides; None: nothing)."""
+        return None if labels is None else self.conditioning.message_labels(labels)
+
+    @staticmethod
+    def shuffle_rows(crossing: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Positions ``[m]`` int64 (CPU) of the ``m >= 1`` True entries of ``crossing`` ``[n]`` in a uniformly
+        random order drawn from ``gen`` (the client's ``order`` generator): a message carries neither the
+        draw order nor the order of the client's data. Call it only when some row crosses."""
+        return torch.nonzero(crossing.cpu()).flatten()[torch.randperm(int(crossing.sum()), generator=gen)]
+
+    def decode(self, client: int, tensors: dict[str, torch.Tensor]) -> Message:
+        """Rebuild the message client ``client`` sent from its :meth:`Message.tensors` (what a network
+        transport carries), as this protocol's :attr:`message_type`."""
+        return self.message_type.from_tensors(client, tensors)
 
     # ---- server: training and sampling ------------------------------------------------
     def server_batch(self, msgs: list[Message], gen: torch.Generator, device) -> tuple[torch.Tensor, ...]:
         """What the server trains on: ``(x_t, t, target_noise)``, ``t`` global timesteps."""
         raise NotImplementedError
+
+    def model_inputs(self, msgs: list[Message], gen: torch.Generator, device) -> tuple:
+        """What the server model trains on: ``(x_t, t, target_noise, class_labels)`` (:meth:`server_batch`
+        and the conditioning's class labels, None for an unconditional model, on ``device``)."""
+        labels = self.conditioning.class_labels(msgs)
+        labels = labels.to(device) if labels is not None else None
+        x_t, t, target = self.server_batch(msgs, gen, device)
+        return x_t, t, target, labels
 
     def full_chain_eps(self, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The server model's noise prediction ``eps`` at global timesteps ``t`` ([B]) in the full
@@ -139,34 +179,39 @@ class Protocol:
 
     def view_privacy(self, image_shape, releases: int, delta: float) -> tuple[float, float]:
         """``(mu, epsilon)`` of the server's view of one image released ``releases`` times."""
-        from ..defenses.accounting import gdp_epsilon
-
         if self.cut.sends_nothing or releases <= 0:
             return 0.0, 0.0
         mu = self.release_mu(image_shape, releases)
         return mu, gdp_epsilon(mu, delta)
 
-    def bytes_per_row(self, image_shape, with_labels: bool = False) -> int:
-        """Bytes a client sends per image that crosses the cut (float32 images, int64 t/labels)."""
-        d = int(math.prod(image_shape))
-        return sum(4 * d if k in ("x", "eps") else 8 for k in self.row_fields()) + (8 if with_labels else 0)
+    def bytes_per_row(self, image_shape, with_labels: Optional[bool] = None) -> int:
+        """Bytes a client sends per image that crosses the cut (:meth:`Message.row_bytes`; ``with_labels``
+        default: whether the conditioning sends labels)."""
+        return self.message_type.row_bytes(image_shape, self.sends_labels if with_labels is None else with_labels)
 
     def row_fields(self) -> tuple[str, ...]:
         """Wire names of the per-row payload (without labels)."""
-        raise NotImplementedError
+        return tuple(self.message_type.WIRE)
 
 
-PROTOCOLS: Registry = Registry("protocol", Protocol)
+PROTOCOLS: Registry = Registry("protocol", Protocol, names=PROTOCOL_NAMES)
 register = PROTOCOLS.register
 
 
-def make_protocol(kind: str, cut: Cut, fixed_noise: bool = False, sends_labels: bool = False) -> Protocol:
-    """The protocol ``kind`` for ``cut`` (UserError listing the known kinds for an unknown one)."""
-    return PROTOCOLS.get(kind)(cut, fixed_noise, sends_labels)
+def make_protocol(kind: str, cut: Cut, fixed_noise: bool = False, conditioning: str = "none") -> Protocol:
+    """The protocol ``kind`` for ``cut`` (UserError listing the known kinds for an unknown one);
+    ``conditioning``: ``model.server_conditioning``."""
+    return PROTOCOLS.get(kind)(cut, fixed_noise, conditioning)
 
 
 def protocol_for(cfg, cut: Optional[Cut] = None) -> Protocol:
-    """The protocol of a config (``protocol.kind`` at ``protocol.cut_ratio``; labels cross the cut with
-    ``model.server_conditioning = labels``)."""
+    """The protocol of a config (``protocol.kind`` at ``protocol.cut_ratio``, conditioned on
+    ``model.server_conditioning``)."""
     return make_protocol(cfg.protocol.kind, cut or Cut.from_config(cfg), cfg.protocol.fixed_noise,
-                         cfg.model.server_conditioning == "labels")  # fmt: skip
+                         cfg.model.server_conditioning)  # fmt: skip
+
+
+def check_config(cfg) -> None:
+    """What only the registered protocol and schedule can judge (added to the config's validation)."""
+    PROTOCOLS.get(cfg.protocol.kind).check_config(cfg)  # what only some protocols can do
+    make_scheduler(cfg.diffusion)  # a schedule that does not end near pure noise is refused here

@@ -11,6 +11,10 @@ server receives clean images; ``t_c = T``: nothing crosses) and derives
 ``abar_handover = abar[t_c - 1]`` and the server's tail schedule
 ``betas[t_c:]``, whose cumulative product ``abar'[s]`` equals
 ``abar[t_c + s] / abar[t_c - 1]``.
+
+:func:`noised` is the hand-over formula ``h = sqrt(a) x0 + sqrt(1 - a) eps`` at one level's
+``a``, written once: the cut-image client sends it, and the attacks rebuild the server's data
+with it (``ModelRange.data``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from diffusers import DDPMScheduler
 
 from ..config import Config, DiffusionConfig, cut_timestep
 from ..diffusion import make_scheduler
+
+
+def noised(x0: torch.Tensor, noise: torch.Tensor, abar: float) -> torch.Tensor:
+    """``sqrt(abar) x0 + sqrt(1 - abar) noise`` at one level's ``abar`` (a Python float): the hand-over
+    image ``h`` at ``abar = abar[t_c - 1]``."""
+    return (abar**0.5) * x0 + ((1 - abar) ** 0.5) * noise
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,6 +115,10 @@ class Cut:
     def abar_handover(self) -> float:
         """``abar[t_c - 1]`` (1.0 at ``t_c = 0``)."""
         return float(self.abar_table[self.t_c])
+
+    def handover(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``h = sqrt(abar_h) x0 + sqrt(1 - abar_h) noise`` (``x0`` if ``t_c = 0``)."""
+        return noised(x0, noise, self.abar_handover)
 
     @property
     def server_steps(self) -> int:

@@ -24,6 +24,7 @@ from functools import cached_property
 
 import torch
 
+from ..defenses.accounting import release_mu
 from ..diffusion import q_sample
 from ..rng import generator
 from .base import ModelRange, Protocol, register
@@ -44,15 +45,16 @@ class CutImage(Protocol):
     def check_config(cls, cfg) -> None:
         pass  # fixed_noise and target_epsilon both apply
 
+    message_type = CutImageMessage
+
     def handover(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """``h = sqrt(abar_h) x0 + sqrt(1-abar_h) noise`` (``x0`` if ``t_c = 0``)."""
-        a = self.cut.abar_handover
-        return (a**0.5) * x0 + ((1 - a) ** 0.5) * noise
+        """``h = sqrt(abar_h) x0 + sqrt(1-abar_h) noise`` (``x0`` if ``t_c = 0``; ``Cut.handover``)."""
+        return self.cut.handover(x0, noise)
 
     def encode(self, client, x0, t, eps, *, ids, secret, labels=None):
         if self.fixed_noise:
             eps = fixed_handover_noise(ids, x0.shape[1:], secret).to(x0.device)
-        return CutImageMessage(client, labels, h=self.handover(x0, eps))
+        return CutImageMessage(client, self.message_labels(labels), h=self.handover(x0, eps))
 
     def server_batch(self, msgs, gen, device):
         h = torch.cat([m.h for m in msgs])
@@ -96,13 +98,8 @@ class CutImage(Protocol):
         return ModelRange(cut.t_c, cut.tail_abar, 0.0 if cut.sends_clean else cut.abar_handover)
 
     def release_mu(self, image_shape, releases=1, sensitivity_l2=None):
-        from ..defenses.accounting import release_mu
-
         if self.cut.sends_nothing or releases <= 0:
             return 0.0
         if self.sends_labels:  # the label crosses in the clear: a replaced label is seen exactly
             return math.inf
         return release_mu(self.cut.abar_handover, image_shape, releases, sensitivity_l2)
-
-    def row_fields(self):
-        return ("x",)

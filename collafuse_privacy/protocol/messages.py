@@ -4,7 +4,12 @@ A message holds exactly what the protocol sends (DESIGN.md §1) and nothing
 else: no image ids, no clean images. The in-process :class:`Transport` hands
 messages to the server; a network transport can replace it without touching
 either party, because parties only ever see :class:`Message` objects, and a
-message travels as its :meth:`Message.tensors` (rebuilt by :func:`from_tensors`).
+message travels as its :meth:`Message.tensors` (rebuilt by the protocol:
+``Protocol.decode``, which knows its message type; nothing guesses it from the keys).
+Each message type declares its wire fields once (:attr:`Message.WIRE`): the bytes a row
+costs (:meth:`Message.row_bytes`) are counted from them and nowhere else. What the server
+records of a message is its payload in an envelope of ``(client, round)``
+(:meth:`Message.enveloped`).
 
 * ``shared-noise``: ``(x_t, t, eps)`` per image with ``t >= t_c``. Because
   ``eps`` travels, ``x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)`` exactly.
@@ -15,28 +20,62 @@ message travels as its :meth:`Message.tensors` (rebuilt by :func:`from_tensors`)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+import math
+from typing import Callable, ClassVar, Optional
 
 import torch
+
+ENVELOPE = ("client", "round")  # what the server knows of every row besides its payload
 
 
 @dataclass(frozen=True)
 class Message:
-    """Base: sender id and optional labels (sent only when the config says so)."""
+    """Base: sender id and optional labels (sent only when the config says so). A subclass declares
+    ``WIRE`` (its wire fields and their kinds) and ``ATTRS`` (wire name -> attribute)."""
 
     client: int
     labels: Optional[torch.Tensor]
 
+    # wire name -> "image" (float32 [C, H, W] per row) or "index" (int64 per row); labels, when sent, add one index
+    WIRE: ClassVar[dict[str, str]] = {}
+    ATTRS: ClassVar[dict[str, str]] = {}
+
     def __len__(self) -> int:
         raise NotImplementedError
 
+    @classmethod
+    def row_bytes(cls, image_shape, with_labels: bool = False) -> int:
+        """Bytes one row costs on the wire (float32 images, int64 timesteps and labels)."""
+        d = int(math.prod(image_shape))
+        return sum(4 * d if kind == "image" else 8 for kind in cls.WIRE.values()) + (8 if with_labels else 0)
+
     def nbytes(self) -> int:
-        """Bytes of tensor payload (at the dtype held), for burden accounting."""
-        return sum(v.numel() * v.element_size() for v in self.tensors().values())
+        """Bytes of the message's payload, for burden accounting: its rows times :meth:`row_bytes`."""
+        return len(self) * self.row_bytes(tuple(self.tensors()["x"].shape[1:]), self.labels is not None)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The payload by wire name: ``x`` (the image sent), ``t``, ``eps``, ``labels``."""
-        raise NotImplementedError
+        out = {name: getattr(self, attr) for name, attr in self.ATTRS.items()}
+        if self.labels is not None:
+            out["labels"] = self.labels
+        return out
+
+    @classmethod
+    def from_tensors(cls, client: int, tensors: dict[str, torch.Tensor]) -> "Message":
+        """The message of this type whose :meth:`tensors` are ``tensors``."""
+        return cls(client, tensors.get("labels"), **{attr: tensors[name] for name, attr in cls.ATTRS.items()})
+
+    def enveloped(self, round_: int, keep: Optional[int] = None, dtype: torch.dtype = torch.float32):
+        """What the server records of the first ``keep`` rows (all by default): the payload on the CPU
+        (floats as ``dtype``, the rest int64), then the envelope ``client`` and ``round`` [keep] int64."""
+        keep = len(self) if keep is None else keep
+        row = {}
+        for k, v in self.tensors().items():
+            v = v[:keep].detach().cpu()
+            row[k] = v.to(dtype) if v.is_floating_point() else v.to(torch.int64)
+        row["client"] = torch.full((keep,), self.client, dtype=torch.int64)
+        row["round"] = torch.full((keep,), round_, dtype=torch.int64)
+        return row
 
 
 @dataclass(frozen=True)
@@ -47,14 +86,11 @@ class SharedNoiseMessage(Message):
     t: torch.Tensor
     eps: torch.Tensor
 
+    WIRE: ClassVar[dict[str, str]] = {"x": "image", "t": "index", "eps": "image"}
+    ATTRS: ClassVar[dict[str, str]] = {"x": "x_t", "t": "t", "eps": "eps"}
+
     def __len__(self) -> int:
         return int(self.t.shape[0])
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"x": self.x_t, "t": self.t, "eps": self.eps}
-        if self.labels is not None:
-            out["labels"] = self.labels
-        return out
 
 
 @dataclass(frozen=True)
@@ -63,22 +99,18 @@ class CutImageMessage(Message):
 
     h: torch.Tensor
 
+    WIRE: ClassVar[dict[str, str]] = {"x": "image"}
+    ATTRS: ClassVar[dict[str, str]] = {"x": "h"}
+
     def __len__(self) -> int:
         return int(self.h.shape[0])
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"x": self.h}
-        if self.labels is not None:
-            out["labels"] = self.labels
-        return out
-
 
 def from_tensors(client: int, tensors: dict[str, torch.Tensor]) -> Message:
-    """Rebuild a message from its :meth:`Message.tensors` (what a network transport carries)."""
-    labels = tensors.get("labels")
-    if "eps" in tensors:
-        return SharedNoiseMessage(client, labels, x_t=tensors["x"], t=tensors["t"], eps=tensors["eps"])
-    return CutImageMessage(client, labels, h=tensors["x"])
+    """Deprecated: ``Protocol.decode`` rebuilds a message by its protocol's message type. This guess by
+    the keys stays only until ``flower/parties.py`` calls ``decode``."""
+    kind = SharedNoiseMessage if "eps" in tensors else CutImageMessage
+    return kind.from_tensors(client, tensors)
 
 
 class Transport:

@@ -23,6 +23,7 @@ from .messages import SharedNoiseMessage
 @register("shared-noise")
 class SharedNoise(Protocol):
     sends_noise = True
+    message_type = SharedNoiseMessage
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -34,7 +35,7 @@ class SharedNoise(Protocol):
             )
 
     def encode(self, client, x0, t, eps, *, ids, secret, labels=None):
-        return SharedNoiseMessage(client, labels, x_t=q_sample(x0, t, eps, self.cut.abar), t=t, eps=eps)
+        return SharedNoiseMessage(client, self.message_labels(labels), x_t=q_sample(x0, t, eps, self.cut.abar), t=t, eps=eps)
 
     def server_batch(self, msgs, gen, device):
         x_t = torch.cat([m.x_t for m in msgs])
@@ -60,6 +61,3 @@ class SharedNoise(Protocol):
 
     def release_mu(self, image_shape, releases=1, sensitivity_l2=None):
         return 0.0 if self.cut.sends_nothing or releases <= 0 else math.inf
-
-    def row_fields(self):
-        return ("x", "t", "eps")
