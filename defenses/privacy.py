@@ -168,7 +168,7 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
 
     rd = RunDir(run_dir)
     cfg = rd.config()
-    from ..checkpoint import verified_step_dir
+    from ..checkpoint import TrainingState, verified_step_dir
 
     if not rd.meta_path.is_file():
         raise UserError(f"{rd.path} has no finished checkpoint to compute privacy from; train it first")
@@ -184,16 +184,15 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
                 return cached
         except UserError:
             pass  # damaged: recompute below
-    state = load_state(step_dir / "state.pt")
-    parties = state.get("parties", {})
-    dp_states = [parties[f"client-{k}"]["dp"] for k in range(len(n_members)) if "dp" in parties.get(f"client-{k}", {})]
+    state = TrainingState.from_dict(load_state(step_dir / "state.pt"))
+    dp_states = state.dp_states(len(n_members))
     cut_choice = None
     if cfg.protocol.target_epsilon is not None:
         cut_choice = CutChoice(target_epsilon=cfg.protocol.target_epsilon, cut_ratio=cfg.protocol.cut_ratio,
                                t_c=cfg.t_c, message="recomputed from the resolved config",
                                threat=cfg.protocol.target_threat)  # fmt: skip
-    report = compute_privacy(cfg, meta.shape, release_counts=state.get("release_counts"),
-                             dp_states=dp_states or None, n_members=n_members, steps=int(state["step"]),
+    report = compute_privacy(cfg, meta.shape, release_counts=state.release_counts,
+                             dp_states=dp_states or None, n_members=n_members, steps=state.step,
                              cut_choice=cut_choice)  # fmt: skip
     rd.write_metrics("privacy", report)
     return report

@@ -21,7 +21,9 @@ import pytest
 import torch
 
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.flower.parties import ClientNode, ServerNode, collect, party_dir, prepare
+from collafuse_privacy.flower.collect import collect
+from collafuse_privacy.flower.nodes import ClientNode, ServerNode
+from collafuse_privacy.flower.plan import party_dir, prepare
 from collafuse_privacy.io import load_state, load_tensors
 from collafuse_privacy.training import train
 

@@ -1,8 +1,8 @@
 """Start a CollaFuse run on Flower: the simulation engine, or a localhost deployment.
 
 ``collafuse-privacy flower run`` calls :func:`run_flower`: it prepares the run directory
-(``parties.prepare``), runs the apps (``apps.py``), then joins the parties' records into the
-standard run layout (``parties.collect``).
+(``plan.prepare``), runs the apps (``apps.py``), then joins the parties' records into the
+standard run layout (``collect.collect``).
 
 * ``engine="simulation"``: Flower's simulation engine (Ray) in this process, one virtual
   SuperNode per client.
@@ -33,7 +33,8 @@ from typing import Optional
 from ..config import Config
 from ..errors import UserError
 from ..io import atomic_write_text
-from .parties import collect, flower_dir, party_dir, prepare
+from .collect import collect
+from .plan import flower_dir, party_dir, prepare
 
 ENGINES = ("simulation", "deployment")
 RESTARTS = 3
