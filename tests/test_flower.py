@@ -1,6 +1,6 @@
 """CollaFuse over Flower (issue 15): the parties alone, then the Flower apps.
 
-The first tests need no Flower: they drive ``flower.parties`` (the server and each client with
+The first tests need no Flower: they drive ``flower.nodes`` (the server and each client with
 only their own state and disk) by hand and check that the run is bit-identical to the in-process
 one. The tests marked ``flower`` run the real engines (simulation, and a localhost deployment with
 a SuperNode killed mid-training); they are skipped where the extra is not installed.

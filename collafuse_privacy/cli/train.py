@@ -8,6 +8,7 @@ import click
 
 from ..errors import UserError
 from ..lock import locked
+from ..resolve import resolve
 from ..rundir import default_run_dir
 from ..training import Session, Trainer, refuse_audit_dir
 from .common import CONFIG, DEVICE, SET, load_cfg, main, user_errors
@@ -17,12 +18,11 @@ def train_run(cfg, out, quiet):
     """Train (or resume) ``cfg`` in ``out`` (default: a folder named from the resolved config)."""
     if out:
         refuse_audit_dir(out)
-    # protocol.target_epsilon -> the cut, before naming the run
-    session = Session.resolve(cfg, Path(out) if out else None, device=cfg.device, quiet=quiet)
-    run_dir = Path(out) if out else default_run_dir(session.cfg)
+    resolved = resolve(cfg, Path(out) if out else None)  # protocol.target_epsilon -> the cut, before naming the run
+    run_dir = Path(out) if out else default_run_dir(resolved.cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a folder")
-    session = Session(session.resolved, run_dir, session.device, quiet)
+    session = Session(resolved, run_dir, cfg.device, quiet)
     with locked(run_dir):
         trainer = Trainer(session)
         what = f"resuming at round {trainer.step}" if trainer.resumed else "new run"
