@@ -7,7 +7,22 @@ from pathlib import Path
 
 import click
 
+from ..attacks import parse_options
+from ..attacks.membership import FAMILY as MEMBERSHIP
+from ..client_secrets import read_secrets
+from ..config import with_overrides
 from ..errors import UserError
+from ..eval.audit import (
+    DEFAULT_CANARIES,
+    audit_dir,
+    check_audit_methods,
+    format_audit,
+    parse_audit_target,
+    run_audit,
+)
+from ..eval.audit_dpsgd import audit_dpsgd as run_audit_dpsgd
+from ..eval.audit_dpsgd import format_white_box, tiny_clients
+from ..rundir import RunDir
 from .common import CONFIG, DEVICE, SET, load_cfg, main, user_errors
 
 
@@ -41,19 +56,12 @@ def audit(config, overrides, run_dir, out, canaries, kind, target, methods, opti
     Clopper-Pearson (independent slot scores) or the one-run bound (dependent ones). Writes
     metrics/audit.json. Exit code 1 when a lower bound exceeds its formal number (the pipeline leaks
     more than its accounting says)."""
-    from ..attacks import parse_options
-    from ..client_secrets import read_secrets
-    from ..eval.audit import DEFAULT_CANARIES, audit_dir, format_audit, run_audit
-    from ..rundir import RunDir
-
     if run_dir is None and out is None:
         raise UserError("give --run RUN (audit a run's config), or --out DIR (with --config/--set; default: the "
                         "embedded default config)")
     if run_dir is not None and out is not None:
         raise UserError("--run and --out are alternatives: --run RUN audits in RUN/audit-<target>/, --out DIR audits "
                         "the config of --config/--set in DIR")  # fmt: skip
-    from ..attacks.membership import FAMILY as MEMBERSHIP
-    from ..eval.audit import check_audit_methods, parse_audit_target
 
     parse_audit_target(target)
     opts = parse_options(options, MEMBERSHIP)
@@ -64,8 +72,6 @@ def audit(config, overrides, run_dir, out, canaries, kind, target, methods, opti
             raise UserError("--run takes the run's own config: drop --config/--set")
         cfg = RunDir(run_dir).config()
         if device is not None:
-            from ..config import with_overrides
-
             cfg = with_overrides(cfg, [f"device={device}"])
         out = out or audit_dir(run_dir, target)
         secrets = read_secrets(run_dir)
@@ -99,8 +105,6 @@ def audit_dpsgd(noise_multiplier, sample_rate, steps, runs, canaries, canary_nor
     canaries in a parameter block no real gradient touches, through a tiny client's clipping, noise and
     sampling, every update observed; the Clopper-Pearson (headline), one-run and parametric epsilons beside
     Opacus' (add/remove). Exit code 1 when one exceeds it."""
-    from ..eval.audit_dpsgd import audit_dpsgd as run_audit_dpsgd, format_white_box, tiny_clients
-
     r = run_audit_dpsgd(tiny_clients(noise_multiplier, sample_rate, seed=seed, block=canaries), steps=steps,
                         runs=runs, canaries=canaries, canary_norm=canary_norm, delta=delta, alpha=alpha,
                         seed=seed)  # fmt: skip

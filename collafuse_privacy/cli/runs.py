@@ -7,7 +7,17 @@ from pathlib import Path
 
 import click
 
+from ..attacks import parse_options
+from ..attacks.membership import FAMILY as MEMBERSHIP
+from ..attacks.reconstruction import FAMILY as RECONSTRUCTION
+from ..config import describe
+from ..defenses.privacy import format_privacy, privacy_report
 from ..errors import UserError
+from ..eval.evaluate import format_tables
+from ..eval.membership import format_membership
+from ..eval.reconstruction import format_reconstruction
+from ..rundir import RunDir
+from ..stages import STAGES
 from .common import CONFIG, DEVICE, SET, load_cfg, main, user_errors
 
 
@@ -17,8 +27,6 @@ from .common import CONFIG, DEVICE, SET, load_cfg, main, user_errors
 @user_errors
 def config_cmd(config, overrides):
     """Print the fully resolved config: every key, its value, and its default where they differ."""
-    from ..config import describe
-
     cfg = load_cfg(config, overrides, None)
     click.echo(describe(cfg))
 
@@ -31,9 +39,6 @@ def config_cmd(config, overrides):
 @user_errors
 def sample(run_dir, n, seed, device):
     """Collaborative sampling: server down to the hand-over image, client to x0."""
-    from ..rundir import RunDir
-    from ..stages import STAGES
-
     cfg = RunDir(run_dir).config()
     info = STAGES.get("sample")(Path(run_dir), cfg, device=device or cfg.device, n=n, seed=seed)
     click.echo(
@@ -54,10 +59,6 @@ def sample(run_dir, n, seed, device):
 @user_errors
 def evaluate(run_dir, n, extractor, no_ends, device):
     """Quality per client (FID/KID) for c in {0, run, 1}, disclosure figures, client burden."""
-    from ..eval.evaluate import format_tables
-    from ..rundir import RunDir
-    from ..stages import STAGES
-
     cfg = RunDir(run_dir).config()
     result = STAGES.get("evaluate")(Path(run_dir), cfg, n=n, extractor=extractor, ends=not no_ends,
                                     device=device or cfg.device, log=lambda m: click.echo(m, err=True))  # fmt: skip
@@ -78,30 +79,20 @@ def evaluate(run_dir, n, extractor, no_ends, device):
 @user_errors
 def attack(run_dir, kind, methods, target, options, device):
     """Attacks of an honest-but-curious server, scored against ground truth in eval/."""
-    from ..attacks import parse_options
-    from ..rundir import RunDir
-    from ..stages import STAGES
-
     cfg = RunDir(run_dir).config()
     dev = device or cfg.device
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if kind == "reconstruction" and target != "server":
         raise UserError("--target applies to membership attacks only")
-    from ..attacks.membership import FAMILY as MEMBERSHIP
-    from ..attacks.reconstruction import FAMILY as RECONSTRUCTION
 
     family = RECONSTRUCTION if kind == "reconstruction" else MEMBERSHIP
     family.resolve(methods)  # unknown names, and every option's type and range, before any work
     opts = parse_options(options, family)
     run = STAGES.get(kind)
     if kind == "reconstruction":
-        from ..eval.reconstruction import format_reconstruction
-
         result = run(Path(run_dir), cfg, methods=list(methods) or None, options=opts, device=dev, log=log)
         click.echo(format_reconstruction(result))
     else:
-        from ..eval.membership import format_membership
-
         results = run(Path(run_dir), cfg, methods=list(methods) or None, targets=[target], options=opts, device=dev,
                       log=log)  # fmt: skip
         click.echo(format_membership(results[target], target))
@@ -112,7 +103,5 @@ def attack(run_dir, kind, methods, target, options, device):
 @user_errors
 def privacy(run_dir):
     """Formal privacy of a run: GDP mu and epsilon of the server's view, client DP-SGD epsilon."""
-    from ..defenses.privacy import format_privacy, privacy_report
-
     click.echo(format_privacy(privacy_report(run_dir)))
 

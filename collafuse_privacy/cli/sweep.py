@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..eval.report import write_report
+from ..sweep import load_sweep, run_sweep
 from .common import DEVICE, embedded, main, user_errors
 
 
 def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool, seeds=None, executor="local", ray=None):
-    from ..sweep import load_sweep, run_sweep
-
     sw = load_sweep(sweep_file, out, device=device, seeds=seeds)
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if jobs is None:  # demo: one cell per core, one thread each (faster than two threads per cell here)
@@ -22,8 +22,6 @@ def _sweep_and_report(sweep_file, out, jobs, device, quiet, report: bool, seeds=
         jobs = max(1, min(os.cpu_count() or 1, len(sw.cells)))
     index = run_sweep(sw, jobs=jobs, log=log, quiet=quiet, executor=executor, ray=ray)
     if report:
-        from ..eval.report import write_report
-
         res = write_report([out], log=log)
         return index, res
     return index, None
@@ -64,8 +62,6 @@ def sweep(sweep_file, out, jobs, seeds, executor, address, cpus_per_cell, gpus_p
 @user_errors
 def report(dirs, out, no_screenshot):
     """Report from run and sweep directories: trade-off plot, tables, ROC, reconstructions, samples."""
-    from ..eval.report import write_report
-
     res = write_report(list(dirs), out=out, screenshot=not no_screenshot, log=lambda m: click.echo(m, err=True))
     click.echo(res["report_html"])
 
