@@ -73,12 +73,12 @@ def run_collafuse(args) -> dict:
 
     from collafuse_privacy.config import load_config
     from collafuse_privacy.resolve import resolve
-    from collafuse_privacy.training import Trainer
+    from collafuse_privacy.training import Session, Trainer
 
     over = _overrides(args) + [f"protocol.cut_ratio={args.cut}", "train.checkpoint_every=1000000", "record.enabled=true"]
     cfg = load_config(None, over)
     with tempfile.TemporaryDirectory() as d:
-        tr = Trainer(resolve(cfg), d + "/run", torch.device("cpu"), quiet=True)
+        tr = Trainer(Session(resolve(cfg), d + "/run", torch.device("cpu"), quiet=True))
         times, n_img = [], []
         for r in range(args.warmup + args.rounds):
             t0 = time.perf_counter()

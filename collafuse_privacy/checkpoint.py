@@ -8,6 +8,10 @@ checkpoint damaged in place (same size, other bytes) is refused with the previou
 one offered; with ``latest.json`` missing, the newest intact step folder is used, and the
 caller says so. A resumed run restores every generator, batcher and counter, so it is
 bit-identical to an uninterrupted one on the CPU.
+
+``state.pt`` is typed here (:class:`TrainingState`): the only module that knows its keys. Its
+three layouts are a whole run's (in-process, or a collected Flower run), a Flower server's own
+and a Flower client's own; ``to_dict`` writes and ``from_dict`` reads exactly those dicts.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -26,7 +30,8 @@ from .io import load_state, load_tensors, save_state, save_tensors
 from .party import Party
 from .run.codec import read_json, write_json
 from .run.directory import RunDir
-from .run.layout import MANIFEST, PARTIAL_STEP_GLOB, STATE, is_step_name, partial_step_name, party_file, step_name
+from .run.layout import (MANIFEST, PARTIAL_STEP_GLOB, SERVER, STATE, client_index, client_name, is_step_name,
+                         partial_step_name, party_file, step_name)
 from .run.schemas import LatestCheckpoint
 
 
@@ -39,6 +44,104 @@ class Manifest:
     schema: int = 1
 
 
+@dataclass
+class ServerState:
+    """The server's randomness and counters besides its model: its generator's state, the view
+    recorder's ``state_dict`` and the transport's ``{"messages", "bytes"}``."""
+
+    gen: torch.Tensor
+    recorder: dict
+    transport: dict
+
+    def to_dict(self) -> dict:
+        return {"server_gen": self.gen, "recorder": self.recorder, "transport": self.transport}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ServerState":
+        return cls(gen=d["server_gen"], recorder=d["recorder"], transport=d["transport"])
+
+
+@dataclass
+class ClientState:
+    """One client's randomness and release counts besides its model (``release_counts`` None: a
+    checkpoint from before counting)."""
+
+    gen: torch.Tensor  # its t and eps draws
+    order: torch.Tensor  # the order of its message rows
+    batcher: dict
+    release_counts: Optional[torch.Tensor] = None  # [n] times each member image crossed the cut
+
+    def to_dict(self) -> dict:
+        return {"gen": self.gen, "order": self.order, "batcher": self.batcher, "release_counts": self.release_counts}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClientState":
+        return cls(gen=d["gen"], order=d["order"], batcher=d["batcher"], release_counts=d.get("release_counts"))
+
+
+@dataclass
+class TrainingState:
+    """``state.pt``: the round, every party's optimiser state (``Party.state_dict``, with ``dp``
+    for a DP-SGD client) and the randomness that makes a resume bit-identical.
+
+    ``server`` and ``clients`` both set: a whole run's; only ``server``: a Flower server's own;
+    one client and ``client`` its id: a Flower client's own."""
+
+    step: int
+    parties: dict[str, dict] = field(default_factory=dict)
+    server: Optional[ServerState] = None
+    clients: Optional[list[ClientState]] = None
+    client: Optional[int] = None  # a Flower client's own state: which client
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"step": self.step, "parties": self.parties}
+        if self.clients is None:
+            return {**out, **self.server.to_dict()}
+        if self.server is None:
+            return {**out, **self.clients[0].to_dict()}
+        s, cs = self.server, self.clients
+        out.update(server_gen=s.gen, client_gens=[c.gen for c in cs], order_gens=[c.order for c in cs],
+                   batchers=[c.batcher for c in cs])  # fmt: skip
+        if any(c.release_counts is not None for c in cs):
+            out["release_counts"] = [c.release_counts for c in cs]
+        out.update(recorder=s.recorder, transport=s.transport)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingState":
+        step, parties = int(d["step"]), d.get("parties", {})
+        if "client_gens" in d:
+            counts = d.get("release_counts")
+            clients = [ClientState(g, o, b, counts[k] if counts is not None else None)
+                       for k, (g, o, b) in enumerate(zip(d["client_gens"], d["order_gens"], d["batchers"]))]  # fmt: skip
+            return cls(step, parties, ServerState.from_dict(d), clients)
+        if "server_gen" in d:
+            return cls(step, parties, ServerState.from_dict(d))
+        k = next(client_index(p) for p in parties if p != SERVER)
+        return cls(step, parties, clients=[ClientState.from_dict(d)], client=k)
+
+    @classmethod
+    def joined(cls, parts: list["TrainingState"], clients: int) -> "TrainingState":
+        """A whole run's state from the parties' own (the server's first, then client 0, 1, ...)."""
+        server, own = parts[0], parts[1:]
+        parties = {SERVER: server.parties[SERVER],
+                   **{client_name(k): own[k].parties[client_name(k)] for k in range(clients)}}  # fmt: skip
+        return cls(server.step, parties, server.server, [p.clients[0] for p in own])
+
+    @property
+    def counts_complete(self) -> bool:
+        """Every client's release counts are in it (not a checkpoint from before counting)."""
+        return self.clients is not None and all(c.release_counts is not None for c in self.clients)
+
+    @property
+    def release_counts(self) -> Optional[list[torch.Tensor]]:
+        return [c.release_counts for c in self.clients] if self.counts_complete else None
+
+    def dp_states(self, clients: int) -> list[dict]:
+        """The DP-SGD states of the first ``clients`` clients that train privately (``defenses/dp_sgd.py``)."""
+        return [self.parties[client_name(k)]["dp"] for k in range(clients) if "dp" in self.parties.get(client_name(k), {})]
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -47,15 +150,16 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(rd: RunDir, step: int, parties: list[tuple[str, Party]], state: dict, keep: int) -> None:
-    """Write ``checkpoints/step-<step>/`` atomically, point ``latest.json`` at it, keep the newest ``keep``."""
-    tmp = new_step_dir(rd, step)
+def save_checkpoint(rd: RunDir, parties: list[tuple[str, Party]], state: TrainingState, keep: int) -> None:
+    """Write ``checkpoints/step-<state.step>/`` atomically (``parties``' weights, ``state.pt`` with
+    their optimiser states), point ``latest.json`` at it, keep the newest ``keep``."""
+    tmp = new_step_dir(rd, state.step)
     for pname, party in parties:
         save_tensors(tmp / party_file(pname), party.model.state_dict())
         save_tensors(tmp / party_file(pname, ema=True), party.ema_state_dict())
-    state = {"step": step, "parties": {pname: party.state_dict() for pname, party in parties}, **state}
-    save_state(tmp / STATE, state)
-    commit_step_dir(rd, step, tmp, keep)
+    state.parties = {pname: party.state_dict() for pname, party in parties}
+    save_state(tmp / STATE, state.to_dict())
+    commit_step_dir(rd, state.step, tmp, keep)
 
 
 def new_step_dir(rd: RunDir, step: int) -> Path:
@@ -152,7 +256,7 @@ def check_finite(tensors: dict[str, torch.Tensor], where) -> None:
 
 
 def load_checkpoint(rd: RunDir, parties: list[tuple[str, Party]],
-                    step: Optional[int] = None) -> Optional[tuple[Path, dict, Optional[str]]]:  # fmt: skip
+                    step: Optional[int] = None) -> Optional[tuple[Path, TrainingState, Optional[str]]]:  # fmt: skip
     """Load the latest intact checkpoint (or the one of round ``step``) into ``parties``:
     ``(its folder, its state, note)`` or None."""
     remove_partial(rd)
@@ -165,16 +269,19 @@ def load_checkpoint(rd: RunDir, parties: list[tuple[str, Party]],
         why = damage(d) if d.is_dir() else "it does not exist"
         if why is not None:
             raise UserError(f"checkpoint {d} cannot be used: {why}")
-    state = load_state(d / STATE)
+    try:
+        state = TrainingState.from_dict(load_state(d / STATE))
+    except (KeyError, ValueError, TypeError, StopIteration, IndexError, AttributeError):
+        raise UserError(f"checkpoint {d}/state.pt does not fit this run") from None
     for pname, party in parties:
         w = load_tensors(d / party_file(pname))
         e = load_tensors(d / party_file(pname, ema=True))
         check_finite(w, d / party_file(pname))
         check_finite(e, d / party_file(pname, ema=True))
         try:
-            party.load(w, e, state["parties"][pname])
+            party.load(w, e, state.parties[pname])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise UserError(f"checkpoint {d} does not fit this config ({pname}: {type(exc).__name__})") from None
     if note is not None or step is not None:
-        rd.write_latest(LatestCheckpoint(dir=d.name, step=int(state["step"])))
+        rd.write_latest(LatestCheckpoint(dir=d.name, step=state.step))
     return d, state, note

@@ -28,7 +28,7 @@ from ..config import Config
 from ..errors import UserError
 from ..numbers import fmt
 from ..run.directory import RunDir
-from ..run.layout import STATE, client_name, step_of
+from ..run.layout import STATE, step_of
 from ..run.schemas import (ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, UnlinkedClient,
                            UnlinkedPrivacy, ViewPrivacy)
 from ..resolve import planned_releases
@@ -170,7 +170,7 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
 
     rd = RunDir(run_dir)
     cfg = rd.config()
-    from ..checkpoint import verified_step_dir
+    from ..checkpoint import TrainingState, verified_step_dir
 
     if not rd.meta_path.is_file():
         raise UserError(f"{rd.path} has no finished checkpoint to compute privacy from; train it first")
@@ -186,16 +186,15 @@ def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyRepor
                 return cached
         except UserError:
             pass  # damaged: recompute below
-    state = load_state(step_dir / STATE)
-    parties = state.get("parties", {})
-    dp_states = [parties[client_name(k)]["dp"] for k in range(len(n_members)) if "dp" in parties.get(client_name(k), {})]
+    state = TrainingState.from_dict(load_state(step_dir / STATE))
+    dp_states = state.dp_states(len(n_members))
     cut_choice = None
     if cfg.protocol.target_epsilon is not None:
         cut_choice = CutChoice(target_epsilon=cfg.protocol.target_epsilon, cut_ratio=cfg.protocol.cut_ratio,
                                t_c=cfg.t_c, message="recomputed from the resolved config",
                                threat=cfg.protocol.target_threat)  # fmt: skip
-    report = compute_privacy(cfg, meta.shape, release_counts=state.get("release_counts"),
-                             dp_states=dp_states or None, n_members=n_members, steps=int(state["step"]),
+    report = compute_privacy(cfg, meta.shape, release_counts=state.release_counts,
+                             dp_states=dp_states or None, n_members=n_members, steps=state.step,
                              cut_choice=cut_choice)  # fmt: skip
     rd.write_metrics("privacy", report)
     return report

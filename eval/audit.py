@@ -122,7 +122,7 @@ def run_audit(cfg: Config, run_dir, *, canaries: int = DEFAULT_CANARIES, kind: s
     """
     from collafuse_privacy.lock import locked
     from collafuse_privacy.party import resolve_device
-    from collafuse_privacy.training import Trainer
+    from collafuse_privacy.training import Session, Trainer
 
     run_dir = Path(run_dir)
     target = parse_audit_target(target)
@@ -138,7 +138,7 @@ def run_audit(cfg: Config, run_dir, *, canaries: int = DEFAULT_CANARIES, kind: s
     t0 = time.perf_counter()
     with locked(run_dir):
         resolved, can = audit_resolved(cfg, run_dir, canaries, kind, target, secrets)
-        trainer = Trainer(resolved, run_dir, resolve_device(device), quiet=quiet)
+        trainer = Trainer(Session(resolved, run_dir, resolve_device(device), quiet=quiet))
         if not canaries_path(run_dir).is_file():
             can.save(canaries_path(run_dir))
         if trainer.step < resolved.cfg.train.steps:

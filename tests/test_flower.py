@@ -1,6 +1,6 @@
 """CollaFuse over Flower (issue 15): the parties alone, then the Flower apps.
 
-The first tests need no Flower: they drive ``flower.parties`` (the server and each client with
+The first tests need no Flower: they drive ``flower.nodes`` (the server and each client with
 only their own state and disk) by hand and check that the run is bit-identical to the in-process
 one. The tests marked ``flower`` run the real engines (simulation, and a localhost deployment with
 a SuperNode killed mid-training); they are skipped where the extra is not installed.
@@ -21,7 +21,9 @@ import pytest
 import torch
 
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.flower.parties import ClientNode, ServerNode, collect, party_dir, prepare
+from collafuse_privacy.flower.collect import collect
+from collafuse_privacy.flower.nodes import ClientNode, ServerNode
+from collafuse_privacy.flower.plan import party_dir, prepare
 from collafuse_privacy.io import load_state, load_tensors
 from collafuse_privacy.training import train
 

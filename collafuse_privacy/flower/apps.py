@@ -24,6 +24,7 @@ bit-identical. The outcome is written to ``flower/result.json`` for the launcher
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -34,8 +35,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from ..errors import UserError
+from ..io import atomic_write_json
 from ..run.layout import FLOWER_RESULT, PARTY_ASSIGNMENT, client_name, party_dir
-from .parties import ClientNode, ServerNode, log
+from .nodes import ClientNode, ServerNode
 
 DEFAULT_NODE_TIMEOUT = 120.0
 # reply errors that mean "the node or message went away", not "the client failed"
@@ -51,9 +53,11 @@ def _settings(context: Context, defaults: dict) -> dict:
     return out
 
 
-def _write_result(run_dir, **fields) -> None:
-    from ..io import atomic_write_json
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
+
+def _write_result(run_dir, **fields) -> None:
     atomic_write_json(Path(run_dir) / FLOWER_RESULT, {"time": time.time(), **fields})
 
 
@@ -80,18 +84,7 @@ class _Clients:
         short_since: Optional[float] = None
         while pending:
             alive = set(self.grid.get_node_ids())
-            targets = {}
-            for n in alive - contacted:
-                k = next((k for k, m in self.node.items() if m == n), None)
-                if k is None:
-                    c = content_for(None)
-                    if c is None:  # this request needs the client's id first
-                        c = RecordDict()
-                        targets[n] = (c, "query.identify")
-                        continue
-                    targets[n] = (c, kind)
-                elif k in pending:
-                    targets[n] = (content_for(k), kind)
+            targets = self._targets(alive - contacted, pending, kind, content_for)
             if targets:
                 msgs = [Message(c, dst_node_id=n, message_type=t) for n, (c, t) in targets.items()]
                 for n, mid in zip(targets, self.grid.push_messages(msgs)):
@@ -99,42 +92,62 @@ class _Clients:
                 contacted |= set(targets)
             for r in self.grid.pull_messages(list(asked)):
                 n = asked.pop(r.metadata.reply_to_message_id, None)
-                if n is None:
-                    continue
-                if r.has_error():
-                    if r.error.code in _GONE or n not in alive:
-                        contacted.discard(n)  # its node went away: ask again whoever answers for it
-                        continue
-                    raise UserError(f"a client failed during {what}: {_reason(r)}")
-                status = r.content.config_records.get("status")
-                if status is not None and "error" in status:
-                    raise UserError(str(status["error"]))
-                k = int(r.content.config_records["client"]["client"])
-                if k in self.node and self.node[k] != n and self.node[k] in alive and k not in pending:
-                    raise UserError(f"two client nodes say they are client {k}: give each SuperNode its own partition-id")
-                self.node[k] = n
-                if r.metadata.message_type == "query.identify":
-                    contacted.discard(n)  # now known: ask it the real request
-                    continue
-                if k in pending:
-                    replies[k] = r
-                    pending.discard(k)
+                if n is not None and self._take(r, n, alive, pending, replies, what):
+                    contacted.discard(n)  # gone (ask again whoever answers for it), or now known
             # a node that went away (no heartbeat) is not waited for; a new one is asked instead
             for mid, n in list(asked.items()):
                 if n not in alive:
                     del asked[mid]
-            if pending and len(set(asked.values())) < len(pending):
-                short_since = short_since or time.monotonic()
-                if time.monotonic() - short_since > self.timeout:
-                    missing = sorted(pending)
-                    raise UserError(f"client(s) {missing} have no node during {what} (none connected, or it went away "
-                                    f"and did not come back within {self.timeout:g} s): start their SuperNodes "
-                                    "(--node-config partition-id=K) and rerun the same command to resume")  # fmt: skip
-            else:
-                short_since = None
+            short_since = self._waiting(pending, asked, short_since, what)
             if pending:
                 time.sleep(0.2)
         return replies
+
+    def _targets(self, fresh: set[int], pending: set[int], kind: str, content_for) -> dict[int, tuple]:
+        """``node -> (content, message type)`` for the nodes not asked yet: a known client's
+        request, or, for an unknown node, ``content_for(None)`` or ``query.identify``."""
+        targets = {}
+        for n in fresh:
+            k = next((k for k, m in self.node.items() if m == n), None)
+            if k is None:
+                c = content_for(None)
+                targets[n] = (c, kind) if c is not None else (RecordDict(), "query.identify")
+            elif k in pending:
+                targets[n] = (content_for(k), kind)
+        return targets
+
+    def _take(self, r: Message, n: int, alive: set[int], pending: set[int], replies: dict, what: str) -> bool:
+        """Take node ``n``'s reply ``r``; True when ``n`` is to be asked again (it went away, or
+        it only said who it is)."""
+        if r.has_error():
+            if r.error.code in _GONE or n not in alive:
+                return True
+            raise UserError(f"a client failed during {what}: {_reason(r)}")
+        status = r.content.config_records.get("status")
+        if status is not None and "error" in status:
+            raise UserError(str(status["error"]))
+        k = int(r.content.config_records["client"]["client"])
+        if k in self.node and self.node[k] != n and self.node[k] in alive and k not in pending:
+            raise UserError(f"two client nodes say they are client {k}: give each SuperNode its own partition-id")
+        self.node[k] = n
+        if r.metadata.message_type == "query.identify":
+            return True
+        if k in pending:
+            replies[k] = r
+            pending.discard(k)
+        return False
+
+    def _waiting(self, pending: set[int], asked: dict, short_since: Optional[float], what: str) -> Optional[float]:
+        """Since when fewer nodes are asked than clients are pending (None: not short); UserError
+        after ``timeout`` seconds of it."""
+        if not (pending and len(set(asked.values())) < len(pending)):
+            return None
+        short_since = short_since or time.monotonic()
+        if time.monotonic() - short_since > self.timeout:
+            raise UserError(f"client(s) {sorted(pending)} have no node during {what} (none connected, or it went away "
+                            f"and did not come back within {self.timeout:g} s): start their SuperNodes "
+                            "(--node-config partition-id=K) and rerun the same command to resume")  # fmt: skip
+        return short_since
 
 
 def _reason(reply: Message) -> str:

@@ -1,8 +1,8 @@
 """Start a CollaFuse run on Flower: the simulation engine, or a localhost deployment.
 
 ``collafuse-privacy flower run`` calls :func:`run_flower`: it prepares the run directory
-(``parties.prepare``), runs the apps (``apps.py``), then joins the parties' records into the
-standard run layout (``parties.collect``).
+(``plan.prepare``), runs the apps (``apps.py``), then joins the parties' records into the
+standard run layout (``collect.collect``).
 
 * ``engine="simulation"``: Flower's simulation engine (Ray) in this process, one virtual
   SuperNode per client.
@@ -34,7 +34,8 @@ from ..config import Config
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..run.layout import FLOWER_APP, FLOWER_HOME, FLOWER_LOGS, FLOWER_RESULT, PARTY_LOG, SERVER, party_dir
-from .parties import collect, prepare
+from .collect import collect
+from .plan import prepare
 
 ENGINES = ("simulation", "deployment")
 RESTARTS = 3

@@ -1,0 +1,226 @@
+"""The parties of a training run: a client (its member images, model, secret-seeded randomness),
+the server (its model and its own generator) and one client's part of a round.
+
+Each round a client draws a batch of its member images, a timestep ``t ~ U{0..T-1}`` and noise
+``eps`` per image (Ho et al. 2020). Images with ``t < t_c`` train the client's own model and
+never leave it; the others cross the cut as a protocol message (``collafuse_privacy/protocol/``,
+DESIGN.md §1). The random streams are named here once: the server's from the config's seed, a
+client's from its secret (``client_secrets.py``), so a client's draws are no function of
+anything in the server's view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..checkpoint import ClientState, ServerState
+from ..config import Config
+from ..defenses.accounting import dp_sgd_noise_multiplier
+from ..defenses.dp_sgd import PoissonSampler
+from ..diffusion import q_sample
+from ..models import build_unet
+from ..party import Batcher, Party
+from ..protocol import Cut, Message, Protocol
+from ..rng import generator
+
+# The random streams: generator(cfg.seed, SERVER_STREAM) for the server's own noise (cut-image's
+# eps2); generator(secret, CLIENT_*) for a client's.
+SERVER_STREAM = 1
+CLIENT_DRAWS = 2  # t and eps
+CLIENT_BATCHES = 3  # its batcher (shuffled epochs or Poisson sampling)
+CLIENT_DP_NOISE = 4  # Opacus' noise
+CLIENT_ORDER = 5  # the order of its message rows
+
+
+def server_generator(seed: int) -> torch.Generator:
+    """The server's own random stream (the run's ``seed``: the server may know it)."""
+    return generator(seed, SERVER_STREAM)
+
+
+@dataclass
+class Client:
+    """A client: its private member images, its local model, its own randomness."""
+
+    k: int
+    images: torch.Tensor  # [n, C, H, W] in [-1, 1], on the device
+    labels: torch.Tensor  # [n]
+    ids: torch.Tensor  # [n] dataset indices (ground truth; never sent)
+    party: Party
+    gen: torch.Generator  # t and eps draws
+    batcher: Batcher  # or defenses.dp_sgd.PoissonSampler for DP clients
+    secret: int  # the client's secret: seeds everything only it may know (client_secrets.py)
+    order: torch.Generator  # the order of the rows in its messages
+    sends: Optional[torch.Tensor] = None  # [n] int64: times each member image crossed the cut
+
+    def state(self) -> ClientState:
+        """Its randomness and release counts (the checkpointed part besides its model)."""
+        return ClientState(gen=self.gen.get_state(), order=self.order.get_state(), batcher=self.batcher.state_dict(),
+                           release_counts=self.sends.clone())  # fmt: skip
+
+    def load_state(self, s: ClientState) -> None:
+        """Restore :meth:`state` (``release_counts`` None: a checkpoint from before counting)."""
+        self.gen.set_state(s.gen)
+        self.order.set_state(s.order)
+        self.batcher.load_state_dict(s.batcher)
+        n = s.release_counts
+        if n is not None:
+            if n.shape != self.sends.shape:
+                raise ValueError("release counts do not fit")
+            self.sends = n.clone()
+
+
+class Server:
+    """The shared server model for ``t >= t_c``; trains on what it receives."""
+
+    def __init__(self, party: Party, protocol: Protocol, conditioning: str, gen: torch.Generator):
+        self.party, self.protocol, self.conditioning, self.gen = party, protocol, conditioning, gen
+        self.inbox: list[Message] = []
+
+    def receive(self, msg: Message) -> None:
+        self.inbox.append(msg)
+
+    def class_labels(self, msgs: list[Message]) -> Optional[torch.Tensor]:
+        if self.conditioning == "client":
+            return torch.cat([torch.full((len(m),), m.client, dtype=torch.long) for m in msgs])
+        if self.conditioning == "labels":
+            return torch.cat([m.labels for m in msgs])
+        return None
+
+    def model_inputs(self, msgs: list[Message]):
+        """What the server trains on: ``(x_t, t, target_noise, class_labels)`` (``Protocol.server_batch``)."""
+        labels = self.class_labels(msgs)
+        labels = labels.to(self.party.device) if labels is not None else None
+        x_t, t, target = self.protocol.server_batch(msgs, self.gen, self.party.device)
+        return x_t, t, target, labels
+
+    def train_step(self) -> tuple[Optional[float], int]:
+        """One step on this round's inbox; returns (loss, images)."""
+        msgs, self.inbox = self.inbox, []
+        if not msgs:
+            return None, 0
+        x_t, t, target, labels = self.model_inputs(msgs)
+        return self.party.train_step(x_t, t, target, labels), int(x_t.shape[0])
+
+    def state(self, recorder, transport) -> ServerState:
+        """Its checkpointed state besides its model: its generator, the recorder, the counters."""
+        return ServerState(gen=self.gen.get_state(), recorder=recorder.state_dict(),
+                           transport={"messages": transport.messages, "bytes": transport.bytes})  # fmt: skip
+
+    def load_state(self, s: ServerState, recorder, transport) -> None:
+        """Restore :meth:`state`."""
+        self.gen.set_state(s.gen)
+        transport.messages = int(s.transport["messages"])
+        transport.bytes = int(s.transport["bytes"])
+        recorder.load_state_dict(s.recorder)
+
+
+def server_class_embeds(cfg: Config, num_classes: int) -> Optional[int]:
+    """Size of the server model's class embedding (``model.server_conditioning``)."""
+    return {"none": None, "client": cfg.data.clients, "labels": num_classes}[cfg.model.server_conditioning]
+
+
+def build_server_model(cfg: Config, size: int, channels: int, num_classes: int):
+    """The server's UNet, initialised from the config's seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_unet(cfg.model.preset, size, channels, server_class_embeds(cfg, num_classes))
+
+
+def build_client_model(cfg: Config, secret: int, size: int, channels: int):
+    """A client's UNet, initialised from the client's own secret."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(secret)
+        return build_unet(cfg.model.client_model_preset, size, channels)
+
+
+def make_server(cfg: Config, model, protocol: Protocol, device: torch.device) -> Server:
+    """The server around its ``model``, with its own random stream."""
+    return Server(Party(model, cfg.train, device), protocol, cfg.model.server_conditioning, server_generator(cfg.seed))
+
+
+def client_dp_on(cfg: Config) -> bool:
+    """DP-SGD only where a client trains: with t_c = 0 its model never takes a step."""
+    return cfg.defense.client_dp.enabled and Cut.from_config(cfg).t_c > 0
+
+
+def make_client(cfg: Config, k: int, model, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor,
+                secret: int, device: torch.device) -> Client:  # fmt: skip
+    """Client ``k`` with its member images, model and the generators its secret seeds."""
+    party = Party(model, cfg.train, device)
+    if client_dp_on(cfg):
+        batcher = _make_private(cfg, party, len(ids), secret, device)
+    elif cfg.train.sampling == "poisson":  # each member independently, from the client's secret (DESIGN.md §4)
+        batcher = PoissonSampler(len(ids), min(1.0, cfg.train.batch_size / len(ids)), generator(secret, CLIENT_BATCHES))
+    else:
+        batcher = Batcher(len(ids), generator(secret, CLIENT_BATCHES))
+    return Client(k=k, images=images.to(device), labels=labels.to(device), ids=ids, party=party,
+                  gen=generator(secret, CLIENT_DRAWS), batcher=batcher, secret=secret,
+                  order=generator(secret, CLIENT_ORDER), sends=torch.zeros(len(ids), dtype=torch.long))  # fmt: skip
+
+
+def _make_private(cfg: Config, party: Party, n: int, secret: int, device: torch.device):
+    """Opacus DP-SGD for a client with ``n`` members; returns its Poisson sampler."""
+    dp, cut = cfg.defense.client_dp, Cut.from_config(cfg)
+    q = min(1.0, cfg.train.batch_size / n)
+    sigma = dp.noise_multiplier
+    if sigma is None:
+        sigma = dp_sgd_noise_multiplier(dp.target_epsilon, dp.delta, q, cfg.train.steps, dp.accountant)
+    party.make_private(
+        noise_multiplier=sigma,
+        max_grad_norm=dp.max_grad_norm,
+        # the client trains on the drawn images with t < t_c: on average q * n * t_c / T
+        expected_batch_size=max(q * n * cut.t_c / cut.T, 1e-6),
+        sample_rate=q,
+        accountant=dp.accountant,
+        grad_sample_mode=dp.grad_sample_mode,
+        generator=generator(secret, CLIENT_DP_NOISE, device=device),
+    )
+    return PoissonSampler(n, q, generator(secret, CLIENT_BATCHES))
+
+
+# ---- one client's round (in process and in a Flower client) ----------------------------------------
+@dataclass
+class ClientRound:
+    """What one client's round produced: its local loss (None: no local image), how many images
+    it trained on locally, the message it sent (None: nothing crossed) and, for the evaluation
+    harness only, the ids of that message's rows (never sent)."""
+
+    loss: Optional[float]
+    local: int
+    message: Optional[Message]
+    ids: Optional[torch.Tensor]
+
+
+def client_round(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) -> ClientRound:
+    """Client ``c``'s part of one round: draw, train its own steps, encode what crosses the cut.
+
+    Touches only the client's own state (its generators, batcher, model, release counts); never
+    waits on the server, so a client can run many rounds ahead of it (the Flower apps do).
+    """
+    cut = protocol.cut
+    # 1. a batch of the client's members, a timestep and noise per image
+    pos = c.batcher.next(cfg.train.batch_size)
+    x0, y, ids = c.images[pos.to(dev)], c.labels[pos.to(dev)], c.ids[pos]
+    t = torch.randint(0, cut.T, (len(pos),), generator=c.gen)
+    eps = torch.randn(x0.shape, generator=c.gen).to(dev)
+    local, remote = (t < cut.t_c).to(dev), (t >= cut.t_c).to(dev)
+    t = t.to(dev)
+    # 2. the client's own steps t < t_c: nothing of this leaves the client
+    x_t = q_sample(x0[local], t[local], eps[local], cut.abar)
+    loss = c.party.train_step(x_t, t[local], eps[local])
+    n_local = int(local.sum())
+    # 3. what crosses the cut for t >= t_c (DESIGN.md §1), its rows in a uniformly random
+    #    order: neither the draw order nor the order of the client's data is sent
+    n_remote = int(remote.sum())
+    if n_remote == 0:
+        return ClientRound(loss, n_local, None, None)
+    rows = torch.nonzero(remote.cpu()).flatten()[torch.randperm(n_remote, generator=c.order)]
+    r = rows.to(dev)
+    labels = y[r] if cfg.model.server_conditioning == "labels" else None
+    msg = protocol.encode(c.k, x0[r], t[r], eps[r], ids=ids[rows], secret=c.secret, labels=labels)
+    sent = pos[rows]
+    c.sends.index_add_(0, sent, torch.ones_like(sent))
+    return ClientRound(loss, n_local, msg, ids[rows])
