@@ -260,9 +260,11 @@ def config_cmd(config, overrides):
 @click.option("--run", "run_dir", type=click.Path(), required=True, help="A trained run directory.")
 @click.option("--n", type=click.IntRange(min=1), default=None, help="Samples per client (default: the config's sample.n).")
 @click.option("--seed", type=int, default=None, help="Sampling seed (default: the run's seed).")
+@click.option("--save-pretrained", "pretrained_dir", type=click.Path(file_okay=False), default=None,
+              help="Also save the trained system as a diffusers pipeline folder (CollaFusePipeline.from_pretrained).")
 @DEVICE
 @user_errors
-def sample(run_dir, n, seed, device):
+def sample(run_dir, n, seed, device, pretrained_dir):
     """Collaborative sampling: server down to the hand-over image, client to x0."""
     from .rundir import RunDir
     from .stages import STAGES
@@ -274,6 +276,10 @@ def sample(run_dir, n, seed, device):
         f"-> {Path(run_dir) / 'samples'}",
         err=True,
     )
+    if pretrained_dir:
+        from .sampling import export_pipeline
+
+        click.echo(f"pipeline -> {export_pipeline(run_dir, pretrained_dir)}", err=True)
     click.echo(json.dumps(info))
 
 

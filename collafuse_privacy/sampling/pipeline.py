@@ -51,6 +51,7 @@ CLIENT_STREAM = 12  # client k's: generator(secret, CLIENT_STREAM, seed)
 CONDITIONINGS = ("none", "client", "labels")  # model.server_conditioning
 _CLIENT = re.compile(r"client_(\d+)")
 _LOADERS = {"server": UNet2DModel, "scheduler": DDPMScheduler}  # and UNet2DModel for every client_K
+_LOAD_KWARGS = {UNet2DModel: {"low_cpu_mem_usage": False}}  # the weights as saved, without asking for accelerate
 
 
 def server_sample_generator(seed: int) -> torch.Generator:
@@ -84,6 +85,18 @@ class CollaFusePipelineOutput(BaseOutput):
 def _chunks(n: int, size: int):
     for a in range(0, n, size):
         yield a, min(n, a + size)
+
+
+def _own_memory(component):
+    """``component`` with every tensor copied into memory of its own. diffusers' loader leaves the
+    weights at their offsets in the loaded file, and CPU kernels compute the last bits of a
+    convolution differently on memory aligned otherwise (seen: 4e-7); copied, the model computes
+    what the trained model computed, bit for bit."""
+    if isinstance(component, torch.nn.Module):
+        with torch.no_grad():
+            for t in [*component.parameters(), *component.buffers()]:
+                t.data = t.data.clone()
+    return component
 
 
 def load_models(run_dir: Path, cfg: Config, device, ema: bool = True):
@@ -169,7 +182,7 @@ class CollaFusePipeline(DiffusionPipeline):
                 continue
             if list(spec) != ["diffusers", loader.__name__]:
                 raise UserError(f"{path / cls.config_name}: component {name!r} is {spec}, expected a diffusers {loader.__name__}")
-            parts[name] = loader.from_pretrained(path / name)
+            parts[name] = _own_memory(loader.from_pretrained(path / name, **_LOAD_KWARGS.get(loader, {})))
         names = {n for n in parts if _CLIENT.fullmatch(n)}
         if "scheduler" not in parts or names != {f"client_{k}" for k in range(len(names))}:
             raise UserError(f"{path / cls.config_name}: no scheduler, or clients not numbered 0..K-1")
