@@ -152,7 +152,7 @@ class CollaFusePipeline(DiffusionPipeline):
         """The pipeline of a run's config ``cfg`` with these models (at ``cut``, default the run's)."""
         cut = cut or Cut.from_config(cfg)
         return cls(server, Sampler.make_scheduler(cut), clients, protocol_kind=cfg.protocol.kind,
-                   cut_ratio=cut.cut_ratio, t_c=cut.t_c, diffusion=asdict(cfg.diffusion),
+                   cut_ratio=cut.cut_ratio, t_c=cut.t_c, diffusion=asdict(cut.diffusion),
                    server_conditioning=cfg.model.server_conditioning, clip=cfg.sample.clip,
                    batch_size=batch_size or cfg.sample.batch_size, step=step)  # fmt: skip
 
