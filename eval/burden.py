@@ -25,11 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from collafuse_privacy.config import Config
 from collafuse_privacy.diffusion import p_losses
-from collafuse_privacy.protocol import Cut, protocol_for
+from collafuse_privacy.protocol import Cut
 from collafuse_privacy.run.directory import RunDir
 from collafuse_privacy.run.schemas import BurdenReport
-from collafuse_privacy.sampler import Sampler
-from collafuse_privacy.sampling import client_denoise
+from collafuse_privacy.sampling import CollaFusePipeline
 
 Burden = BurdenReport  # the measured figures, as metrics/burden.json stores them
 
@@ -63,86 +62,88 @@ def _forward_flops(model, x: torch.Tensor, labels=None) -> int:
         return _flops(lambda: model(x, t, **kwargs))
 
 
+def _sampling_flops(pipe: CollaFusePipeline, local: CollaFusePipeline, x: torch.Tensor, g) -> tuple[int, int, int]:
+    """FLOPs per image of the server's steps, the client's and a local-only client's (all ``T``
+    steps): the model calls the pipeline's two halves make from ``x`` [1, ...], times one forward."""
+    server, client = pipe.server, pipe.clients[0]
+    labels = None if pipe.config.server_conditioning == "none" else torch.zeros(1, dtype=torch.long)
+    f_server = 0
+    if not pipe.cut.sends_nothing:
+        f_server = _calls(server, lambda: pipe.server_steps(x, g, labels)) * _forward_flops(server, x, labels)
+    f_forward = _forward_flops(client, x)
+    f_client = _calls(client, lambda: pipe.client_steps(0, x, g)) * f_forward
+    f_local = _calls(client, lambda: local.client_steps(0, x, g)) * f_forward
+    return f_server, f_client, f_local
+
+
+def _seconds_per_image(fn, batch: int, reps: int, warm) -> float:
+    """Seconds per image of ``batch`` over ``reps`` calls of ``fn`` after ``warm()`` (the measured
+    call may hold fewer images)."""
+    warm()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps / batch
+
+
+def _client_share(t_c: int, T: int, run_dir: Path | None) -> float:
+    """Share of the training images the client trains on: from the run's log, else ``t_c / T``."""
+    rows = RunDir(run_dir).train_log() if run_dir is not None else []
+    local_n = sum(sum(r.client_n) for r in rows)
+    sent_n = sum(sum(r.sent) for r in rows)
+    return local_n / (local_n + sent_n) if local_n + sent_n else t_c / T
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
 def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, batch: int = 32, reps: int = 1) -> Burden:
     """Measure the client's burden for ``cfg`` with its ``server`` and ``client`` models (CPU).
 
     Wall times: ``reps`` runs of each sampling chain (one chain is ``t_c`` or ``T`` forward
     passes at ``batch``), ``4 reps`` training steps, each after a warm-up."""
-    proto = protocol_for(cfg)
-    cut, local = proto.cut, Cut.at_ratio(cfg.diffusion, 1.0)
-    T, t_c = cut.T, cut.t_c
+    pipe = CollaFusePipeline.from_parts(cfg, server, [client])
+    local = CollaFusePipeline.from_parts(cfg, None, [client], cut=Cut.at_ratio(cfg.diffusion, 1.0))  # every step
+    cut = pipe.cut
     C, S = client.config.in_channels, cfg.data.image_size
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, C, S, S, generator=g)
-    labels = None
-    if cfg.model.server_conditioning != "none":
-        labels = torch.zeros(1, dtype=torch.long)
-    sampler = Sampler.from_config(cfg, cut)
-    f_server = 0
-    if not cut.sends_nothing:
-        f_server = _calls(server, lambda: proto.server_denoise(server, x, labels, g, sampler)) \
-            * _forward_flops(server, x, labels)
-    f_forward = _forward_flops(client, x)
-    f_client = _calls(client, lambda: client_denoise(client, sampler, x, g)) * f_forward
-    f_local = _calls(client, lambda: client_denoise(client, sampler.at(local), x, g)) * f_forward
-
+    f_server, f_client, f_local = _sampling_flops(pipe, local, x, g)
     xb = torch.randn(batch, C, S, S, generator=g)
 
     def warm_up():
         with torch.no_grad():
             client(xb, torch.zeros(batch, dtype=torch.long))  # one forward pass at the batch size, not a chain
 
-    def timed(fn, reps: int = reps, warm=warm_up) -> float:
-        """Seconds per image of ``batch`` (the measured call may hold fewer images)."""
-        warm()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - t0) / reps / batch
+    s_client = _seconds_per_image(lambda: pipe.client_steps(0, xb, g), batch, reps, warm_up)
+    s_local = _seconds_per_image(lambda: local.client_steps(0, xb, g), batch, reps, warm_up)
 
-    s_client = timed(lambda: client_denoise(client, sampler, xb, g))
-    s_local = timed(lambda: client_denoise(client, sampler.at(local), xb, g))
-
-    # Training: one forward + backward per image the client trains on.
-    share = t_c / T
-    rows = RunDir(run_dir).train_log() if run_dir is not None else []
-    if rows:
-        local_n = sum(sum(r.client_n) for r in rows)
-        sent_n = sum(sum(r.sent) for r in rows)
-        if local_n + sent_n:
-            share = local_n / (local_n + sent_n)
+    # Training: one forward + backward per image the client trains on, on its share of the images.
+    share = _client_share(cut.t_c, cut.T, run_dir)
 
     def train_step(xx):
         client.zero_grad(set_to_none=True)
         p_losses(client, xx, torch.zeros(len(xx), dtype=torch.long), torch.randn(xx.shape, generator=g)).mean().backward()
 
     f_train = _flops(lambda: train_step(x))
-    # A round of `batch` images costs the client one step on its share of them;
-    # per training image, against a local-only step on all of them.
+    # A round of `batch` images costs the client one step on its share of them; per training image,
+    # against a local-only step on all of them.
     xl = xb[: max(1, round(batch * share))]
-    s_train_full = timed(lambda: train_step(xb), reps=4 * reps, warm=lambda: train_step(xb))
-    s_train_client = timed(lambda: train_step(xl), reps=4 * reps, warm=lambda: train_step(xl))
+    s_train_full = _seconds_per_image(lambda: train_step(xb), batch, 4 * reps, lambda: train_step(xb))
+    s_train_client = _seconds_per_image(lambda: train_step(xl), batch, 4 * reps, lambda: train_step(xl))
     client.zero_grad(set_to_none=True)
-
-    d = C * S * S
-    per_msg = proto.bytes_per_row((C, S, S), with_labels=cfg.model.server_conditioning == "labels")
+    per_msg = pipe.protocol.bytes_per_row((C, S, S), with_labels=cfg.model.server_conditioning == "labels")
     return BurdenReport(
-        t_c=t_c,
-        timesteps=T,
-        sampling_client_flops_per_image=f_client,
-        sampling_server_flops_per_image=f_server,
-        sampling_local_only_flops_per_image=f_local,
-        sampling_flop_ratio=f_client / f_local if f_local else float("nan"),
-        sampling_client_seconds_per_image=s_client,
-        sampling_local_only_seconds_per_image=s_local,
-        sampling_time_ratio=s_client / s_local if s_local else float("nan"),
-        training_client_share=share,
-        training_flops_per_image=int(round(share * f_train)),
-        training_local_only_flops_per_image=f_train,
-        training_flop_ratio=share,
-        training_seconds_per_image=s_train_client,
-        training_local_only_seconds_per_image=s_train_full,
-        training_time_ratio=s_train_client / s_train_full if s_train_full else float("nan"),
+        t_c=cut.t_c, timesteps=cut.T,
+        sampling_client_flops_per_image=f_client, sampling_server_flops_per_image=f_server,
+        sampling_local_only_flops_per_image=f_local, sampling_flop_ratio=_ratio(f_client, f_local),
+        sampling_client_seconds_per_image=s_client, sampling_local_only_seconds_per_image=s_local,
+        sampling_time_ratio=_ratio(s_client, s_local),
+        training_client_share=share, training_flops_per_image=int(round(share * f_train)),
+        training_local_only_flops_per_image=f_train, training_flop_ratio=share,
+        training_seconds_per_image=s_train_client, training_local_only_seconds_per_image=s_train_full,
+        training_time_ratio=_ratio(s_train_client, s_train_full),
         bytes_sent_per_training_image=(1 - share) * per_msg,
-        bytes_received_per_sample=4 * d if not cut.sends_nothing else 0,
-    )
+        bytes_received_per_sample=4 * C * S * S if not cut.sends_nothing else 0,
+    )  # fmt: skip

@@ -23,7 +23,7 @@ import scipy.linalg
 import torch
 
 from collafuse_privacy.protocol import Cut, protocol_for
-from collafuse_privacy.sampler import CLIP_RULES, Sampler
+from collafuse_privacy.sampling.sampler import CLIP_RULES, Sampler
 from collafuse_privacy.sampling import client_denoise
 
 from conftest import tiny_config

@@ -173,7 +173,7 @@ def test_an_interrupted_sample_is_recognised(tmp_path, trained, monkeypatch):
     sampling.sample_run(run, n=3, device="cpu")
     assert sampling.read_samples(run)[1].n == 3
     calls = {"n": 0}
-    real = sampling.save_tensors
+    real = sampling.samples.save_tensors  # the module that writes the samples
 
     def dies_after_one(path, *a, **k):
         if calls["n"] == 1:
@@ -181,7 +181,7 @@ def test_an_interrupted_sample_is_recognised(tmp_path, trained, monkeypatch):
         calls["n"] += 1
         return real(path, *a, **k)
 
-    monkeypatch.setattr(sampling, "save_tensors", dies_after_one)
+    monkeypatch.setattr(sampling.samples, "save_tensors", dies_after_one)
     with pytest.raises(KeyboardInterrupt):
         sampling.sample_run(run, n=5, device="cpu")
     monkeypatch.undo()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from collafuse_privacy.protocol import protocol_for
-from collafuse_privacy.sampler import Sampler
+from collafuse_privacy.sampling.sampler import Sampler
 from collafuse_privacy.sampling import client_denoise
 
 from conftest import tiny_config

@@ -17,6 +17,8 @@ from ..eval.evaluate import format_tables
 from ..eval.membership import format_membership
 from ..eval.reconstruction import format_reconstruction
 from ..run.directory import RunDir
+from ..run.layout import SAMPLES, metrics_file
+from ..sampling import export_pipeline
 from ..stages import STAGES
 from .common import CONFIG, DEVICE, SET, load_cfg, main, user_errors
 
@@ -35,17 +37,21 @@ def config_cmd(config, overrides):
 @click.option("--run", "run_dir", type=click.Path(), required=True, help="A trained run directory.")
 @click.option("--n", type=click.IntRange(min=1), default=None, help="Samples per client (default: the config's sample.n).")
 @click.option("--seed", type=int, default=None, help="Sampling seed (default: the run's seed).")
+@click.option("--save-pretrained", "pretrained_dir", type=click.Path(file_okay=False), default=None,
+              help="Also save the trained system as a diffusers pipeline folder (CollaFusePipeline.from_pretrained).")
 @DEVICE
 @user_errors
-def sample(run_dir, n, seed, device):
+def sample(run_dir, n, seed, device, pretrained_dir):
     """Collaborative sampling: server down to the hand-over image, client to x0."""
     cfg = RunDir(run_dir).config()
     info = STAGES.get("sample")(Path(run_dir), cfg, device=device or cfg.device, n=n, seed=seed)
     click.echo(
         f"{info['n']} samples for each of {info['clients']} clients (checkpoint step {info['step']}, t_c = {info['t_c']}) "
-        f"-> {Path(run_dir) / 'samples'}",
+        f"-> {Path(run_dir) / SAMPLES}",
         err=True,
     )
+    if pretrained_dir:
+        click.echo(f"pipeline -> {export_pipeline(run_dir, pretrained_dir)}", err=True)
     click.echo(json.dumps(info))
 
 
@@ -63,7 +69,7 @@ def evaluate(run_dir, n, extractor, no_ends, device):
     result = STAGES.get("evaluate")(Path(run_dir), cfg, n=n, extractor=extractor, ends=not no_ends,
                                     device=device or cfg.device, log=lambda m: click.echo(m, err=True))  # fmt: skip
     click.echo(format_tables(result))
-    click.echo(f"-> {Path(run_dir) / 'metrics' / 'quality.json'}, {Path(run_dir) / 'metrics' / 'burden.json'}", err=True)
+    click.echo(f"-> {Path(run_dir) / metrics_file('quality')}, {Path(run_dir) / metrics_file('burden')}", err=True)
 
 
 @main.command()

@@ -9,6 +9,8 @@ sampler forms ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``, applies 
 rule, and takes the DDPM posterior step ``q(x_{t-1} | x_t, x0_hat)``. So at any cut ratio the
 composed chain is the full chain, and differences across cut ratios are the models', not the
 samplers' (``tests/test_oracle_sampler.py`` checks it with Bayes-optimal denoisers).
+:meth:`Sampler.run` is the one sampling loop: the server's half and a client's half of
+:class:`~.pipeline.CollaFusePipeline` are its two parts, split at ``t_c``.
 
 Clipping rules (``sample.clip``):
 
@@ -28,9 +30,9 @@ from typing import Callable
 import torch
 from diffusers import DDPMScheduler
 
-from .config import CLIP_RULES
-from .errors import UserError
-from .protocol.cut import Cut
+from ..config import CLIP_RULES
+from ..errors import UserError
+from ..protocol.cut import Cut
 
 VARIANCE_TYPE = "fixed_small"
 LOW_NOISE_ABAR = 0.5  # ``low-noise`` clips x0_hat where abar_t is at least this
@@ -43,13 +45,31 @@ class Sampler:
     timesteps. Images ``[B, C, H, W]``, pixels in [-1, 1]; every draw from the given generator.
     """
 
-    def __init__(self, cut: Cut, clip: str = "none"):
+    def __init__(self, cut: Cut, clip: str = "none", scheduler: DDPMScheduler | None = None):
         if clip not in CLIP_RULES:
             raise UserError(f"config key 'sample.clip' must be one of {', '.join(CLIP_RULES)}, got {clip!r}")
         self.cut, self.clip = cut, clip
-        # x0 is handed to the scheduler (prediction_type "sample"), clipped by our rule, never by its own.
-        self.scheduler = DDPMScheduler(num_train_timesteps=cut.T, trained_betas=cut.betas.tolist(),
-                                       variance_type=VARIANCE_TYPE, prediction_type="sample", clip_sample=False)  # fmt: skip
+        if scheduler is None:
+            scheduler = self.make_scheduler(cut)
+        elif not self.steps_the_chain(scheduler, cut):
+            raise UserError(f"the sampler's scheduler does not step the chain of {cut} (other betas, variance "
+                            f"type or prediction type than {VARIANCE_TYPE!r} on x0 without its own clipping)")  # fmt: skip
+        self.scheduler = scheduler
+
+    @staticmethod
+    def make_scheduler(cut: Cut) -> DDPMScheduler:
+        """The DDPM step on ``cut``'s betas: ``x0`` is handed to it (prediction_type "sample"),
+        clipped by our rule, never by its own."""
+        return DDPMScheduler(num_train_timesteps=cut.T, trained_betas=cut.betas.tolist(),
+                             variance_type=VARIANCE_TYPE, prediction_type="sample", clip_sample=False)  # fmt: skip
+
+    @staticmethod
+    def steps_the_chain(scheduler: DDPMScheduler, cut: Cut) -> bool:
+        """Whether ``scheduler`` (e.g. one loaded from disk) takes exactly :meth:`make_scheduler`'s steps."""
+        c = scheduler.config
+        return (isinstance(scheduler, DDPMScheduler) and c.variance_type == VARIANCE_TYPE
+                and c.prediction_type == "sample" and not c.clip_sample and not c.thresholding
+                and scheduler.betas.shape == (cut.T,) and torch.equal(scheduler.betas, cut.betas.float()))  # fmt: skip
 
     @classmethod
     def from_config(cls, cfg, cut: Cut | None = None) -> "Sampler":

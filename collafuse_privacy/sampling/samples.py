@@ -1,13 +1,9 @@
-"""Collaborative sampling (DESIGN.md §1, inference; §5, one sampler).
+"""What one ``sample`` leaves in the run (DESIGN.md §5): the clients' outputs, the server's
+hand-over images, grids, their stats before the final clamp and ``samples/manifest.json``.
 
-The server draws ``x_{T-1} ~ N(0, I)`` and runs its steps ``t = T-1 .. t_c`` down
-to the hand-over image ``h = x_{t_c-1}``, which it sends to the client; the
-client runs ``t = t_c-1 .. 0`` with its own model. Both step the one full-chain
-sampler (:class:`collafuse_privacy.sampler.Sampler`: one variance type, one clipping
-rule); the cut-image server's tail prediction is mapped to the full chain's
-parameterisation, so the composed chain is the full chain at any cut. With ``c = 1``
-the client draws its own noise and nothing crosses; with ``c = 0`` the server's
-output is the final image.
+Owns :class:`SampleStats` (the divergence guard), :class:`SamplesManifest` (the unit of files
+written last), :func:`write_samples` / :func:`read_samples`. The images come from
+:class:`~.pipeline.CollaFusePipeline`; this module computes nothing random.
 """
 
 from __future__ import annotations
@@ -19,28 +15,14 @@ from typing import Optional
 
 import torch
 
-from .lock import locks_run
-from .client_secrets import read_secrets
-from .config import Config
-from .errors import UserError
-from .io import atomic_write_bytes, check_writable, load_tensors, save_tensors
-from .models import load_unet
-from .party import resolve_device
-from .protocol import Cut, protocol_for
-from .rng import generator
-from .run.codec import read_json, write_json
-from .run.directory import RunDir
-from .run.layout import (HANDOVER, HANDOVER_GRID, SAMPLES_GRID, SAMPLES_MANIFEST, SERVER, party_file, samples_client,
-                         samples_file, samples_grid)
-from .sampler import Sampler
-
-
-@torch.no_grad()
-def client_denoise(model, sampler: Sampler, h: torch.Tensor, gen: torch.Generator, clamp: bool = True) -> torch.Tensor:
-    """Run the client's steps ``t = t_c-1 .. 0`` of the one ``sampler`` from ``h``; returns ``x0``
-    (clamped to [-1, 1] with ``clamp``)."""
-    x = sampler.run(lambda x, t: model(x, t).sample, h, sampler.cut.t_c - 1, 0, gen)
-    return x.clamp(-1, 1) if clamp else x
+from ..checkpoint import sha256
+from ..config import Config
+from ..errors import UserError
+from ..io import atomic_write_bytes, load_tensors, save_tensors
+from ..protocol import Cut
+from ..run.codec import read_json, write_json
+from ..run.directory import RunDir
+from ..run.layout import HANDOVER, HANDOVER_GRID, SAMPLES_GRID, SAMPLES_MANIFEST, samples_client, samples_file, samples_grid
 
 
 @dataclass(frozen=True)
@@ -115,8 +97,6 @@ class SamplesManifest:
 
 def read_samples(run_dir: str | Path) -> tuple[dict[int, torch.Tensor], SamplesManifest]:
     """The clients' samples ``{k: [n, C, H, W]}`` of the last complete ``sample``, checked."""
-    from .checkpoint import sha256
-
     run_dir = Path(run_dir)
     mpath = run_dir / SAMPLES_MANIFEST
     if not mpath.is_file():
@@ -130,73 +110,6 @@ def read_samples(run_dir: str | Path) -> tuple[dict[int, torch.Tensor], SamplesM
     out = {samples_client(rel): load_tensors(run_dir / rel)["x0"]
            for rel in manifest.files if samples_client(rel) is not None}  # fmt: skip
     return out, manifest
-
-
-def _chunks(n: int, size: int):
-    for a in range(0, n, size):
-        yield a, min(n, a + size)
-
-
-def server_handovers(server, cfg: Config, clients: int, n: int, seed: int, device, batch_size: int = 256,
-                     shape=None) -> Optional[torch.Tensor]:  # fmt: skip
-    """The server's part of sampling: ``n`` hand-over images per client ``[K, n, C, S, S]``
-    (None where nothing crosses, c = 1), from ``x_{T-1}`` drawn from ``seed``."""
-    proto = protocol_for(cfg)
-    if proto.cut.sends_nothing:
-        return None
-    sampler = Sampler.from_config(cfg, proto.cut)
-    C, S = shape[0], shape[-1]
-    server_gen = generator(seed, 11)
-    handovers = torch.empty(clients, n, C, S, S)
-    for k in range(clients):
-        for a, b in _chunks(n, batch_size):
-            x = torch.randn((b - a, C, S, S), generator=server_gen).to(device)
-            labels = None
-            if cfg.model.server_conditioning == "client":
-                labels = torch.full((b - a,), k, dtype=torch.long, device=device)
-            elif cfg.model.server_conditioning == "labels":
-                n_cls = server.config.num_class_embeds
-                labels = torch.randint(0, n_cls, (b - a,), generator=server_gen).to(device)
-            handovers[k, a:b] = proto.server_denoise(server, x, labels, server_gen, sampler).cpu()
-    return handovers
-
-
-def client_finish(model, cfg: Config, handover: Optional[torch.Tensor], n: int, gen: torch.Generator, device,
-                  batch_size: int = 256, shape=None) -> torch.Tensor:  # fmt: skip
-    """A client's part of sampling: its ``n`` outputs ``[n, C, S, S]`` before the final clamp, from the
-    hand-over images ``handover`` [n, ...] it was sent (None, c = 1: from its own noise, ``gen``)."""
-    sampler = Sampler.from_config(cfg)
-    cut = sampler.cut
-    C, S = shape[0], shape[-1]
-    out = torch.empty(n, C, S, S)
-    for a, b in _chunks(n, batch_size):
-        h = handover[a:b].to(device) if handover is not None else torch.randn((b - a, C, S, S), generator=gen).to(device)
-        out[a:b] = client_denoise(model, sampler, h, gen, clamp=False).cpu() if not cut.sends_clean else h.cpu()
-    return out
-
-
-def client_sample_generator(seed: int, k: int, client_secret: Optional[int]) -> torch.Generator:
-    """Client ``k``'s sampling randomness: from its secret and ``seed``."""
-    return generator(client_secret, 12, seed) if client_secret is not None else generator(seed, 12, k)
-
-
-def collaborative_sample(server, clients: list, cfg: Config, n: int, seed: int, device, batch_size: int = 256,
-                         client_secrets: Optional[list[int]] = None):  # fmt: skip
-    """``n`` samples per client. Returns ``(samples [K, n, C, S, S], handover [K, n, ...] or None)``.
-
-    The server draws ``x_{T-1}`` and runs its part (``Protocol.server_denoise``) down to the
-    hand-over image from ``seed``; each client finishes with its own model (``client_denoise``)
-    and its own randomness, from its secret and ``seed``.
-    """
-    K = len(clients)
-    shape = (clients[0].config.in_channels, cfg.data.image_size, cfg.data.image_size)
-    handovers = server_handovers(server, cfg, K, n, seed, device, batch_size, shape)
-    out = torch.empty(K, n, *shape)
-    for k, model in enumerate(clients):
-        gen = client_sample_generator(seed, k, client_secrets[k] if client_secrets is not None else None)
-        out[k] = client_finish(model, cfg, handovers[k] if handovers is not None else None, n, gen, device,
-                               batch_size, shape)  # fmt: skip
-    return out, handovers
 
 
 def sample_stats(raw: torch.Tensor, handovers: Optional[torch.Tensor], cut: Cut) -> SampleStats:
@@ -216,24 +129,6 @@ def sample_stats(raw: torch.Tensor, handovers: Optional[torch.Tensor], cut: Cut)
                        tolerance=tol, beyond=[float(v) for v in (a > tol).double().mean(1)])  # fmt: skip
 
 
-def load_models(run_dir: Path, cfg: Config, device, ema: bool = True):
-    """Server and client models from the run's latest checkpoint (EMA weights by default)."""
-    from .checkpoint import check_finite, verified_step_dir
-
-    rd = RunDir(run_dir)
-    names = [party_file(SERVER, ema)] + [party_file(k, ema) for k in range(cfg.data.clients)]
-    d, _ = verified_step_dir(rd, names)
-    shape = rd.meta().shape
-    weights = [load_tensors(d / n) for n in names]
-    for n, w in zip(names, weights):
-        check_finite(w, d / n)
-    server = load_unet(cfg.model.preset, shape, weights[0], f"checkpoint {d}")
-    clients = [load_unet(cfg.model.client_model_preset, shape, w, f"checkpoint {d}") for w in weights[1:]]
-    for m in [server] + clients:
-        m.to(device).eval()
-    return server, clients, int(d.name.split("-")[-1])
-
-
 def save_grid(path: Path, images: torch.Tensor, nrow: int, min_tile: int = 48) -> None:
     """``images`` [N, C, H, W] in [-1, 1] -> PNG grid (written atomically).
 
@@ -249,35 +144,6 @@ def save_grid(path: Path, images: torch.Tensor, nrow: int, min_tile: int = 48) -
     buf = io.BytesIO()
     save_image((images + 1) / 2, buf, nrow=nrow, padding=2, pad_value=1.0, format="png")
     atomic_write_bytes(path, buf.getvalue())
-
-
-@locks_run
-def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto", seed: Optional[int] = None) -> dict:
-    """Collaborative samples for every client of a trained run.
-
-    Writes ``samples/client-K.safetensors`` and ``samples/grid-client-K.png`` (client
-    outputs, client-side), ``samples/grid.png`` (a row band per client) and records
-    the hand-over images the server produced in ``server_view/handover/``.
-    """
-    run_dir = Path(run_dir)
-    cfg = RunDir(run_dir).config()
-    n = n or cfg.sample.n
-    from .resources import check_sample_memory
-
-    check_sample_memory(cfg, n, RunDir(run_dir).meta().shape)  # before anything is allocated or written
-    dev = resolve_device(device)
-    server, clients, step = load_models(run_dir, cfg, dev)
-    seed = cfg.seed if seed is None else seed
-    secrets = read_secrets(run_dir)
-    if secrets is None:
-        raise UserError(f"{run_dir} has no clients/secrets.json (a run made by an older version): retrain it")
-    own = [secrets.client(k, cfg.seed) for k in range(len(clients))]
-    rd = RunDir(run_dir)
-    for folder in (rd.samples_dir, rd.handover_dir):  # nothing is computed for a folder we cannot write
-        folder.mkdir(parents=True, exist_ok=True)
-        check_writable(folder)
-    raw, handovers = collaborative_sample(server, clients, cfg, n, seed, dev, cfg.sample.batch_size, own)
-    return write_samples(run_dir, cfg, raw, handovers, step, n, seed)
 
 
 def write_handovers(run_dir, handovers: torch.Tensor, step: int, cut: Cut) -> None:
@@ -314,8 +180,6 @@ def write_samples(run_dir: Path, cfg: Config, raw: torch.Tensor, handovers: Opti
             save_grid(run_dir / HANDOVER_GRID, handovers[:, :show].reshape(-1, *handovers.shape[2:]).clamp(-1, 1), show)
     else:
         rd.handover_path.unlink(missing_ok=True)
-    from .checkpoint import sha256
-
     write_json(run_dir / SAMPLES_MANIFEST,
                SamplesManifest(step=step, n=n, seed=seed, files={f: sha256(run_dir / f) for f in files}, stats=stats))
     return {"run_dir": str(run_dir), "n": n, "clients": K, "step": step, "t_c": cfg.t_c, "problem": stats.problem()}
