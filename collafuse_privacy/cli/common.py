@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from .. import protocol  # noqa: F401  (importing it adds the protocol's and the schedule's config checks)
 from ..config import load_config
 from ..errors import UserError
 
