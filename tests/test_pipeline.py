@@ -21,7 +21,7 @@ from collafuse_privacy.io import load_tensors
 from collafuse_privacy.models import build_unet
 from collafuse_privacy.protocol import Cut, protocol_for
 from collafuse_privacy.rng import generator
-from collafuse_privacy.rundir import RunDir
+from collafuse_privacy.run.directory import RunDir
 from collafuse_privacy.sampling import (CollaFusePipeline, Sampler, client_finish, client_sample_generator,
                                         read_samples, run_client_secrets, server_handovers)
 
