@@ -66,6 +66,7 @@ from collafuse_privacy.config import Config
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.numbers import fmt
 from collafuse_privacy.run.directory import RunDir
+from collafuse_privacy.targets import parse_target, target_name
 from collafuse_privacy.run.layout import CHECKPOINTS, CONFIG, audit_twin
 from collafuse_privacy.run.schemas import AuditReport
 
@@ -160,12 +161,8 @@ def check_audit_methods(methods: Optional[Sequence[str]], options: Optional[dict
 
 
 def parse_audit_target(target: str) -> str:
-    t = str(target).strip()
-    if t == SERVER:
-        return t
-    if t.startswith("client:") and t.split(":", 1)[1].isdigit():
-        return t
-    raise UserError(f"audit target must be 'server' or 'client:K', got {target!r}")
+    """The audit's target in its canonical spelling (``server`` or ``client:K``; :mod:`collafuse_privacy.targets`)."""
+    return target_name(*parse_target(str(target).strip(), "audit target"))
 
 
 

@@ -133,7 +133,7 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
     s_train_full = _seconds_per_image(lambda: train_step(xb), batch, 4 * reps, lambda: train_step(xb))
     s_train_client = _seconds_per_image(lambda: train_step(xl), batch, 4 * reps, lambda: train_step(xl))
     client.zero_grad(set_to_none=True)
-    per_msg = pipe.protocol.bytes_per_row((C, S, S), with_labels=cfg.model.server_conditioning == "labels")
+    per_msg = pipe.protocol.bytes_per_row((C, S, S))
     return BurdenReport(
         t_c=cut.t_c, timesteps=cut.T,
         sampling_client_flops_per_image=f_client, sampling_server_flops_per_image=f_server,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from collafuse_privacy.data import load_dataset
-from collafuse_privacy.protocol import PROTOCOLS, Cut, CutImageMessage, SharedNoiseMessage, from_tensors, make_protocol, \
+from collafuse_privacy.protocol import PROTOCOLS, Cut, CutImageMessage, SharedNoiseMessage, make_protocol, \
     protocol_for
 from collafuse_privacy.training import train
 from collafuse_privacy.view import ServerView, load_shards
@@ -45,7 +45,7 @@ def test_server_training_input_has_the_marginal_q_for_every_protocol(kind, cut_r
     x0_one, x0, t, eps1 = _client_batch(cut, n, g)
     msg = proto.encode(0, x0, t, eps1, ids=torch.arange(n), secret=0)
     assert set(msg.tensors()) == {"x", *proto.row_fields()} and not {"ids", "x0"} & set(msg.tensors())
-    msg = from_tensors(0, msg.tensors())  # what a network transport would rebuild
+    msg = proto.decode(0, msg.tensors())  # what a network transport would rebuild
     x_t, t_srv, target = proto.server_batch([msg], torch.Generator().manual_seed(1), torch.device("cpu"))
     assert t_srv.min() >= cut.t_c and t_srv.max() <= cut.T - 1
     assert len(t_srv.unique()) == cut.T - cut.t_c  # the server covers its whole range

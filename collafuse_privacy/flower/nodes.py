@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..io import append_jsonl, load_tensors, save_tensors, truncate_jsonl
 from ..models import load_unet
 from ..party import resolve_device
-from ..protocol import Cut, Message, from_tensors, protocol_for
+from ..protocol import Cut, Message, protocol_for
 from ..run.codec import read_json
 from ..run.directory import RunDir
 from ..run.layout import (CONFIG, PARTY_ASSIGNMENT, PARTY_DATA, PARTY_LOG, PARTY_SAMPLES, PARTY_SECRET, PARTY_SENT,
@@ -228,7 +228,7 @@ class ServerNode:
             t0 = time.perf_counter()
             payloads = [rows[i] for rows in per_client]
             sent = [0 if p is None else int(p["x"].shape[0]) for p in payloads]
-            msgs = [None if p is None else from_tensors(k, {n: v.to(self.device) for n, v in p.items()})
+            msgs = [None if p is None else self.protocol.decode(k, {n: v.to(self.device) for n, v in p.items()})
                     for k, p in enumerate(payloads)]  # fmt: skip
             self.rounds.run_round({"step": self.step + 1, "sent": sent}, msgs, t0)
 

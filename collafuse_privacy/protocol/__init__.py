@@ -14,7 +14,7 @@ from ..config import add_check
 from .base import PROTOCOLS, ModelRange, Protocol, check_config, make_protocol, protocol_for, register  # noqa: F401
 from .conditioning import CONDITIONINGS, Conditioning, make_conditioning  # noqa: F401
 from .cut import Cut, noised  # noqa: F401
-from .messages import ENVELOPE, CutImageMessage, Message, SharedNoiseMessage, Transport, from_tensors  # noqa: F401
+from .messages import ENVELOPE, CutImageMessage, Message, SharedNoiseMessage, Transport  # noqa: F401
 
 # Importing a protocol's module registers it.
 from . import shared_noise, cut_image  # noqa: E402,F401

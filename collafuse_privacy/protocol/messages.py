@@ -106,13 +106,6 @@ class CutImageMessage(Message):
         return int(self.h.shape[0])
 
 
-def from_tensors(client: int, tensors: dict[str, torch.Tensor]) -> Message:
-    """Deprecated: ``Protocol.decode`` rebuilds a message by its protocol's message type. This guess by
-    the keys stays only until ``flower/parties.py`` calls ``decode``."""
-    kind = SharedNoiseMessage if "eps" in tensors else CutImageMessage
-    return kind.from_tensors(client, tensors)
-
-
 class Transport:
     """In-process delivery: ``send`` calls every receiver (the server, then the view recorder)."""
 

@@ -49,7 +49,6 @@ from .sampler import Sampler
 
 SERVER_STREAM = 11  # generator(seed, SERVER_STREAM): the server's sampling randomness
 CLIENT_STREAM = 12  # client k's: generator(secret, CLIENT_STREAM, seed)
-CONDITIONINGS = ("none", "client", "labels")  # model.server_conditioning
 _CLIENT = re.compile(r"client_(\d+)")
 _LOADERS = {"server": UNet2DModel, "scheduler": DDPMScheduler}  # and UNet2DModel for every client_K
 _LOAD_KWARGS = {UNet2DModel: {"low_cpu_mem_usage": False}}  # the weights as saved, without asking for accelerate
@@ -136,13 +135,11 @@ class CollaFusePipeline(DiffusionPipeline):
         self.register_modules(server=server, scheduler=scheduler, **{f"client_{k}": m for k, m in enumerate(clients)})
         dcfg = DiffusionConfig(**(diffusion or {}))
         t_c = cut_timestep(cut_ratio, dcfg.timesteps) if t_c is None else int(t_c)
-        if server_conditioning not in CONDITIONINGS:
-            raise UserError(f"server_conditioning must be one of {', '.join(CONDITIONINGS)}, got {server_conditioning!r}")
         self.register_to_config(protocol_kind=protocol_kind, cut_ratio=float(cut_ratio), t_c=t_c, diffusion=asdict(dcfg),
                                 server_conditioning=server_conditioning, clip=clip, batch_size=int(batch_size),
                                 step=step)  # fmt: skip
         self.cut = Cut(dcfg, t_c, float(cut_ratio))
-        self.protocol = make_protocol(protocol_kind, self.cut, sends_labels=server_conditioning == "labels")
+        self.protocol = make_protocol(protocol_kind, self.cut, conditioning=server_conditioning)
         self.sampler = Sampler(self.cut, clip, scheduler)
 
     # ---- construction ----------------------------------------------------------------------------
@@ -225,11 +222,7 @@ class CollaFusePipeline(DiffusionPipeline):
         if self.cut.sends_nothing:
             return None
         x = torch.randn((m, *self.image_shape), generator=gen).to(self.device)
-        labels = None
-        if self.config.server_conditioning == "client":
-            labels = torch.full((m,), k, dtype=torch.long, device=self.device)
-        elif self.config.server_conditioning == "labels":
-            labels = torch.randint(0, self.server.config.num_class_embeds, (m,), generator=gen).to(self.device)
+        labels = self.protocol.conditioning.sample_labels(k, m, self.server.config.num_class_embeds, gen, self.device)
         return self.server_steps(x, gen, labels)
 
     def client_part(self, k: int, h: Optional[torch.Tensor], m: int, gen: torch.Generator) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ..defenses.dp_sgd import PoissonSampler
 from ..diffusion import q_sample
 from ..models import build_unet
 from ..party import Batcher, Party
-from ..protocol import Cut, Message, Protocol
+from ..protocol import Cut, Message, Protocol, make_conditioning
 from ..rng import generator
 
 # The random streams: generator(cfg.seed, SERVER_STREAM) for the server's own noise (cut-image's
@@ -75,33 +75,19 @@ class Client:
 class Server:
     """The shared server model for ``t >= t_c``; trains on what it receives."""
 
-    def __init__(self, party: Party, protocol: Protocol, conditioning: str, gen: torch.Generator):
-        self.party, self.protocol, self.conditioning, self.gen = party, protocol, conditioning, gen
+    def __init__(self, party: Party, protocol: Protocol, gen: torch.Generator):
+        self.party, self.protocol, self.gen = party, protocol, gen
         self.inbox: list[Message] = []
 
     def receive(self, msg: Message) -> None:
         self.inbox.append(msg)
-
-    def class_labels(self, msgs: list[Message]) -> Optional[torch.Tensor]:
-        if self.conditioning == "client":
-            return torch.cat([torch.full((len(m),), m.client, dtype=torch.long) for m in msgs])
-        if self.conditioning == "labels":
-            return torch.cat([m.labels for m in msgs])
-        return None
-
-    def model_inputs(self, msgs: list[Message]):
-        """What the server trains on: ``(x_t, t, target_noise, class_labels)`` (``Protocol.server_batch``)."""
-        labels = self.class_labels(msgs)
-        labels = labels.to(self.party.device) if labels is not None else None
-        x_t, t, target = self.protocol.server_batch(msgs, self.gen, self.party.device)
-        return x_t, t, target, labels
 
     def train_step(self) -> tuple[Optional[float], int]:
         """One step on this round's inbox; returns (loss, images)."""
         msgs, self.inbox = self.inbox, []
         if not msgs:
             return None, 0
-        x_t, t, target, labels = self.model_inputs(msgs)
+        x_t, t, target, labels = self.protocol.model_inputs(msgs, self.gen, self.party.device)
         return self.party.train_step(x_t, t, target, labels), int(x_t.shape[0])
 
     def state(self, recorder, transport) -> ServerState:
@@ -119,7 +105,7 @@ class Server:
 
 def server_class_embeds(cfg: Config, num_classes: int) -> Optional[int]:
     """Size of the server model's class embedding (``model.server_conditioning``)."""
-    return {"none": None, "client": cfg.data.clients, "labels": num_classes}[cfg.model.server_conditioning]
+    return make_conditioning(cfg.model.server_conditioning).class_embeds(cfg.data.clients, num_classes)
 
 
 def build_server_model(cfg: Config, size: int, channels: int, num_classes: int):
@@ -138,7 +124,7 @@ def build_client_model(cfg: Config, secret: int, size: int, channels: int):
 
 def make_server(cfg: Config, model, protocol: Protocol, device: torch.device) -> Server:
     """The server around its ``model``, with its own random stream."""
-    return Server(Party(model, cfg.train, device), protocol, cfg.model.server_conditioning, server_generator(cfg.seed))
+    return Server(Party(model, cfg.train, device), protocol, server_generator(cfg.seed))
 
 
 def client_dp_on(cfg: Config) -> bool:
@@ -217,10 +203,9 @@ def client_round(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) 
     n_remote = int(remote.sum())
     if n_remote == 0:
         return ClientRound(loss, n_local, None, None)
-    rows = torch.nonzero(remote.cpu()).flatten()[torch.randperm(n_remote, generator=c.order)]
+    rows = protocol.shuffle_rows(remote, c.order)
     r = rows.to(dev)
-    labels = y[r] if cfg.model.server_conditioning == "labels" else None
-    msg = protocol.encode(c.k, x0[r], t[r], eps[r], ids=ids[rows], secret=c.secret, labels=labels)
+    msg = protocol.encode(c.k, x0[r], t[r], eps[r], ids=ids[rows], secret=c.secret, labels=y[r])
     sent = pos[rows]
     c.sends.index_add_(0, sent, torch.ones_like(sent))
     return ClientRound(loss, n_local, msg, ids[rows])
