@@ -21,18 +21,20 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from .errors import UserError
 from .io import load_state, load_tensors, save_state, save_tensors
-from .party import Party
 from .run.codec import read_json, write_json
 from .run.directory import RunDir
 from .run.layout import (MANIFEST, PARTIAL_STEP_GLOB, SERVER, STATE, client_index, client_name, is_step_name,
                          partial_step_name, party_file, step_name)
 from .run.schemas import LatestCheckpoint
+
+if TYPE_CHECKING:  # a party is duck-typed here (model, ema_state_dict, state_dict, load)
+    from .party import Party
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Optional
 from .config import Config
 from .run.codec import read_json, write_json
 from .run.layout import SECRETS
+from .errors import UserError
 
 
 def mix(*parts) -> int:
@@ -83,8 +84,6 @@ def secrets_for(cfg: Config, run_dir: Optional[str | Path] = None, given: Option
     held = read_secrets(run_dir) if run_dir is not None else None
     s = held or given or make_secrets(cfg)
     if s.derived_from_seed != cfg.secrets.derive_from_seed:
-        from .errors import UserError
-
         where = f"{run_dir}/{SECRETS}" if held else "the secrets given"
         raise UserError(f"{where} {'were' if s.derived_from_seed else 'were not'} derived from the seed, but the "
                         f"config says secrets.derive_from_seed={str(cfg.secrets.derive_from_seed).lower()}")  # fmt: skip

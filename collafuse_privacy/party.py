@@ -11,6 +11,7 @@ from diffusers.training_utils import EMAModel
 from .config import TrainConfig
 from .diffusion import p_losses
 from .errors import UserError
+from .defenses.dp_sgd import DPSGD
 
 EMA_DECAY = 0.999
 
@@ -43,8 +44,6 @@ class Party:
         unchanged); per-sample clipping replaces ``train.grad_clip``; the EMA copy is a
         post-processing of the private weights.
         """
-        from .defenses.dp_sgd import DPSGD
-
         self.dp = DPSGD(self.model, self.opt, **dp_kwargs)
 
     def train_step(self, x_t, t, noise, class_labels=None) -> Optional[float]:

@@ -20,6 +20,9 @@ from .errors import UserError
 from .protocol import Cut, protocol_for
 from .run.directory import RunDir
 from .run.schemas import CutChoice
+from .defenses import accounting
+from .defenses.accounting import POISSON_TAIL, epochs_bound, poisson_draws_bound, smallest_cut
+from .defenses.unlinked import refusal_for, view_unlinked
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,13 @@ def planned_releases(cfg: Config, n_members: list[int], steps: Optional[int] = N
     """Releases per image known before training (``defenses.accounting.planned_releases``), and the
     probability that the bound fails (Poisson sampling: a union bound over the images; 0 for the
     epochs of a seeded batcher, which is certain). ``steps``: rounds (default ``train.steps``)."""
-    from .defenses.accounting import POISSON_TAIL, epochs_bound, planned_releases, poisson_draws_bound
-
     n = min(n_members)
     B, R = cfg.train.batch_size, cfg.train.steps if steps is None else steps
     if cfg.defense.client_dp.enabled or cfg.train.sampling == "poisson":
         draws, fail = poisson_draws_bound(R, min(1.0, B / n), n), POISSON_TAIL
     else:
         draws, fail = epochs_bound(R, B, n), 0.0
-    releases = planned_releases(cfg.protocol.fixed_noise, draws)
+    releases = accounting.planned_releases(cfg.protocol.fixed_noise, draws)
     return releases, (0.0 if cfg.protocol.fixed_noise else fail)
 
 
@@ -61,8 +62,6 @@ def resolve_cut(cfg: Config, data: Dataset, splits: Splits, run_dir: Optional[Pa
     A run in ``run_dir`` made for the same target keeps its cut if that still meets the
     target (more rounds mean more releases with fresh noise) and is refused otherwise.
     """
-    from .defenses.accounting import smallest_cut
-
     if cfg.model.server_conditioning == "labels":
         raise UserError("protocol.target_epsilon with model.server_conditioning=labels: the labels cross the cut in "
                         "the clear, so no cut gives a finite epsilon (the view's replace-one adjacency replaces the "
@@ -100,8 +99,6 @@ def _resolve_unlinked_cut(cfg: Config, shape, n_members: list[int], run_dir: Opt
     bound, replace-one, the view's adjacency; ``defenses/unlinked.py``) over ``train.steps`` rounds meets
     the target, for the client with the fewest members (the highest sampling rate, or the most epochs).
     Refused when its assumptions fail."""
-    from .defenses.unlinked import refusal_for, view_unlinked
-
     p, delta = cfg.protocol, view_delta(cfg)
     why = refusal_for(cfg)  # labels with a target were refused before (resolve_cut)
     if why is not None:

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+from .accounting import dp_sgd_epsilon
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch")
 
@@ -159,8 +160,6 @@ class DPSGD:
 
     def epsilon(self, delta: float) -> float:
         """Epsilon spent so far at ``delta`` (Opacus accountant; inf for sigma = 0)."""
-        from .accounting import dp_sgd_epsilon
-
         return dp_sgd_epsilon(self.accountant.history, delta, self.accountant_name)
 
     def state_dict(self) -> dict:

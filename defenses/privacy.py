@@ -33,6 +33,11 @@ from ..run.schemas import (ClientDPEntry, ClientDPReport, CutChoice, PrivacyRepo
                            UnlinkedPrivacy, ViewPrivacy)
 from ..resolve import planned_releases
 from .accounting import INF, dp_sgd_epsilon, release_mu, sensitivity
+from ..protocol import protocol_for
+from ..resolve import view_delta
+from .unlinked import ADD_REMOVE_REASON, refusal_for, server_draw_probability, view_unlinked
+from ..io import load_state
+from ..checkpoint import TrainingState, verified_step_dir
 
 
 SEED_SECRETS_WARNING = ("secrets.derive_from_seed: the clients' secrets were derived from the config's seed, so a "
@@ -57,9 +62,6 @@ def compute_privacy(
     ``dp_states``: per client ``DPSGD.state_dict()`` (None without DP-SGD);
     ``n_members``: member images per client; ``steps``: rounds run.
     """
-    from ..protocol import protocol_for
-    from ..resolve import view_delta
-
     p = cfg.protocol
     proto = protocol_for(cfg)
     cut = proto.cut
@@ -106,10 +108,6 @@ def unlinked_privacy(cfg: Config, image_shape, n_members: list[int], steps: int)
     """The view's epsilon for the unlinked server (:mod:`.unlinked`) of a run with ``n_members`` per
     client after ``steps`` rounds: per client the secret-sampling bound under replace-one, the largest
     over clients; add/remove infinite wherever a row can cross the cut."""
-    from ..protocol import protocol_for
-    from ..resolve import view_delta
-    from .unlinked import ADD_REMOVE_REASON, refusal_for, server_draw_probability, view_unlinked
-
     delta = view_delta(cfg)
     why = refusal_for(cfg)
     if why is not None:
@@ -166,12 +164,8 @@ def _client_dp(cfg: Config, dp_states, n_members, t_c) -> ClientDPReport:
 def privacy_report(run_dir: str | Path, recompute: bool = False) -> PrivacyReport:
     """``metrics/privacy.json`` of a trained run; recomputed from the config, the latest
     checkpoint and ``splits.json`` when missing (or ``recompute``), then written."""
-    from ..io import load_state
-
     rd = RunDir(run_dir)
     cfg = rd.config()
-    from ..checkpoint import TrainingState, verified_step_dir
-
     if not rd.meta_path.is_file():
         raise UserError(f"{rd.path} has no finished checkpoint to compute privacy from; train it first")
     step_dir, _ = verified_step_dir(rd, [STATE])

@@ -75,6 +75,12 @@ from .audit_score import (CLIENT_METHODS, KNOWN_RELEASE, VIEW_METHODS, attack_sc
                           method_bounds, score_audit)  # fmt: skip
 from .canaries import (CANARY_KINDS, LABEL_ALT, LABEL_X, SERVER, Canaries, canaries_path, insert,  # noqa: F401
                        make_canaries, with_canaries)  # fmt: skip
+from collafuse_privacy.client_secrets import mix
+from collafuse_privacy.resolve import resolve, resolve_cut
+from collafuse_privacy.resources import check_canary_memory
+from collafuse_privacy.lock import locked
+from collafuse_privacy.party import resolve_device
+from collafuse_privacy.training import Session, Trainer
 
 DEFAULT_CANARIES = 1000
 
@@ -88,11 +94,6 @@ def audit_dir(run_dir, target: str = SERVER) -> Path:
 def audit_resolved(cfg: Config, run_dir: Path, m: int, kind: str, target: str, secrets=None):
     """The resolved config of the audit run in ``run_dir``: the ordinary one, with the canaries
     (made once, then read back from ``audit/canaries.safetensors``) inserted."""
-    from collafuse_privacy.client_secrets import mix
-    from collafuse_privacy.resolve import resolve, resolve_cut
-
-    from collafuse_privacy.resources import check_canary_memory
-
     base = resolve(cfg, run_dir, secrets)
     check_canary_memory(base.cfg, m, base.data.shape)  # before the canaries are made
     path = canaries_path(run_dir)
@@ -121,10 +122,6 @@ def run_audit(cfg: Config, run_dir, *, canaries: int = DEFAULT_CANARIES, kind: s
 
     ``secrets``: the clients' secrets (a sweep cell's, so its twin has the same split); default new ones.
     """
-    from collafuse_privacy.lock import locked
-    from collafuse_privacy.party import resolve_device
-    from collafuse_privacy.training import Session, Trainer
-
     run_dir = Path(run_dir)
     target = parse_audit_target(target)
     if not 0 < alpha < 1:

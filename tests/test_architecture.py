@@ -126,6 +126,56 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+# the layers, lowest first: a module may import its own layer and the ones below (module prefixes; the longest
+# matching prefix wins). Attacks see only the server's view, the diffusion model and the utilities.
+LAYERS = [
+    ("utils", ["errors", "io", "lock", "rng", "numbers", "linalg", "registry", "typed", "options", "targets",
+               "defenses", "defenses.accounting", "defenses.unlinked", "eval.stats", "eval.audit_stats", "eval.roc",
+               "configs"]),
+    ("config", ["config"]),
+    ("diffusion", ["diffusion", "models", "party", "defenses.dp_sgd"]),  # a denoiser and its training step
+    ("protocol", ["protocol"]),
+    ("data / run", ["data", "run", "client_secrets", "checkpoint", "view"]),
+    ("attacks", ["attacks"]),
+    ("training", ["resolve", "resources", "training", "sampling", "defenses.privacy"]),
+    ("eval", ["eval"]),
+    ("flower / orchestration", ["flower", "orchestration", "stages", "sweep", "ray_executor"]),
+    ("cli", ["cli", "__main__"]),
+]
+ATTACKS_MAY_IMPORT = ("utils", "config", "diffusion", "protocol", "attacks")  # and the view itself
+
+
+def layer_of(mod: str) -> int:
+    name = mod[len(PKG) + 1:] if mod != PKG else ""
+    best, layer = -1, None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (name == p or name.startswith(p + ".")) and len(p) > best:
+                best, layer = len(p), i
+    return layer
+
+
+def test_every_module_has_a_layer():
+    assert not [m for m in MODULES if m != PKG and layer_of(m) is None]
+
+
+def test_imports_run_one_way():
+    """utils -> config -> diffusion -> protocol -> data/run -> training -> eval -> flower/orchestration -> cli."""
+    bad = []
+    for mod, targets in _imports(top_level=True).items():
+        if mod == PKG:
+            continue
+        for t in targets:
+            if t == PKG:
+                continue
+            lm, lt = layer_of(mod), layer_of(t)
+            if lt > lm:
+                bad.append(f"{mod} ({LAYERS[lm][0]}) imports {t} ({LAYERS[lt][0]})")
+            elif LAYERS[lm][0] == "attacks" and LAYERS[lt][0] not in ATTACKS_MAY_IMPORT and t != f"{PKG}.view":
+                bad.append(f"{mod} (an attack) imports {t}: attacks see only the view, diffusion and utils")
+    assert not bad, "imports against the layers:\n" + "\n".join(bad)
+
+
 def _parents_imports(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     """A package's ``__init__`` re-exporting its own modules is not a cycle of the layout: drop edges from a
     package to its own submodules (the submodules importing siblings stays checked)."""

@@ -7,7 +7,7 @@ import pytest
 
 from collafuse_privacy.config import load_config
 from collafuse_privacy.errors import UserError
-from collafuse_privacy.sweep import load_sweep
+from collafuse_privacy.orchestration import load_sweep
 
 CONFIGS = Path(str(resources.files("collafuse_privacy.configs")))
 

@@ -155,7 +155,7 @@ def _sweep_file(tmp_path, stages, **extra):
     ({"audit": {"methods": ["nosuch"]}}, "nosuch"),
 ])
 def test_6_13_sweep_stage_values_are_checked_when_the_file_loads(tmp_path, stages, words):
-    from collafuse_privacy.sweep import load_sweep
+    from collafuse_privacy.orchestration import load_sweep
 
     with pytest.raises(UserError, match=words.replace("'", "'")):
         load_sweep(_sweep_file(tmp_path, stages), tmp_path / "out")
@@ -164,7 +164,7 @@ def test_6_13_sweep_stage_values_are_checked_when_the_file_loads(tmp_path, stage
 
 def test_6_the_audit_stage_never_replaces_its_canaries(monkeypatch, tmp_path):
     import collafuse_privacy.eval.audit as audit
-    from collafuse_privacy.stages import STAGES
+    from collafuse_privacy.orchestration.stages import STAGES
 
     seen = {}
     monkeypatch.setattr(audit, "run_audit", lambda cfg, out, **kw: seen.update(kw))
@@ -173,7 +173,7 @@ def test_6_the_audit_stage_never_replaces_its_canaries(monkeypatch, tmp_path):
 
 
 def test_15_a_cell_with_no_stages_is_refused_at_load(tmp_path):
-    from collafuse_privacy.sweep import load_sweep
+    from collafuse_privacy.orchestration import load_sweep
 
     f = _sweep_file(tmp_path, {}, include=[{"seed": 5, "stages": {"privacy": {}}}])
     with pytest.raises(UserError, match="no stages to run"):

@@ -8,7 +8,7 @@ import pytest
 
 from collafuse_privacy.eval.membership import best_method
 from collafuse_privacy.eval.roc import auc
-from collafuse_privacy.sweep import load_sweep
+from collafuse_privacy.orchestration import load_sweep
 
 from test_sweep import sweep_file
 

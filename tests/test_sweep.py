@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from collafuse_privacy.cli import main
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.eval.report import collect
-from collafuse_privacy.sweep import load_sweep, run_sweep
+from collafuse_privacy.orchestration import load_sweep, run_sweep
 
 from conftest import TINY
 

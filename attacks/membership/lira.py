@@ -29,6 +29,8 @@ from collafuse_privacy.rng import generator
 from .base import NotApplicable, register
 from .loss import LossAttack
 from collafuse_privacy.options import BATCH, PRESET, SEED, Opt  # noqa: F401
+from collafuse_privacy.config import TrainConfig
+from collafuse_privacy.party import Party
 
 
 @register("lira")
@@ -74,9 +76,6 @@ class LiRA(LossAttack):
 
     def _train_reference(self, view, public: torch.Tensor, preset: str, i: int):
         """A model of the target's kind trained on the public images in the target's range."""
-        from collafuse_privacy.config import TrainConfig
-        from collafuse_privacy.party import Party
-
         m = view.meta
         gen = generator(self.seed, 0x11FA, i)
         with torch.random.fork_rng(devices=[]):

@@ -19,7 +19,7 @@ from ..eval.reconstruction import format_reconstruction
 from ..run.directory import RunDir
 from ..run.layout import SAMPLES, metrics_file
 from ..sampling import export_pipeline
-from ..stages import STAGES
+from ..orchestration.stages import STAGES
 from .common import CONFIG, DEVICE, SET, load_cfg, main, user_errors
 
 

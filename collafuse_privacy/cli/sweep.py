@@ -10,7 +10,7 @@ import click
 from ..errors import UserError
 from ..run.layout import SWEEP_INDEX
 from ..eval.report import write_report
-from ..sweep import load_sweep, run_sweep
+from ..orchestration import load_sweep, run_sweep
 from .common import DEVICE, embedded, main, user_errors
 
 

@@ -9,69 +9,27 @@ other cells of a sweep go on. A cell whose full config changed since its stages 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
 from ..client_secrets import Secrets, make_secrets, read_secrets, write_secrets
 from ..config import config_hash, from_dict
-from ..errors import UserError
 from ..io import atomic_write_text
 from ..lock import locked
-from ..run.codec import artefact, parse, write_json
+from ..run.codec import write_json
 from ..run.layout import CELL, CELL_ERROR
-from ..typed import to_data
+from ..run.schemas.sweep import CellStatus, read_cell, read_status  # noqa: F401  (read_cell: the dict API)
 from .stages import STAGES
 from .sweep_file import Cell
 
-CELL_FILE = CELL
-
-
-@artefact("cell")
-@dataclass(frozen=True)
-class CellStatus:
-    """``<cell>/cell.json``: which stages of the cell are done, with which options and config, and how
-    long each took; ``status`` pending | running | done | failed (``failed_stage``, ``error``)."""
-
-    id: str
-    overrides: dict[str, Any]
-    label: str
-    config_hash: Optional[str] = None
-    stages_done: list[str] = field(default_factory=list)
-    stage_options: dict[str, Any] = field(default_factory=dict)
-    status: str = "pending"
-    seconds: dict[str, float] = field(default_factory=dict)
-    failed_stage: Optional[str] = None
-    error: Optional[str] = None
-    schema: int = 1
-
-
-def read_status(run_dir: Path) -> Optional[CellStatus]:
-    """A cell's ``cell.json`` (None when missing or damaged: its stages are then re-checked). A file from
-    before the schema version was written reads as version 1."""
-    f = Path(run_dir) / CELL_FILE
-    try:
-        raw = json.loads(f.read_text()) if f.is_file() else None
-        if isinstance(raw, dict):
-            return parse({"schema": 1, **raw}, CellStatus, f)
-    except (ValueError, UserError):
-        pass  # a corrupt marker only costs a re-check of the stages
-    return None
-
-
-def read_cell(run_dir: Path) -> dict:
-    """``cell.json`` as plain data (empty when missing or damaged); for readers of the old dict API."""
-    status = read_status(run_dir)
-    return {} if status is None else to_data(status)
 
 
 def _write_status(run_dir: Path, status: CellStatus) -> None:
-    write_json(Path(run_dir) / CELL_FILE, status)
+    write_json(Path(run_dir) / CELL, status)
 
 
 def record_failure(cell: Cell, error: str) -> None:

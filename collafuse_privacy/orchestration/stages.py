@@ -19,6 +19,11 @@ from ..options import SEED_MAX, Opt
 from ..registry import Registry
 from ..sampling import sample_run
 from ..training import train
+from ..eval.evaluate import evaluate_run
+from ..defenses.privacy import privacy_report
+from ..eval.reconstruction import DEFAULT_CAP as RECONSTRUCTION_CAP, run_reconstruction
+from ..eval.membership import DEFAULT_CAP as MEMBERSHIP_CAP, run_membership
+from ..eval.audit import DEFAULT_CANARIES, audit_dir, run_audit
 
 STAGES: Registry = Registry("stage")
 
@@ -54,35 +59,27 @@ def sample_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: b
                             "extractor": Opt(str, choices=("auto", "inception", "classifier"))})
 def evaluate_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True, n=None,
                    extractor: str = "auto", ends: bool = False):  # fmt: skip
-    from ..eval.evaluate import evaluate_run
-
     return evaluate_run(run_dir, n=n, extractor=extractor, ends=ends, device=device, log=log)
 
 
 @stage("privacy")
 def privacy_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True):
-    from ..defenses.privacy import privacy_report
-
     return privacy_report(run_dir)
 
 
 @stage("reconstruction", options={"methods": METHODS, "options": METHOD_OPTIONS, "cap": CAP})
 def reconstruction_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True, methods=None,
                          options=None, cap=None):  # fmt: skip
-    from ..eval.reconstruction import DEFAULT_CAP, run_reconstruction
-
     return run_reconstruction(run_dir, methods=methods, device=device, log=log, options=options,
-                              cap=DEFAULT_CAP if cap is None else cap)  # fmt: skip
+                              cap=RECONSTRUCTION_CAP if cap is None else cap)  # fmt: skip
 
 
 @stage("membership", options={"methods": METHODS, "targets": Opt(list, item=str, nullable=True),
                               "options": METHOD_OPTIONS, "cap": CAP})
 def membership_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bool = True, methods=None,
                      targets=None, options=None, cap=None):  # fmt: skip
-    from ..eval.membership import DEFAULT_CAP, run_membership
-
     return {t: run_membership(run_dir, methods=methods, target=t, device=device, log=log, options=options,
-                              cap=DEFAULT_CAP if cap is None else cap) for t in (targets or ["server"])}  # fmt: skip
+                              cap=MEMBERSHIP_CAP if cap is None else cap) for t in (targets or ["server"])}  # fmt: skip
 
 
 @stage("audit", options={"canaries": Opt(int, 4, nullable=True), "kind": Opt(str, choices=("worst-case", "in-distribution")),
@@ -93,8 +90,6 @@ def audit_stage(run_dir: Path, cfg: Config, *, device: str, log=print, quiet: bo
                 secrets=None):  # fmt: skip
     """A twin of the run with canaries in ``<run>/audit-<target>/``, audited (``metrics/audit.json`` there).
     Its clients' secrets: the run's (or, for a cell that only audits, the sweep's)."""
-    from ..eval.audit import DEFAULT_CANARIES, audit_dir, run_audit
-
     canaries = DEFAULT_CANARIES if canaries is None else canaries  # 0 is refused, never replaced
     return run_audit(cfg, audit_dir(run_dir, target), canaries=canaries, kind=kind, target=target,
                      methods=methods, options=options, one_run=one_run, device=device, quiet=quiet, log=log,

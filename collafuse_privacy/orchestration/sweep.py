@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,40 +18,13 @@ from ..config import config_hash, from_dict
 from ..data import load_dataset
 from ..errors import UserError
 from ..lock import locked
-from ..run.codec import artefact, read_json, write_json
+from ..run.codec import write_json
 from ..run.layout import SWEEP_INDEX
+from ..run.schemas.sweep import IndexCell, SweepIndex, read_index  # noqa: F401  (read_index: the report's)
 from .cells import pending_stages, read_status, sweep_secrets
 from .executors import EXECUTORS
 from .sweep_file import Cell, Sweep
-
-
-@dataclass(frozen=True)
-class IndexCell:
-    """One cell in ``sweep.json``."""
-
-    id: str
-    dir: str
-    overrides: dict
-    label: str
-    setting: str = ""  # the label without the training seed
-    status: str = "pending"
-    error: Optional[str] = None
-    seconds: dict = field(default_factory=dict)
-
-
-@artefact("sweep-index")
-@dataclass(frozen=True)
-class SweepIndex:
-    """``OUT/sweep.json``: the sweep's name, stages and cells (what ``report`` reads)."""
-
-    name: str
-    stages: dict
-    cells: list[IndexCell]
-    schema: int = 1
-
-
-def read_index(out: str | Path) -> SweepIndex:
-    return read_json(Path(out) / SWEEP_INDEX, SweepIndex)
+from ..eval.features import get_extractor
 
 
 def _write_index(out: Path, index: SweepIndex) -> None:
@@ -107,8 +79,6 @@ def _prepare_extractors(cells: list[Cell], opts: dict, log: Callable[[str], None
     """Train (or find shipped or cached) the offline FID classifier once per data set, before
     parallel cells would each train the same one. It depends on the data only, not on a
     cell's split or secrets (eval/features.py)."""
-    from ..eval.features import get_extractor  # eval imports the orchestration (eval/report/collect.py)
-
     seen = set()
     for cell in cells:
         cfg = from_dict(cell.config)

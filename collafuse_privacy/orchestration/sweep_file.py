@@ -50,6 +50,7 @@ from ..options import check_value
 from ..run.layout import CELLS
 from ..targets import parse_target
 from .stages import STAGES
+from ..eval.audit import check_audit_methods, parse_audit_target
 
 TOP_KEYS = {"name", "base", "config", "grid", "include", "stages", "seeds"}
 
@@ -275,8 +276,6 @@ def _parse_stages(raw, path, what: str) -> dict:
 
 def _check_stage_options(stages: dict, path) -> None:
     """Attack methods and their options named in a sweep file exist (before anything runs)."""
-    from ..eval.audit import check_audit_methods, parse_audit_target  # eval imports the orchestration
-
     for name, family in (("reconstruction", RECONSTRUCTION), ("membership", MEMBERSHIP)):
         if name not in stages:
             continue

@@ -13,7 +13,7 @@ from collafuse_privacy.errors import UserError
 from collafuse_privacy.numbers import num
 from collafuse_privacy.run.directory import METRICS, RunDir
 from collafuse_privacy.run.layout import AUDIT_TWIN_GLOB, CONFIG, SAMPLES_GRID, SWEEP_INDEX
-from collafuse_privacy.sweep import read_cell, read_index
+from collafuse_privacy.run.schemas.sweep import read_cell, read_index
 
 
 def _iv(iv) -> Optional[dict]:

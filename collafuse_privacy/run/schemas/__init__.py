@@ -8,6 +8,7 @@
     membership      metrics/membership.json (eval/membership.py)
     reconstruction  metrics/reconstruction.json (eval/reconstruction.py)
     audit           metrics/audit.json (eval/audit.py)
+    sweep           <cell>/cell.json, OUT/sweep.json (orchestration/cells.py, orchestration/sweep.py)
 
 Importing this package registers every one of them in :data:`collafuse_privacy.run.codec.ARTEFACTS`.
 """
@@ -23,9 +24,11 @@ from .quality import (ClientDisclosure, ClientQuality, DisclosureFigures, Pooled
 from .burden import BurdenReport
 from .membership import BestMethod, GDPSection, MembershipMethod, MembershipReport, MembershipResult
 from .reconstruction import BestReconstruction, Linking, ReconstructionMethod, ReconstructionReport
+from .sweep import CellStatus, IndexCell, SweepIndex
 from .audit import AUDIT_FORMAT, AuditBound, AuditMethod, AuditOneRun, AuditReleases, AuditReport, AuditStratum
 
 __all__ = [
+    "CellStatus", "IndexCell", "SweepIndex",
     "LatestCheckpoint", "TrainRow", "RecordStats", "ViewManifest", "ViewMeta", "ClientDPEntry", "ClientDPReport",
     "CutChoice", "DPSGD_ADJACENCY", "LINKED_THREAT", "PrivacyReport", "ReleasePrivacy", "UNLINKED_THREAT",
     "UnlinkedClient", "UnlinkedPrivacy", "VIEW_ADJACENCY", "ViewPrivacy", "ClientDisclosure", "ClientQuality",
