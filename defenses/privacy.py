@@ -34,6 +34,7 @@ from ..run.schemas import (ClientDPEntry, ClientDPReport, CutChoice, PrivacyRepo
 from ..resolve import planned_releases
 from .accounting import INF, dp_sgd_epsilon, release_mu, sensitivity
 from ..protocol import protocol_for
+from ..protocol.accountant import releases_per_image
 from ..resolve import view_delta
 from .unlinked import ADD_REMOVE_REASON, refusal_for, server_draw_probability, view_unlinked
 from ..io import load_state
@@ -68,8 +69,7 @@ def compute_privacy(
     delta = view_delta(cfg)
     B, n_min = cfg.train.batch_size, min(n_members)
     if release_counts is not None:
-        counted = max((int(c.max()) if len(c) else 0) for c in release_counts)
-        releases = (1 if counted > 0 else 0) if p.fixed_noise else counted
+        releases = releases_per_image(release_counts, p.fixed_noise)
         how, fail = "counted during training", 0.0
     else:
         releases, fail = planned_releases(cfg, n_members, steps)

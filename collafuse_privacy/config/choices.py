@@ -16,7 +16,7 @@ DATASET_NAMES = ("mnist5k", "digits", "cifar10", "image-folder")  # collafuse_pr
 PARTITION_NAMES = ("iid", "by-class", "dirichlet")  # collafuse_privacy.data.PARTITIONS
 SCHEDULE_NAMES = ("linear", "cosine")  # collafuse_privacy.diffusion.SCHEDULES
 PRESET_NAMES = ("micro", "tiny", "small", "base")  # collafuse_privacy.models.PRESETS
-# The clipping rules of the one sampler (collafuse_privacy/sampler.py).
+# The clipping rules of the one sampler (collafuse_privacy/sampling/sampler.py).
 CLIP_RULES = ("none", "x0", "low-noise")
 
 CHOICES = {

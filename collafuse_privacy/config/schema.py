@@ -95,7 +95,7 @@ class RecordConfig:
 class SampleConfig:
     n: int = 64  # samples per client
     batch_size: int = 256
-    # Clipping rule of the one sampler every party steps (collafuse_privacy/sampler.py): none |
+    # Clipping rule of the one sampler every party steps (collafuse_privacy/sampling/sampler.py): none |
     # x0 (x0_hat clipped to [-1, 1] at every step) | low-noise (only where abar_t >= 0.5)
     clip: str = "low-noise"
 

@@ -23,7 +23,8 @@ from ..defenses.dp_sgd import PoissonSampler
 from ..diffusion import q_sample
 from ..models import build_unet
 from ..party import Batcher, Party
-from ..protocol import Cut, Message, Protocol, make_conditioning
+from ..protocol import Cut, Message, Protocol, make_conditioning, protocol_for
+from ..protocol.accountant import ReleaseAccountant
 from ..rng import generator
 
 # The random streams: generator(cfg.seed, SERVER_STREAM) for the server's own noise (cut-image's
@@ -53,23 +54,20 @@ class Client:
     batcher: Batcher  # or defenses.dp_sgd.PoissonSampler for DP clients
     secret: int  # the client's secret: seeds everything only it may know (client_secrets.py)
     order: torch.Generator  # the order of the rows in its messages
-    sends: Optional[torch.Tensor] = None  # [n] int64: times each member image crossed the cut
+    releases: Optional[ReleaseAccountant] = None  # the linked view's accountant of its member images
 
     def state(self) -> ClientState:
         """Its randomness and release counts (the checkpointed part besides its model)."""
         return ClientState(gen=self.gen.get_state(), order=self.order.get_state(), batcher=self.batcher.state_dict(),
-                           release_counts=self.sends.clone())  # fmt: skip
+                           release_counts=self.releases.state_dict()["release_counts"])  # fmt: skip
 
     def load_state(self, s: ClientState) -> None:
         """Restore :meth:`state` (``release_counts`` None: a checkpoint from before counting)."""
         self.gen.set_state(s.gen)
         self.order.set_state(s.order)
         self.batcher.load_state_dict(s.batcher)
-        n = s.release_counts
-        if n is not None:
-            if n.shape != self.sends.shape:
-                raise ValueError("release counts do not fit")
-            self.sends = n.clone()
+        if s.release_counts is not None:
+            self.releases.load_state_dict({"release_counts": s.release_counts})
 
 
 class Server:
@@ -144,7 +142,8 @@ def make_client(cfg: Config, k: int, model, images: torch.Tensor, labels: torch.
         batcher = Batcher(len(ids), generator(secret, CLIENT_BATCHES))
     return Client(k=k, images=images.to(device), labels=labels.to(device), ids=ids, party=party,
                   gen=generator(secret, CLIENT_DRAWS), batcher=batcher, secret=secret,
-                  order=generator(secret, CLIENT_ORDER), sends=torch.zeros(len(ids), dtype=torch.long))  # fmt: skip
+                  order=generator(secret, CLIENT_ORDER),
+                  releases=ReleaseAccountant(protocol_for(cfg), tuple(images.shape[1:]), len(ids)))  # fmt: skip
 
 
 def _make_private(cfg: Config, party: Party, n: int, secret: int, device: torch.device):
@@ -206,6 +205,5 @@ def client_round(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) 
     rows = protocol.shuffle_rows(remote, c.order)
     r = rows.to(dev)
     msg = protocol.encode(c.k, x0[r], t[r], eps[r], ids=ids[rows], secret=c.secret, labels=y[r])
-    sent = pos[rows]
-    c.sends.index_add_(0, sent, torch.ones_like(sent))
+    c.releases.step(pos[rows])
     return ClientRound(loss, n_local, msg, ids[rows])

@@ -54,7 +54,7 @@ def write_privacy(rd: RunDir, cfg: Config, shape: tuple, cut_choice, clients: li
     """``metrics/privacy.json``: formal epsilon of the server's view and of DP clients."""
     report = compute_privacy(
         cfg, shape, cut_choice=cut_choice,
-        release_counts=[c.sends for c in clients] if counts_complete else None,
+        release_counts=[c.releases.counts for c in clients] if counts_complete else None,
         dp_states=[c.party.dp.state_dict() for c in clients] if dp_on else None,
         n_members=[len(c.ids) for c in clients], steps=steps)  # fmt: skip
     rd.write_metrics("privacy", report)

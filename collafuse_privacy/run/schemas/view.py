@@ -1,5 +1,5 @@
 """Schemas of the server's view ``server_view/``: ``meta.json`` (written when training starts,
-``training.py``), ``record.json`` (``view.ViewRecorder``) and ``manifest.json`` (``view.seal_view``)."""
+``training/session.py``), ``record.json`` (``view.ViewRecorder``) and ``manifest.json`` (``view.seal_view``)."""
 
 from __future__ import annotations
 
