@@ -70,16 +70,32 @@ def tiny_run(tmp_path_factory):
     from collafuse_privacy.training import train
 
     cache: dict[tuple, object] = {}
+    prints: dict[tuple, dict] = {}
 
     def make(*overrides):
         key = tuple(overrides)
         if key not in cache:
             run_dir = tmp_path_factory.mktemp("run")
             train(tiny_config("record.dtype=float32", *overrides), run_dir, device="cpu", quiet=True)
-            cache[key] = run_dir
+            cache[key], prints[key] = run_dir, _fingerprint(run_dir)
         return cache[key]
 
-    return make
+    yield make
+    # shared by every test of the session: a test that changed or removed what training wrote would change
+    # what later tests see (attack and evaluation outputs added beside it are allowed; the lock file is rewritten)
+    changed = {}
+    for k, before in prints.items():
+        now = _fingerprint(cache[k])
+        bad = sorted(f for f, v in before.items() if f != ".lock" and now.get(f) != v)
+        if bad:
+            changed[str(cache[k])] = bad[:5]
+    assert not changed, f"tests changed files training wrote in the shared tiny_run directories (copy first): {changed}"
+
+
+def _fingerprint(run_dir) -> dict:
+    """Every file of a run with its size and modification time."""
+    return {str(f.relative_to(run_dir)): (f.stat().st_size, f.stat().st_mtime_ns)
+            for f in sorted(Path(run_dir).rglob("*")) if f.is_file()}  # fmt: skip
 
 
 def synthetic_cut_meta(T: int, shape, mu_target: float, *, fixed_noise: bool, clients: int):

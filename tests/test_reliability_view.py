@@ -163,11 +163,11 @@ def test_6_13_sweep_stage_values_are_checked_when_the_file_loads(tmp_path, stage
 
 
 def test_6_the_audit_stage_never_replaces_its_canaries(monkeypatch, tmp_path):
-    import collafuse_privacy.eval.audit as audit
+    import collafuse_privacy.orchestration.stages as stages
     from collafuse_privacy.orchestration.stages import STAGES
 
     seen = {}
-    monkeypatch.setattr(audit, "run_audit", lambda cfg, out, **kw: seen.update(kw))
+    monkeypatch.setattr(stages, "run_audit", lambda cfg, out, **kw: seen.update(kw))
     STAGES.get("audit")(tmp_path, tiny_config(), device="cpu", canaries=8)
     assert seen["canaries"] == 8
 
