@@ -8,5 +8,6 @@ Above training and sampling in the import order; the CLI and the report import i
 from .cells import CellStatus, read_status, run_cell  # noqa: F401
 from .executors import EXECUTORS  # noqa: F401
 from .stages import STAGES  # noqa: F401
-from .sweep import SweepIndex, read_index, run_sweep  # noqa: F401
+from ..run.schemas.sweep import SweepIndex, read_index  # noqa: F401  (the sweep's files, typed in run/)
+from .sweep import run_sweep  # noqa: F401
 from .sweep_file import Cell, Sweep, load_sweep  # noqa: F401

@@ -22,7 +22,7 @@ from ..io import atomic_write_text
 from ..lock import locked
 from ..run.codec import write_json
 from ..run.layout import CELL, CELL_ERROR
-from ..run.schemas.sweep import CellStatus, read_cell, read_status  # noqa: F401  (read_cell: the dict API)
+from ..run.schemas.sweep import CellStatus, read_status
 from .stages import STAGES
 from .sweep_file import Cell
 

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..lock import locked
 from ..run.codec import write_json
 from ..run.layout import SWEEP_INDEX
-from ..run.schemas.sweep import IndexCell, SweepIndex, read_index  # noqa: F401  (read_index: the report's)
+from ..run.schemas.sweep import IndexCell, SweepIndex
 from .cells import pending_stages, read_status, sweep_secrets
 from .executors import EXECUTORS
 from .sweep_file import Cell, Sweep
