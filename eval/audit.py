@@ -187,6 +187,11 @@ def format_audit(r: AuditReport) -> str:
     for x in r.strata:
         lines.append(f"  released {x.releases}x: {x.slots} slots, mu >= {fmt(x.mu_lb, '.3g')} (known-release, confidence "
                      f"1 - {x.alpha:.3g}) against their formal mu {x.formal_mu:.4g}")  # fmt: skip
+    u = r.unlinked
+    if u is not None:
+        lines.append(f"  unlinked claim (formal epsilon {fmt(u.formal_epsilon, '.4g')}, view-only attacks, one-run): "
+                     + (", ".join(f"{n} >= {b:.3g}" for n, b in u.bounds.items()) + "; " if u.bounds else "")
+                     + u.message)  # fmt: skip
     lines.append(f"  check: {r.message}")
     lines += [f"  note: {n}" for n in r.notes]
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from collafuse_privacy.run.schemas import (AUDIT_FORMAT, AuditBound, AuditMethod
                                       AuditStratum)  # fmt: skip
 
 from . import audit_stats as st
+from .audit_unlinked import unlinked_check
 from .canaries import LABEL_ALT, LABEL_X, SERVER, Canaries, slot_rows
 from .harness import ScoredRun, attempts
 from .roc import auc as roc_auc
@@ -152,6 +153,7 @@ class _Game:
     strata: list = field(default_factory=list)
     results: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    scores: dict = field(default_factory=dict)  # the view-only methods' slot scores (the unlinked check)
 
 
 def _server_game(run: ScoredRun, privacy, can: Canaries, coin, cal, ev, alpha: float, one_run: bool,
@@ -227,6 +229,7 @@ def _attack(game: _Game, can: Canaries, coin, cal, ev, alpha: float, one_run: bo
         else:
             game.results[a.name] = method_bounds(s, coin, cal, ev, game.delta, alpha, game.gdp, one_run, sees,
                                                  f"{a.name}: {stat}")  # fmt: skip
+            game.scores[a.name] = s
             log(f"audit: {a.name} done")
 
 
@@ -329,6 +332,10 @@ def score_audit(run_dir, can: Canaries, *, methods=None, options=None, one_run=F
     n_pos, n_neg = int(coin[ev].sum()), int((~coin[ev]).sum())
     max_eps, max_mu = st.max_certifiable(n_pos, n_neg, game.delta, alpha)
     failed, message = _check(game, h, alpha)
+    unlinked = (unlinked_check(getattr(privacy, "unlinked", None), game.scores, coin, cal, ev, alpha)
+                if target == SERVER else None)  # fmt: skip
+    if unlinked is not None and unlinked.check == "failed":
+        failed, message = True, f"unlinked claim {unlinked.message}; linked claim {message}"
     ratio_of, ratio = _ratio(game, h)
     notes = game.notes + _closing_notes(game, usable, can, max_eps, n_pos + n_neg, target)
     return AuditReport(target=target, game=can.game, canaries=len(can), canary_kind=can.kind,
@@ -340,4 +347,5 @@ def score_audit(run_dir, can: Canaries, *, methods=None, options=None, one_run=F
                        max_certifiable_epsilon=max_eps, check="failed" if failed else "passed", message=message,
                        seconds=float(seconds), formal_mu=game.formal_mu, mu_lb=h.mu_lb, mu_method=h.mu_method,
                        canary_formal_mu=game.canary_mu, max_certifiable_mu=max_mu if game.gdp else None,
-                       releases=game.releases, strata=game.strata, notes=notes, format=AUDIT_FORMAT)  # fmt: skip
+                       releases=game.releases, strata=game.strata, notes=notes, unlinked=unlinked,
+                       format=AUDIT_FORMAT)  # fmt: skip

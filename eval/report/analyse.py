@@ -182,9 +182,21 @@ def audit_reading(cells: list[CellResult]) -> list[str]:
                          + (f"; without ground-truth links the best attack ({vo['method']}, chosen on a held-out "
                             f"half) certifies epsilon {vo['epsilon_lb']:.3g} ({vo['route']} route)"
                             if vo and a["target"] == "server" else "")
+                         + _unlinked_phrase(a.get("unlinked"))
                          + (". FAILED: the run discloses more than its accounting says." if a["check"] == "failed"
                             else "."))  # fmt: skip
     return lines
+
+
+def _unlinked_phrase(u: Optional[dict]) -> str:
+    """The unlinked claim's audit in one clause (empty where there is none)."""
+    if not u:
+        return ""
+    if u["check"] == "not audited":
+        return f"; the unlinked epsilon is not audited ({u['reason']})"
+    ratio = f", {u['ratio']:.2f} of it" if u.get("ratio") is not None else ""
+    return (f"; against the unlinked epsilon {u['formal_epsilon']:.4g} the best view-only attack ({u['best']}) "
+            f"certifies {u['epsilon_lb']:.3g}{ratio} (one-run; {u['check']})")
 
 
 def across_seeds(cells: list[CellResult]) -> list[dict]:

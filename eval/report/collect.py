@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -270,6 +272,7 @@ def _audit_row(a) -> dict:
             "mu_lb": a.mu_lb, "mu_method": a.mu_method, "ratio": a.ratio, "ratio_of": a.ratio_of,
             "max_certifiable": a.max_certifiable_epsilon, "best": a.best, "check": a.check,
             "message": a.message, "seconds": a.seconds, "notes": list(a.notes),
+            "unlinked": None if a.unlinked is None else dataclasses.asdict(a.unlinked),
             "view_only": None if best_view is None else {"method": best_view[0], "epsilon_lb": best_view[1].epsilon_lb,
                                                          "route": best_view[1].epsilon_route, "auc": best_view[1].auc}}  # fmt: skip
 

@@ -190,11 +190,21 @@ def _seeds_table(cells: list[CellResult]) -> list[list[str]]:
     return seeds
 
 
+def _unlinked_cell(u: Optional[dict], notes: "_Notes") -> str:
+    """The unlinked claim's audit: formal, best view-only bound and ratio, or why it is not audited."""
+    if not u:
+        return "n/a"
+    if u["check"] == "not audited":
+        return "not audited " + notes.na(u["reason"])[4:]
+    ratio = f" ({_fmt(u['ratio'], '.2f')})" if u.get("ratio") is not None else ""
+    return f"{_fmt(u['formal_epsilon'], '.4g')}: {_fmt(u['epsilon_lb'], '.3g')}{ratio}, {u['best']}, {u['check']}"
+
+
 def _audit_table(cells: list[CellResult]) -> tuple[list[list[str]], list[str]]:
     notes = _Notes()
     audit = [["setting", "target", "canaries", "claim", "formal eps (mu)", "mu lower bound (GDP route)",
               "eps lower bound (route)", "ratio", "canaries certify at most eps", "headline method (chosen on a held-out half)",
-              "best attack without ground-truth links", "check", "minutes"]]  # fmt: skip
+              "best attack without ground-truth links", "unlinked eps: best view-only bound (ratio)", "check", "minutes"]]  # fmt: skip
     for c in cells:
         for a in c.audits:
             vo = a["view_only"]
@@ -207,6 +217,7 @@ def _audit_table(cells: list[CellResult]) -> tuple[list[list[str]], list[str]]:
                           mu, eps, (f"{_fmt(a['ratio'], '.2f')} ({a['ratio_of']})" if a["ratio"] is not None else "n/a"),
                           _fmt(a["max_certifiable"], ".3g"), str(a["best"] or "none"),
                           f"{_fmt(vo['epsilon_lb'], '.3g')} ({vo['method']}, {vo['route']}, AUC {_fmt(vo['auc'], '.3f')})" if vo else "n/a",
+                          _unlinked_cell(a.get("unlinked"), notes),
                           a["check"] + "".join(" " + notes.na(n)[4:] for n in ([a["message"]] if a["check"] == "failed" else []) + a["notes"]),
                           _fmt(a["seconds"] / 60, ".1f")])  # fmt: skip
     return audit, notes.items

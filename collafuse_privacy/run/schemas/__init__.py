@@ -25,7 +25,8 @@ from .burden import BurdenReport
 from .membership import BestMethod, GDPSection, MembershipMethod, MembershipReport, MembershipResult
 from .reconstruction import BestReconstruction, Linking, ReconstructionMethod, ReconstructionReport
 from .sweep import CellStatus, IndexCell, SweepIndex
-from .audit import AUDIT_FORMAT, AuditBound, AuditMethod, AuditOneRun, AuditReleases, AuditReport, AuditStratum
+from .audit import (AUDIT_FORMAT, AuditBound, AuditMethod, AuditOneRun, AuditReleases, AuditReport, AuditStratum,
+                    AuditUnlinked)
 
 __all__ = [
     "CellStatus", "IndexCell", "SweepIndex",
@@ -35,5 +36,5 @@ __all__ = [
     "DisclosureFigures", "PooledQuality", "QUALITY_FORMAT", "QualityFloor", "QualityReport", "QualityRun",
     "BurdenReport", "BestMethod", "GDPSection", "MembershipMethod", "MembershipReport", "MembershipResult",
     "BestReconstruction", "Linking", "ReconstructionMethod", "ReconstructionReport", "AUDIT_FORMAT", "AuditBound",
-    "AuditMethod", "AuditOneRun", "AuditReleases", "AuditReport", "AuditStratum",
+    "AuditMethod", "AuditOneRun", "AuditReleases", "AuditReport", "AuditStratum", "AuditUnlinked",
 ]

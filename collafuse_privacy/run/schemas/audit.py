@@ -73,6 +73,25 @@ class AuditStratum:
     alpha: float
 
 
+@dataclass(frozen=True)
+class AuditUnlinked:
+    """The unlinked claim audited (issue 25): every view-only method's one-run epsilon lower bound (no
+    ground-truth links, at the unlinked number's delta) against ``privacy.json``'s unlinked epsilon
+    (replace-one, the server of our threat model). ``check``: ``passed`` | ``failed`` (a bound exceeds
+    it) | ``not audited`` (no unlinked number: ``reason``)."""
+
+    check: str
+    message: str
+    formal_epsilon: Optional[float] = None
+    delta: Optional[float] = None
+    reason: Optional[str] = None  # why there is nothing to audit (the unlinked number's refusal)
+    bounds: dict[str, float] = field(default_factory=dict)  # every view-only method's bound
+    best: Optional[str] = None  # the method chosen on the calibration slots
+    epsilon_lb: Optional[float] = None  # its bound on the evaluation slots
+    ratio: Optional[float] = None  # epsilon_lb / formal_epsilon
+    max_certifiable_epsilon: Optional[float] = None  # what a perfect attack would certify at this delta
+
+
 AUDIT_FORMAT = 2  # 1: an epsilon from the GDP route, Clopper-Pearson on dependent scores (refused: rerun)
 
 
@@ -108,6 +127,7 @@ class AuditReport:
     releases: Optional[AuditReleases] = None
     strata: list[AuditStratum] = field(default_factory=list)  # by release count (fresh noise: counts vary)
     notes: list[str] = field(default_factory=list)
+    unlinked: Optional[AuditUnlinked] = None  # the server's view only: the unlinked claim's audit
     format: int = 1  # AUDIT_FORMAT of the writer; a file without it is format 1
     schema: int = SCHEMA
 
