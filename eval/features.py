@@ -22,8 +22,12 @@ One set of weights per (dataset, image size, spec), whatever the run:
 * **Thread count.** Training and feature extraction run on the CPU with one torch thread
   (:func:`one_thread`; multi-threaded reductions sum in another order, and the same
   samples scored 115 or 125 FID with a classifier trained on 2 or 1 threads), and every
-  random draw comes from a seed: the weights are the same bytes on any machine with the
-  same torch build and CPU kind. The classifier is small enough that the GPU would not help.
+  random draw comes from a seed: the weights are the same bytes on any thread count on one
+  machine. Not across CPU instruction sets: oneDNN and MKL pick other kernels for AVX2, AVX-512
+  and AMX, and 700 training steps amplify their last-bit differences (measured 2026-12-03: three
+  different sha256 on one machine limited to each ISA). That is why the weights *ship*
+  (:func:`shipped_classifier`) rather than being rebuilt where they are used, and why every
+  figure names their sha256. The classifier is small enough that the GPU would not help.
 * **The split** (:func:`extractor_split`) is by image id, not by any run's split: a seeded
   permutation of all ``N`` images, 10% (500 on mnist5k) held out to measure test
   accuracy, the rest to train. A run's members and held-out images are then each, by
@@ -235,7 +239,8 @@ def build_shipped_extractor(dataset: str = "mnist5k", image_size: int = 16,
                             out_dir: Optional[Union[str, Path]] = None) -> dict:  # fmt: skip
     """Train the extractor that ships for ``dataset`` at ``image_size`` and write
     ``<out_dir>/<dataset>-<size>.safetensors`` and ``.json`` (default: the package's folder).
-    Returns the JSON's content. Deterministic: rerunning it reproduces the shipped bytes."""
+    Returns the JSON's content. Deterministic on one machine (any thread count); on a CPU with
+    another instruction set it gives other bytes of the same accuracy (see the module's notes)."""
     ds = load_dataset(DataConfig(name=dataset, image_size=image_size))
     meta = _train_entry(ds, *extractor_split(len(ds)), ClassifierSpec())
     blob = meta.pop("_bytes")

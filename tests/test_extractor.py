@@ -131,10 +131,31 @@ def test_every_package_folder_and_the_shipped_weights_are_in_pyproject():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", SHIPPED["mnist5k"])
-def test_shipped_weights_are_what_build_shipped_extractor_produces(tmp_path, size):
-    """About 30 s (16x16) to 90 s (28x28) of one-thread training each."""
-    meta = build_shipped_extractor("mnist5k", size, out_dir=tmp_path)
-    weights, _ = shipped_files("mnist5k", size)
-    assert (tmp_path / weights.name).read_bytes() == weights.read_bytes()
-    assert meta["sha256"] == json.loads(shipped_files("mnist5k", size)[1].read_text())["sha256"]
-    assert re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])
+def test_build_shipped_extractor_is_deterministic_here_and_as_good_as_the_shipped_one(tmp_path, size):
+    """About 15 s (16x16) to 45 s (28x28) of one-thread training per build.
+
+    What holds: two builds on one machine are the same bytes, and reach the shipped one's test
+    accuracy within 1.5 points; the shipped weights score their recorded accuracy on the held-out
+    split. What does not: the bytes across CPU instruction sets (measured 2026-12-03 on one
+    machine with oneDNN limited to AVX2, AVX-512 and AMX: three different sha256 at 16x16, none
+    the shipped one), which is why the weights ship and every FID names their sha256.
+    """
+    from collafuse_privacy.eval.classifier import _accuracy
+
+    a = build_shipped_extractor("mnist5k", size, out_dir=tmp_path / "a")
+    weights, meta_path = shipped_files("mnist5k", size)
+    shipped = json.loads(meta_path.read_text())
+    if size == min(SHIPPED["mnist5k"]):  # determinism once (the cheaper size)
+        b = build_shipped_extractor("mnist5k", size, out_dir=tmp_path / "b")
+        assert (tmp_path / "a" / weights.name).read_bytes() == (tmp_path / "b" / weights.name).read_bytes()
+        assert a["sha256"] == b["sha256"]
+    assert re.fullmatch(r"[0-9a-f]{64}", a["sha256"])
+    assert {k: a[k] for k in ("data_fingerprint", "split_sha256", "spec", "code_version", "n_test")} == {
+        k: shipped[k] for k in ("data_fingerprint", "split_sha256", "spec", "code_version", "n_test")}
+    assert abs(a["test_accuracy"] - shipped["test_accuracy"]) <= 0.015
+    ds = load_dataset(DataConfig(name="mnist5k", image_size=size))
+    ext, why = feat.shipped_classifier(ds)
+    assert ext is not None, why
+    test_idx = torch.tensor(extractor_split(len(ds))[1])
+    acc = _accuracy(ext.net, ds.images[test_idx], ds.labels[test_idx])
+    assert abs(acc - shipped["test_accuracy"]) <= 1 / shipped["n_test"]  # one image, across CPU kinds
