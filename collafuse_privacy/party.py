@@ -16,6 +16,19 @@ from .defenses.dp_sgd import DPSGD
 EMA_DECAY = 0.999
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``train.precision`` on ``device``; None for fp32.
+
+    ``auto`` is fp32 on the CPU (bit-reproducible runs) and bf16 on CUDA.
+    """
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    return PRECISIONS[name]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -25,11 +38,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Party:
-    """A denoiser with its optimiser, warm-up schedule and EMA copy."""
+    """A denoiser with its optimiser, warm-up schedule and EMA copy.
+
+    ``train.precision``: the forward pass runs under ``torch.autocast`` in bf16 or fp16 (fp16 with a
+    gradient scaler, checkpointed with the party); weights, optimiser state, EMA and the loss stay
+    fp32. DP-SGD parties always run in fp32 (``make_private``).
+    """
 
     def __init__(self, model: torch.nn.Module, train: TrainConfig, device: torch.device):
         self.model = model.to(device)
         self.device = device
+        self.amp = resolve_precision(train.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
         self.opt = torch.optim.Adam(self.model.parameters(), lr=train.lr, foreach=True)
         warm = max(1, train.lr_warmup)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
@@ -44,6 +64,7 @@ class Party:
         unchanged); per-sample clipping replaces ``train.grad_clip``; the EMA copy is a
         post-processing of the private weights.
         """
+        self.amp = self.scaler = None  # Opacus computes per-sample gradients in fp32 (train.precision: the server only)
         self.dp = DPSGD(self.model, self.opt, **dp_kwargs)
 
     def train_step(self, x_t, t, noise, class_labels=None) -> Optional[float]:
@@ -63,14 +84,26 @@ class Party:
         if x_t.shape[0] == 0:
             return None
         self.model.train()
-        loss = p_losses(self.model, x_t, t, noise, class_labels).mean()
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            loss = p_losses(self.model, x_t, t, noise, class_labels).mean()  # p_losses: fp32 loss
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        self.finish_step()
+        return float(loss.detach())
+
+    def finish_step(self) -> None:
+        """The step after the backward pass (the gradients in ``.grad``, scaled with fp16): clip,
+        optimiser step (skipped by the fp16 scaler on inf/nan), warm-up schedule, EMA."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
-        self.opt.step()
+        if self.scaler is None:
+            self.opt.step()
+        else:
+            self.scaler.step(self.opt)
+            self.scaler.update()
         self.sched.step()
         self.ema.step(self.model.parameters())
-        return float(loss.detach())
 
     def ema_state_dict(self) -> dict[str, torch.Tensor]:
         sd = dict(self.model.state_dict())
@@ -83,6 +116,8 @@ class Party:
         out = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "ema": ema}
         if self.dp is not None:
             out["dp"] = self.dp.state_dict()
+        if self.scaler is not None:
+            out["scaler"] = self.scaler.state_dict()
         return out
 
     def load(self, weights: dict, ema_weights: dict, state: dict) -> None:
@@ -97,6 +132,10 @@ class Party:
             raise ValueError("the checkpoint and this config disagree about DP-SGD")
         if self.dp is not None:
             self.dp.load_state_dict(state["dp"])
+        if (self.scaler is not None) != ("scaler" in state):
+            raise ValueError("the checkpoint and this config disagree about train.precision fp16")
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 class Batcher:

@@ -32,6 +32,8 @@ CHOICES = {
     "defense.client_dp.grad_sample_mode": ("hooks", "functorch"),
     "sample.clip": CLIP_RULES,
     "train.sampling": ("shuffle", "poisson"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.batched_clients": (None, True, False),
     "protocol.target_threat": ("linked", "unlinked"),
     "protocol.kind": PROTOCOL_NAMES,
 }

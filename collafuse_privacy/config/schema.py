@@ -76,6 +76,13 @@ class TrainConfig:
     # (defenses/unlinked.py). DP-SGD clients always draw Poisson.
     sampling: str = "shuffle"
     lr: float = 2e-3
+    # forward passes under torch.autocast: auto (fp32 on the CPU, bf16 on CUDA) | fp32 | bf16 | fp16
+    # (fp16 with a gradient scaler). Weights, optimiser, EMA, loss, the view and its accounting stay
+    # fp32 / record.dtype whatever the precision. DP-SGD clients run in fp32.
+    precision: str = "auto"
+    # the clients' local steps of a round in one vmap over their stacked models (training/batched.py):
+    # null (on CUDA only) | true | false. Equal to the one-by-one loop within float tolerance, not bitwise.
+    batched_clients: Optional[bool] = None
     lr_warmup: int = 50
     grad_clip: float = 1.0
     checkpoint_every: int = 250

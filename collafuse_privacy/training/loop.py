@@ -42,7 +42,8 @@ from ..models import num_params
 from ..party import Party
 from ..view import seal_view
 from .driver import ServerRounds
-from .parties import client_dp_on, client_round
+from .batched import batched_clients, batched_train_steps
+from .parties import client_dp_on, client_draw, client_round, client_send
 from .privacy import DPClients, write_privacy
 from .session import Session, refuse_audit_dir
 
@@ -80,7 +81,12 @@ class Trainer:
         checkpointed on the schedule)."""
         t0 = time.perf_counter()
         row = {"step": self.step + 1, "client_loss": [], "client_n": [], "sent": []}
-        results = [client_round(c, self.cfg, self.protocol, self.device) for c in self.clients]
+        if batched_clients(self.cfg.train.batched_clients, self.device):
+            draws = [client_draw(c, self.cfg, self.protocol, self.device) for c in self.clients]
+            losses = batched_train_steps([c.party for c in self.clients], [d.local_batch(self.cut) for d in draws])
+            results = [client_send(c, d, self.protocol, x) for c, d, x in zip(self.clients, draws, losses)]
+        else:
+            results = [client_round(c, self.cfg, self.protocol, self.device) for c in self.clients]
         for r in results:
             row["client_loss"].append(r.loss)
             row["client_n"].append(r.local)

@@ -179,31 +179,58 @@ class ClientRound:
     ids: Optional[torch.Tensor]
 
 
-def client_round(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) -> ClientRound:
-    """Client ``c``'s part of one round: draw, train its own steps, encode what crosses the cut.
+@dataclass
+class ClientDraw:
+    """A client's draws of one round: the batch's positions among its members, the images (their
+    labels and ids), a timestep and noise per image, and which images stay (``t < t_c``)."""
 
-    Touches only the client's own state (its generators, batcher, model, release counts); never
-    waits on the server, so a client can run many rounds ahead of it (the Flower apps do).
-    """
+    pos: torch.Tensor
+    x0: torch.Tensor
+    y: torch.Tensor
+    ids: torch.Tensor
+    t: torch.Tensor
+    eps: torch.Tensor
+    local: torch.Tensor
+    remote: torch.Tensor
+
+    def local_batch(self, cut: Cut) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_t, t, eps)`` of the client's own steps ``t < t_c``: nothing of this leaves the client."""
+        m = self.local
+        return q_sample(self.x0[m], self.t[m], self.eps[m], cut.abar), self.t[m], self.eps[m]
+
+
+def client_draw(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) -> ClientDraw:
+    """1. a batch of client ``c``'s members, a timestep and noise per image (from its own generators)."""
     cut = protocol.cut
-    # 1. a batch of the client's members, a timestep and noise per image
     pos = c.batcher.next(cfg.train.batch_size)
     x0, y, ids = c.images[pos.to(dev)], c.labels[pos.to(dev)], c.ids[pos]
     t = torch.randint(0, cut.T, (len(pos),), generator=c.gen)
     eps = torch.randn(x0.shape, generator=c.gen).to(dev)
     local, remote = (t < cut.t_c).to(dev), (t >= cut.t_c).to(dev)
-    t = t.to(dev)
-    # 2. the client's own steps t < t_c: nothing of this leaves the client
-    x_t = q_sample(x0[local], t[local], eps[local], cut.abar)
-    loss = c.party.train_step(x_t, t[local], eps[local])
-    n_local = int(local.sum())
-    # 3. what crosses the cut for t >= t_c (DESIGN.md §1), its rows in a uniformly random
-    #    order: neither the draw order nor the order of the client's data is sent
-    n_remote = int(remote.sum())
+    return ClientDraw(pos, x0, y, ids, t.to(dev), eps, local, remote)
+
+
+def client_send(c: Client, d: ClientDraw, protocol: Protocol, loss: Optional[float]) -> ClientRound:
+    """3. what crosses the cut for ``t >= t_c`` (DESIGN.md §1), its rows in a uniformly random order:
+    neither the draw order nor the order of the client's data is sent. ``loss``: of its own step."""
+    n_local, n_remote = int(d.local.sum()), int(d.remote.sum())
     if n_remote == 0:
         return ClientRound(loss, n_local, None, None)
-    rows = protocol.shuffle_rows(remote, c.order)
-    r = rows.to(dev)
-    msg = protocol.encode(c.k, x0[r], t[r], eps[r], ids=ids[rows], secret=c.secret, labels=y[r])
-    c.releases.step(pos[rows])
-    return ClientRound(loss, n_local, msg, ids[rows])
+    rows = protocol.shuffle_rows(d.remote, c.order)
+    r = rows.to(d.x0.device)
+    msg = protocol.encode(c.k, d.x0[r], d.t[r], d.eps[r], ids=d.ids[rows], secret=c.secret, labels=d.y[r])
+    c.releases.step(d.pos[rows])
+    return ClientRound(loss, n_local, msg, d.ids[rows])
+
+
+def client_round(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) -> ClientRound:
+    """Client ``c``'s part of one round: draw, train its own steps, encode what crosses the cut.
+
+    Touches only the client's own state (its generators, batcher, model, release counts); never
+    waits on the server, so a client can run many rounds ahead of it (the Flower apps do). With
+    ``train.batched_clients`` the in-process trainer runs the three parts for all clients at once
+    (``loop.py``, ``batched.py``): each client's streams are its own, so the draws are the same.
+    """
+    d = client_draw(c, cfg, protocol, dev)
+    loss = c.party.train_step(*d.local_batch(protocol.cut))  # 2. the client's own steps
+    return client_send(c, d, protocol, loss)
