@@ -117,31 +117,25 @@ def run_bare(args) -> dict:
     from collafuse_privacy.diffusion import q_sample
     from collafuse_privacy.resolve import resolve
     from collafuse_privacy.training import Session
+    from collafuse_privacy.training.parties import client_draw
 
     over = _overrides(args) + [f"protocol.cut_ratio={args.cut}", "train.checkpoint_every=1000000", "record.enabled=false"]
     cfg = load_config(None, over)
     with tempfile.TemporaryDirectory() as d:
         s = Session(resolve(cfg), d + "/run", torch.device(args.device), quiet=True)
         p = s.start()
-        abar, T, t_c = s.cut.abar, cfg.diffusion.timesteps, cfg.t_c
         times, n_img = [], []
         for r in range(args.warmup + args.rounds):
             t0 = time.perf_counter()
             xs, ts, ns, n = [], [], [], 0
             for c in p.clients:
-                idx = c.batcher.next(cfg.train.batch_size)
-                x0 = c.images[idx.to(c.images.device)]
-                t = torch.randint(0, T, (len(idx),), generator=c.gen).to(x0.device)
-                eps = torch.randn(x0.shape, generator=c.gen).to(x0.device)
-                local = t < t_c
-                if local.any():
-                    c.party.train_step(q_sample(x0[local], t[local], eps[local], abar), t[local], eps[local])
-                far = ~local
-                xs.append(x0[far]), ts.append(t[far]), ns.append(eps[far])
-                n += len(idx)
+                dr = client_draw(c, cfg, s.protocol, s.device)  # the client's own draws, as in CollaFuse
+                c.party.train_step(*dr.local_batch(s.cut))
+                xs.append(dr.x0[dr.remote]), ts.append(dr.t[dr.remote]), ns.append(dr.eps[dr.remote])
+                n += len(dr.pos)
             x0, t, eps = torch.cat(xs), torch.cat(ts), torch.cat(ns)
             if len(t):
-                p.server.party.train_step(q_sample(x0, t, eps, abar), t, eps)
+                p.server.party.train_step(q_sample(x0, t, eps, s.cut.abar), t, eps)
             if r >= args.warmup:
                 times.append(time.perf_counter() - t0)
                 n_img.append(n)

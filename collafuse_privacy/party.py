@@ -84,12 +84,16 @@ class Party:
         if x_t.shape[0] == 0:
             return None
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        with self.autocast():
             loss = p_losses(self.model, x_t, t, noise, class_labels).mean()  # p_losses: fp32 loss
         self.opt.zero_grad(set_to_none=True)
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         self.finish_step()
         return float(loss.detach())
+
+    def autocast(self) -> torch.autocast:
+        """The context of this party's forward passes (``train.precision``; disabled for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
 
     def finish_step(self) -> None:
         """The step after the backward pass (the gradients in ``.grad``, scaled with fp16): clip,

@@ -64,8 +64,7 @@ def batched_train_steps(parties: Sequence[Party], batches: Sequence[tuple]) -> l
     def one(p, b, x, t, noise):
         return p_losses(lambda *a, **kw: functional_call(base, (p, b), a, kw), x, t, noise)
 
-    amp = ps[0].amp
-    with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+    with ps[0].autocast():  # one config: every party has the same precision
         per_image = vmap(one)(params, buffers, x, t, noise)  # [K, B], fp32
     losses = (per_image * mask).sum(1) / torch.tensor(n, dtype=per_image.dtype, device=x.device)
     total = losses.sum()
