@@ -27,3 +27,4 @@ test-flower: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_collafuse.py
+	$(VENV)/bin/python benchmarks/bench_sampling.py

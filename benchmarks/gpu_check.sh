@@ -25,7 +25,8 @@ fi
 step "tests: CUDA-marked and the GPU path's CPU tests"
 # -p no:cacheprovider: nothing written into the checkout; exit 5 (nothing collected) fails
 $PY -m pytest -q -p no:cacheprovider -m "cuda or not slow" --durations=5 \
-    tests/test_cuda.py tests/test_precision.py tests/test_batched_clients.py tests/test_paper_preset.py
+    tests/test_cuda.py tests/test_precision.py tests/test_batched_clients.py tests/test_batched_sampling.py \
+    tests/test_deterministic.py tests/test_paper_preset.py
 
 step "benchmark: precision (fp32 / bf16 / fp16 step time and peak memory)"
 $PY benchmarks/bench_precision.py --device "$DEV"
@@ -35,6 +36,13 @@ if [ "$DEV" = cuda ]; then
     $PY benchmarks/bench_collafuse.py --device cuda --batch 64,256 --rounds 30 --repeats 3
 else
     $PY benchmarks/bench_collafuse.py --batch 64 --rounds 10 --repeats 1
+fi
+
+step "benchmark: sampling, the clients one by one and batched, against a plain DDPM loop"
+if [ "$DEV" = cuda ]; then
+    $PY benchmarks/bench_sampling.py --device cuda --clients 5 --n 128 --preset small --image-size 32 --timesteps 250 --repeats 2
+else
+    OMP_NUM_THREADS=1 $PY benchmarks/bench_sampling.py --n 8 --repeats 1
 fi
 
 step "benchmark: DP-SGD step over a plain step"

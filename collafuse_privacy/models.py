@@ -67,3 +67,9 @@ def load_unet(preset: str, image_shape, weights: dict, where) -> UNet2DModel:
     except RuntimeError:
         raise UserError(f"{where}: the weights do not fit the run's model preset {preset!r}") from None
     return model.eval()
+
+
+def same_architecture(models) -> bool:
+    """Whether every model has the first one's parameter names and shapes (so they stack for ``vmap``)."""
+    first = [(n, p.shape) for n, p in models[0].named_parameters()]
+    return all([(n, p.shape) for n, p in m.named_parameters()] == first for m in models[1:])

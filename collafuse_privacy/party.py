@@ -3,6 +3,7 @@ optionally Opacus DP-SGD (``defenses/dp_sgd.py``); and the seeded batcher of a c
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -12,6 +13,7 @@ from .config import TrainConfig
 from .diffusion import p_losses
 from .errors import UserError
 from .defenses.dp_sgd import DPSGD
+from .rng import CUBLAS_WORKSPACE, deterministic_algorithms
 
 EMA_DECAY = 0.999
 
@@ -56,6 +58,9 @@ class Party:
         self.ema = EMAModel(self.model.parameters(), decay=EMA_DECAY, use_ema_warmup=True, power=0.75, foreach=True)
         self.grad_clip = train.grad_clip
         self.dp = None  # a defenses.dp_sgd.DPSGD once make_private() was called
+        self.deterministic = train.deterministic
+        if self.deterministic:  # before cuBLAS' first call (rng.deterministic_algorithms)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
     def make_private(self, **dp_kwargs) -> None:
         """Wrap (model, optimiser) with Opacus DP-SGD (``defenses.dp_sgd.DPSGD`` arguments).
@@ -72,6 +77,14 @@ class Party:
 
         With DP an empty batch still takes a step (noise only), as the accounting assumes.
         """
+        with self.algorithms():
+            return self._train_step(x_t, t, noise, class_labels)
+
+    def algorithms(self):
+        """The context of this party's steps: deterministic kernels with ``train.deterministic``."""
+        return deterministic_algorithms(self.deterministic)
+
+    def _train_step(self, x_t, t, noise, class_labels=None) -> Optional[float]:
         if self.dp is not None:
             self.model.train()
             loss_fn = None

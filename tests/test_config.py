@@ -92,10 +92,17 @@ def test_late_keys_at_their_default_keep_the_hashes_of_runs_made_before_them():
 
     cfg = load_config(None, ["seed=1"])
     assert not set(LATE_KEYS) & set(identity(cfg))  # at the default: the identity of a run made before the keys
-    for key, other in (("train.sampling", "poisson"), ("protocol.target_threat", "unlinked")):
+    # the default config's names as at 99ae7dd, before train.precision / batched_clients / deterministic and
+    # sample.batched_clients existed (measured there): a run or a sweep cell made then keeps its folder
+    assert (config_hash(cfg), config_hash(cfg, full=True)) == ("360b25f65a", "1c4a57f953")
+    for key, other in (("train.sampling", "poisson"), ("protocol.target_threat", "unlinked"),
+                       ("train.precision", "bf16"), ("train.batched_clients", "true"), ("train.deterministic", "true")):
         changed = load_config(None, ["seed=1", f"{key}={other}"])
-        assert identity(changed)[key] == other and config_hash(changed) != config_hash(cfg)
+        assert str(identity(changed)[key]).lower() == other and config_hash(changed) != config_hash(cfg)
         assert config_hash(changed, full=True) != config_hash(cfg, full=True)
+    # sampling the clients together changes no training: the same run, recorded in the full hash
+    changed = load_config(None, ["seed=1", "sample.batched_clients=true"])
+    assert config_hash(changed) == config_hash(cfg) and config_hash(changed, full=True) != config_hash(cfg, full=True)
 
 
 def test_config_command_prints_every_key_and_loads_back(tmp_path):

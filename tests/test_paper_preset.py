@@ -71,5 +71,5 @@ def test_the_celeba_preset_trains_two_rounds_and_samples(tmp_path):
     assert res.images.shape == (2, 1, 3, 64, 64) and torch.isfinite(res.raw).all()
     assert res.handovers is not None and res.handovers.shape == (2, 1, 3, 64, 64)
     took = time.perf_counter() - t0
+    # its budget (30 s alone on this machine) is read from --durations, not asserted: no timed tests
     print(f"celeba preset: {t_train:.1f} s to build and train two rounds, {took - t_train:.1f} s to sample")
-    assert took < 60  # the suite's budget is 30 s on this preset; 60 s fails only a stall

@@ -34,6 +34,7 @@ CHOICES = {
     "train.sampling": ("shuffle", "poisson"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.batched_clients": (None, True, False),
+    "sample.batched_clients": (None, True, False),
     "protocol.target_threat": ("linked", "unlinked"),
     "protocol.kind": PROTOCOL_NAMES,
 }

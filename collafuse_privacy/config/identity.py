@@ -11,7 +11,8 @@ from .schema import Config
 
 # Keys that may change between a run and its resumption: they do not change what has been
 # computed so far (train.steps only extends the run, device and sample sizes do not enter it).
-MUTABLE_KEYS = ("device", "train.steps", "train.keep_checkpoints", "sample.n", "sample.batch_size")
+MUTABLE_KEYS = ("device", "train.steps", "train.keep_checkpoints", "sample.n", "sample.batch_size",
+                "sample.batched_clients")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -27,7 +28,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 # Keys added after runs were made with them absent: at their default they stay out of the hashes, so a
 # run (or a sweep cell) made before they existed keeps its name and its sealed view.
-LATE_KEYS = {"train.sampling": "shuffle", "protocol.target_threat": "linked"}
+LATE_KEYS = {"train.sampling": "shuffle", "protocol.target_threat": "linked", "train.precision": "auto",
+             "train.batched_clients": None, "train.deterministic": False, "sample.batched_clients": None}
 
 
 def _hashed(cfg: Config) -> dict:

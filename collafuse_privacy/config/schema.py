@@ -83,6 +83,9 @@ class TrainConfig:
     # the clients' local steps of a round in one vmap over their stacked models (training/batched.py):
     # null (on CUDA only) | true | false. Equal to the one-by-one loop within float tolerance, not bitwise.
     batched_clients: Optional[bool] = None
+    # torch.use_deterministic_algorithms for every party's steps and the run's sampling (rng.py): on CUDA
+    # a resumed run is then bit-identical to an uninterrupted one, at some speed; on the CPU no number changes
+    deterministic: bool = False
     lr_warmup: int = 50
     grad_clip: float = 1.0
     checkpoint_every: int = 250
@@ -105,6 +108,9 @@ class SampleConfig:
     # Clipping rule of the one sampler every party steps (collafuse_privacy/sampling/sampler.py): none |
     # x0 (x0_hat clipped to [-1, 1] at every step) | low-noise (only where abar_t >= 0.5)
     clip: str = "low-noise"
+    # the clients' half of sampling in one vmap over their stacked models (sampling/batched.py): null (on
+    # CUDA only) | true | false. The same draws; equal to the one-by-one loop within float tolerance.
+    batched_clients: Optional[bool] = None
 
 
 @dataclass(frozen=True)

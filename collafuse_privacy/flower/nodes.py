@@ -168,7 +168,7 @@ class ClientNode:
         self.at(self.cfg.train.steps)
         model = load_unet(self.cfg.model.client_model_preset, self.plan.image_shape,
                           self.client.party.ema_state_dict(), f"client {self.k}").to(self.device).eval()  # fmt: skip
-        gen = client_sample_generator(seed, self.k, self.client.secret)
+        gen = client_sample_generator(seed, self.k, self.client.secret, self.device)
         raw = client_finish(model, self.cfg, handover, n, gen, self.device, self.cfg.sample.batch_size,
                             self.plan.image_shape)  # fmt: skip
         save_tensors(self.folder / PARTY_SAMPLES, {"raw": raw},

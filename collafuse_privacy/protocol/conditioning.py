@@ -19,6 +19,7 @@ import torch
 
 from ..config import CONDITIONING_NAMES
 from ..registry import Registry
+from ..rng import randint
 from .messages import Message
 
 
@@ -85,7 +86,7 @@ class LabelConditioning(Conditioning):
         return torch.cat([m.labels for m in msgs])
 
     def sample_labels(self, client, n, num_class_embeds, gen, device):
-        return torch.randint(0, num_class_embeds, (n,), generator=gen).to(device)
+        return randint(num_class_embeds, n, gen).to(device)
 
     def probe_classes(self, client, clients, num_class_embeds):
         return range(int(num_class_embeds)) if num_class_embeds else None

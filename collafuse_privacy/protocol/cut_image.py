@@ -26,7 +26,7 @@ import torch
 
 from ..defenses.accounting import release_mu
 from ..diffusion import q_sample
-from ..rng import generator
+from ..rng import generator, randint, randn
 from .base import ModelRange, Protocol, register
 from .messages import CutImageMessage
 
@@ -58,8 +58,8 @@ class CutImage(Protocol):
 
     def server_batch(self, msgs, gen, device):
         h = torch.cat([m.h for m in msgs])
-        s = torch.randint(0, self.cut.server_steps, (h.shape[0],), generator=gen)
-        target = torch.randn(h.shape, generator=gen).to(device)
+        s = randint(self.cut.server_steps, h.shape[0], gen)
+        target = randn(h.shape, gen).to(device)
         x_t = q_sample(h, s.to(device), target, self.cut.tail_abar)
         t = (s + self.cut.t_c).to(device)  # the model is told the global timestep
         return x_t, t, target

@@ -20,6 +20,7 @@ from ..io import check_writable
 from ..lock import locks_run
 from ..party import resolve_device
 from ..resources import check_sample_memory
+from ..rng import deterministic_algorithms
 from ..run.directory import RunDir
 from .pipeline import CollaFusePipeline
 from .samples import write_samples
@@ -52,7 +53,8 @@ def sample_run(run_dir: str | Path, n: Optional[int] = None, device: str = "auto
     for folder in (rd.samples_dir, rd.handover_dir):  # nothing is computed for a folder we cannot write
         folder.mkdir(parents=True, exist_ok=True)
         check_writable(folder)
-    out = pipe(n, seed, client_secrets=own)
+    with deterministic_algorithms(cfg.train.deterministic):
+        out = pipe(n, seed, client_secrets=own, batched_clients=cfg.sample.batched_clients)
     return write_samples(run_dir, cfg, out.raw, out.handovers, pipe.config.step, n, seed)
 
 
@@ -61,7 +63,8 @@ def server_handovers(server, cfg: Config, clients: int, n: int, seed: int, devic
     """The server's half of sampling (Flower's server): ``n`` hand-over images per client
     ``[K, n, C, S, S]`` (None where nothing crosses, c = 1), on the model's device (``device``
     and ``shape`` are the model's own; kept for the callers)."""
-    return CollaFusePipeline.from_parts(cfg, server, [], batch_size=batch_size).handovers(n, seed, clients)
+    with deterministic_algorithms(cfg.train.deterministic):
+        return CollaFusePipeline.from_parts(cfg, server, [], batch_size=batch_size).handovers(n, seed, clients)
 
 
 def client_finish(model, cfg: Config, handover: Optional[torch.Tensor], n: int, gen: torch.Generator, device=None,
@@ -69,7 +72,8 @@ def client_finish(model, cfg: Config, handover: Optional[torch.Tensor], n: int, 
     """A client's half of sampling (a Flower client): its ``n`` outputs ``[n, C, S, S]`` before the
     final clamp, from the hand-over images ``handover`` [n, ...] it was sent (None, c = 1: from its
     own noise), ``gen`` its stream (:func:`~.pipeline.client_sample_generator`)."""
-    return CollaFusePipeline.from_parts(cfg, None, [model], batch_size=batch_size).finish(0, handover, n, gen)
+    with deterministic_algorithms(cfg.train.deterministic):
+        return CollaFusePipeline.from_parts(cfg, None, [model], batch_size=batch_size).finish(0, handover, n, gen)
 
 
 def export_pipeline(run_dir: str | Path, out_dir: str | Path, ema: bool = True) -> Path:

@@ -42,9 +42,10 @@ from ..io import load_tensors
 from ..models import load_unet
 from ..party import resolve_device
 from ..protocol import Cut, make_protocol
-from ..rng import generator
+from ..rng import generator, randn
 from ..run.directory import RunDir
 from ..run.layout import SERVER, party_file
+from .batched import StackedClients, batched_sampling
 from .sampler import Sampler
 
 SERVER_STREAM = 11  # generator(seed, SERVER_STREAM): the server's sampling randomness
@@ -54,14 +55,16 @@ _LOADERS = {"server": UNet2DModel, "scheduler": DDPMScheduler}  # and UNet2DMode
 _LOAD_KWARGS = {UNet2DModel: {"low_cpu_mem_usage": False}}  # the weights as saved, without asking for accelerate
 
 
-def server_sample_generator(seed: int) -> torch.Generator:
-    """The server's sampling randomness: from ``seed`` (the server knows it)."""
-    return generator(seed, SERVER_STREAM)
+def server_sample_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The server's sampling randomness: from ``seed`` (the server knows it), drawing on ``device``."""
+    return generator(seed, SERVER_STREAM, device=device)
 
 
-def client_sample_generator(seed: int, k: int, client_secret: Optional[int]) -> torch.Generator:
-    """Client ``k``'s sampling randomness: from its secret and ``seed``."""
-    return generator(client_secret, CLIENT_STREAM, seed) if client_secret is not None else generator(seed, CLIENT_STREAM, k)
+def client_sample_generator(seed: int, k: int, client_secret: Optional[int],
+                            device: str | torch.device = "cpu") -> torch.Generator:  # fmt: skip
+    """Client ``k``'s sampling randomness: from its secret and ``seed``, drawing on ``device``."""
+    parts = (client_secret, CLIENT_STREAM, seed) if client_secret is not None else (seed, CLIENT_STREAM, k)
+    return generator(*parts, device=device)
 
 
 @torch.no_grad()
@@ -221,35 +224,61 @@ class CollaFusePipeline(DiffusionPipeline):
         ``gen``, then its steps. ``h`` [m, C, H, W] on the pipeline's device; None at c = 1."""
         if self.cut.sends_nothing:
             return None
-        x = torch.randn((m, *self.image_shape), generator=gen).to(self.device)
+        x = randn((m, *self.image_shape), gen).to(self.device)
         labels = self.protocol.conditioning.sample_labels(k, m, self.server.config.num_class_embeds, gen, self.device)
         return self.server_steps(x, gen, labels)
 
     def client_part(self, k: int, h: Optional[torch.Tensor], m: int, gen: torch.Generator) -> torch.Tensor:
         """Client ``k``'s half for ``m`` images from their hand-over images ``h`` (None, c = 1: from
         its own ``x_{T-1}`` drawn from ``gen``); at c = 0 ``h`` is already the image."""
-        x = h.to(self.device) if h is not None else torch.randn((m, *self.image_shape), generator=gen).to(self.device)
+        x = h.to(self.device) if h is not None else randn((m, *self.image_shape), gen).to(self.device)
         return x if self.cut.sends_clean else self.client_steps(k, x, gen)
 
+    def clients_part(self, stacked: StackedClients, h: Optional[torch.Tensor], m: int,
+                     gens: Sequence[torch.Generator]) -> torch.Tensor:  # fmt: skip
+        """:meth:`client_part` of every client at once: ``h`` [K, m, ...] (None at c = 1), client
+        ``k``'s draws from ``gens[k]`` in the order it makes them alone; returns [K, m, ...]."""
+        if h is not None:
+            x = h.to(self.device)
+        else:
+            x = torch.stack([randn((m, *self.image_shape), g).to(self.device) for g in gens])
+        if self.cut.sends_clean:
+            return x
+        return self.sampler.run(stacked.predict, x, self.cut.t_c - 1, 0, gens)
+
     @torch.no_grad()
-    def __call__(self, n: int, seed: int, client_secrets: Optional[Sequence[int]] = None) -> CollaFusePipelineOutput:
+    def __call__(self, n: int, seed: int, client_secrets: Optional[Sequence[int]] = None,
+                 batched_clients: Optional[bool] = None) -> CollaFusePipelineOutput:  # fmt: skip
         """``n`` samples per client from ``seed``, each client's randomness from its secret
         (``client_secrets[k]``; without: from ``seed`` and ``k``). Batch by batch: the server's
-        steps, the hand-over, the client's steps."""
+        steps, the hand-over, the client's steps. ``batched_clients`` (null: on CUDA only): the
+        clients' steps of a batch together (``batched.py``), the same draws, equal within float
+        tolerance."""
         K = len(self.clients)
         secrets = list(client_secrets) if client_secrets is not None else [None] * K
         if len(secrets) != K:
             raise UserError(f"{len(secrets)} client secrets for {K} clients")
-        server_gen = server_sample_generator(seed)
+        server_gen = server_sample_generator(seed, self.device)
+        gens = [client_sample_generator(seed, k, secrets[k], self.device) for k in range(K)]
         raw = torch.empty(K, n, *self.image_shape)
         handovers = None if self.cut.sends_nothing else torch.empty(K, n, *self.image_shape)
-        for k in range(K):
-            gen = client_sample_generator(seed, k, secrets[k])
+        if batched_sampling(batched_clients, self.device, self.clients):
+            # the server's half first, in the loop's order of its draws (client after client, batch after batch)
+            for k in range(K):
+                for a, b in _chunks(n, self.config.batch_size):
+                    if handovers is not None:
+                        handovers[k, a:b] = self.server_part(k, b - a, server_gen).cpu()
+            stacked = StackedClients(self.clients)
             for a, b in _chunks(n, self.config.batch_size):
-                h = self.server_part(k, b - a, server_gen)  # x_{T-1} -> h = x_{t_c-1}
-                if h is not None:
-                    handovers[k, a:b] = h.cpu()  # what crosses the cut
-                raw[k, a:b] = self.client_part(k, h, b - a, gen).cpu()  # h -> x0
+                h = handovers[:, a:b] if handovers is not None else None
+                raw[:, a:b] = self.clients_part(stacked, h, b - a, gens).cpu()
+        else:
+            for k in range(K):
+                for a, b in _chunks(n, self.config.batch_size):
+                    h = self.server_part(k, b - a, server_gen)  # x_{T-1} -> h = x_{t_c-1}
+                    if h is not None:
+                        handovers[k, a:b] = h.cpu()  # what crosses the cut
+                    raw[k, a:b] = self.client_part(k, h, b - a, gens[k]).cpu()  # h -> x0
         return CollaFusePipelineOutput(images=raw.clamp(-1, 1), raw=raw, handovers=handovers)
 
     # ---- the halves alone (Flower: the server and each client in its own process) ----------------
@@ -259,7 +288,7 @@ class CollaFusePipeline(DiffusionPipeline):
         ``__call__`` hands over from ``seed``; None at c = 1."""
         if self.cut.sends_nothing:
             return None
-        gen = server_sample_generator(seed)
+        gen = server_sample_generator(seed, self.device)
         out = torch.empty(clients, n, *self.image_shape)
         for k in range(clients):
             for a, b in _chunks(n, self.config.batch_size):

@@ -25,7 +25,7 @@ The default is chosen by measured FID (README, "The sampler").
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from diffusers import DDPMScheduler
@@ -99,12 +99,20 @@ class Sampler:
 
     @torch.no_grad()
     def run(self, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, t_hi: int,
-            t_lo: int, gen: torch.Generator) -> torch.Tensor:  # fmt: skip
+            t_lo: int, gen: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:  # fmt: skip
         """Steps ``t = t_hi .. t_lo`` (inclusive) from ``x = x_{t_hi}``; returns ``x_{t_lo - 1}``.
 
-        ``predict(x, t)`` with ``t`` a ``[B]`` long tensor returns the full-chain noise prediction.
+        ``predict(x, t)`` with ``t`` a long tensor of ``x``'s batch shape returns the full-chain
+        noise prediction. ``x`` is ``[B, C, H, W]`` with one generator, or ``[K, B, C, H, W]``
+        with a sequence of ``K`` (K parties stepped together, ``batched.py``): group ``k`` steps
+        with ``gen[k]``, so each party's draws are those it makes alone.
         """
+        grouped = not isinstance(gen, torch.Generator)
         for s in range(t_hi, t_lo - 1, -1):
-            t = torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
-            x = self.step(predict(x, t), s, x, gen)
+            t = torch.full(x.shape[:-3], s, device=x.device, dtype=torch.long)
+            eps = predict(x, t)
+            if grouped:
+                x = torch.stack([self.step(eps[k], s, x[k], g) for k, g in enumerate(gen)])
+            else:
+                x = self.step(eps, s, x, gen)
         return x

@@ -22,6 +22,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..diffusion import p_losses
+from ..models import same_architecture
 from ..party import Party
 
 
@@ -31,17 +32,12 @@ def batched_clients(setting: Optional[bool], device: torch.device) -> bool:
     return device.type == "cuda" if setting is None else bool(setting)
 
 
-def _same_architecture(models) -> bool:
-    first = [(n, p.shape) for n, p in models[0].named_parameters()]
-    return all([(n, p.shape) for n, p in m.named_parameters()] == first for m in models[1:])
-
-
 def batched_train_steps(parties: Sequence[Party], batches: Sequence[tuple]) -> list[Optional[float]]:
     """``party.train_step(x_t, t, noise)`` for every (party, batch), the plain parties' forward and
     backward passes taken together; returns each party's loss (None for an empty batch)."""
     out: list[Optional[float]] = [None] * len(parties)
     group = [i for i, (p, b) in enumerate(zip(parties, batches)) if p.dp is None and b[0].shape[0] > 0]
-    if len(group) < 2 or not _same_architecture([parties[i].model for i in group]):
+    if len(group) < 2 or not same_architecture([parties[i].model for i in group]):
         group = []
     for i, (p, b) in enumerate(zip(parties, batches)):
         if i not in group:
@@ -64,14 +60,15 @@ def batched_train_steps(parties: Sequence[Party], batches: Sequence[tuple]) -> l
     def one(p, b, x, t, noise):
         return p_losses(lambda *a, **kw: functional_call(base, (p, b), a, kw), x, t, noise)
 
-    with ps[0].autocast():  # one config: every party has the same precision
-        per_image = vmap(one)(params, buffers, x, t, noise)  # [K, B], fp32
-    losses = (per_image * mask).sum(1) / torch.tensor(n, dtype=per_image.dtype, device=x.device)
-    total = losses.sum()
-    if ps[0].scaler is not None:  # fp16: every client's own scale
-        total = sum(p.scaler.scale(l) for p, l in zip(ps, losses))
-    names = list(params)
-    grads = dict(zip(names, torch.autograd.grad(total, [params[k] for k in names], allow_unused=True)))
+    with ps[0].algorithms():  # one config: every party has the same precision and determinism
+        with ps[0].autocast():
+            per_image = vmap(one)(params, buffers, x, t, noise)  # [K, B], fp32
+        losses = (per_image * mask).sum(1) / torch.tensor(n, dtype=per_image.dtype, device=x.device)
+        total = losses.sum()
+        if ps[0].scaler is not None:  # fp16: every client's own scale
+            total = sum(p.scaler.scale(l) for p, l in zip(ps, losses))
+        names = list(params)
+        grads = dict(zip(names, torch.autograd.grad(total, [params[k] for k in names], allow_unused=True)))
     for j, (p, m) in enumerate(zip(ps, models)):
         p.opt.zero_grad(set_to_none=True)
         for name, param in m.named_parameters():

@@ -25,7 +25,7 @@ from ..models import build_unet
 from ..party import Batcher, Party
 from ..protocol import Cut, Message, Protocol, make_conditioning, protocol_for
 from ..protocol.accountant import ReleaseAccountant
-from ..rng import generator
+from ..rng import generator, randint, randn, restore
 
 # The random streams: generator(cfg.seed, SERVER_STREAM) for the server's own noise (cut-image's
 # eps2); generator(secret, CLIENT_*) for a client's.
@@ -36,9 +36,9 @@ CLIENT_DP_NOISE = 4  # Opacus' noise
 CLIENT_ORDER = 5  # the order of its message rows
 
 
-def server_generator(seed: int) -> torch.Generator:
-    """The server's own random stream (the run's ``seed``: the server may know it)."""
-    return generator(seed, SERVER_STREAM)
+def server_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The server's own random stream (the run's ``seed``: the server may know it), drawing on ``device``."""
+    return generator(seed, SERVER_STREAM, device=device)
 
 
 @dataclass
@@ -63,8 +63,8 @@ class Client:
 
     def load_state(self, s: ClientState) -> None:
         """Restore :meth:`state` (``release_counts`` None: a checkpoint from before counting)."""
-        self.gen.set_state(s.gen)
-        self.order.set_state(s.order)
+        restore(self.gen, s.gen, f"client {self.k}")
+        restore(self.order, s.order, f"client {self.k}")
         self.batcher.load_state_dict(s.batcher)
         if s.release_counts is not None:
             self.releases.load_state_dict({"release_counts": s.release_counts})
@@ -95,7 +95,7 @@ class Server:
 
     def load_state(self, s: ServerState, recorder, transport) -> None:
         """Restore :meth:`state`."""
-        self.gen.set_state(s.gen)
+        restore(self.gen, s.gen, "the server")
         transport.messages = int(s.transport["messages"])
         transport.bytes = int(s.transport["bytes"])
         recorder.load_state_dict(s.recorder)
@@ -122,7 +122,7 @@ def build_client_model(cfg: Config, secret: int, size: int, channels: int):
 
 def make_server(cfg: Config, model, protocol: Protocol, device: torch.device) -> Server:
     """The server around its ``model``, with its own random stream."""
-    return Server(Party(model, cfg.train, device), protocol, server_generator(cfg.seed))
+    return Server(Party(model, cfg.train, device), protocol, server_generator(cfg.seed, device))
 
 
 def client_dp_on(cfg: Config) -> bool:
@@ -141,7 +141,7 @@ def make_client(cfg: Config, k: int, model, images: torch.Tensor, labels: torch.
     else:
         batcher = Batcher(len(ids), generator(secret, CLIENT_BATCHES))
     return Client(k=k, images=images.to(device), labels=labels.to(device), ids=ids, party=party,
-                  gen=generator(secret, CLIENT_DRAWS), batcher=batcher, secret=secret,
+                  gen=generator(secret, CLIENT_DRAWS, device=device), batcher=batcher, secret=secret,
                   order=generator(secret, CLIENT_ORDER),
                   releases=ReleaseAccountant(protocol_for(cfg), tuple(images.shape[1:]), len(ids)))  # fmt: skip
 
@@ -204,8 +204,8 @@ def client_draw(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) -
     cut = protocol.cut
     pos = c.batcher.next(cfg.train.batch_size)
     x0, y, ids = c.images[pos.to(dev)], c.labels[pos.to(dev)], c.ids[pos]
-    t = torch.randint(0, cut.T, (len(pos),), generator=c.gen)
-    eps = torch.randn(x0.shape, generator=c.gen).to(dev)
+    t = randint(cut.T, len(pos), c.gen)  # on the generator's device (the party's)
+    eps = randn(x0.shape, c.gen).to(dev)
     local, remote = (t < cut.t_c).to(dev), (t >= cut.t_c).to(dev)
     return ClientDraw(pos, x0, y, ids, t.to(dev), eps, local, remote)
 
