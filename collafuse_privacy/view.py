@@ -316,7 +316,10 @@ class ServerView:
         if rd.latest() is None and not step_dirs(rd):
             raise UserError(f"{rd.path} has no checkpoint: its training never reached one (killed early, or a Flower "
                             "run not collected yet); train it first")  # fmt: skip
-        server = [] if Cut(meta.diffusion, meta.t_c).sends_nothing else [party_file(SERVER, ema=True)]
+        # the server's own model: none at c = 1, the global model under fedavg
+        cut = Cut(meta.diffusion, meta.t_c)
+        no_model = cut.sends_nothing and not make_protocol(meta.protocol, cut).aggregates
+        server = [] if no_model else [party_file(SERVER, ema=True)]
         files = server + [party_file(k, ema=True) for k in release_clients]
         step_dir, _ = verified_step_dir(rd, files)  # the files read here match the checkpoint's manifest
         shards = verify_view(rd, step_of(step_dir.name), cfg)

@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..numbers import fmt
 from ..run.directory import RunDir
 from ..run.layout import STATE, step_of
+from ..run.schemas.privacy import DPSGD_ADJACENCY, FEDAVG_THREAT
 from ..run.schemas import (ClientDPEntry, ClientDPReport, CutChoice, PrivacyReport, ReleasePrivacy, UnlinkedClient,
                            UnlinkedPrivacy, ViewPrivacy)
 from ..resolve import planned_releases
@@ -65,6 +66,8 @@ def compute_privacy(
     """
     p = cfg.protocol
     proto = protocol_for(cfg)
+    if proto.aggregates:
+        return _aggregated_privacy(cfg, image_shape, dp_states, n_members, steps, cut_choice)
     cut = proto.cut
     delta = view_delta(cfg)
     B, n_min = cfg.train.batch_size, min(n_members)
@@ -133,6 +136,38 @@ def unlinked_privacy(cfg: Config, image_shape, n_members: list[int], steps: int)
                            chances=max(c.chances for c in clients),
                            add_remove_reason=ADD_REMOVE_REASON if add_remove == INF else None,
                            clients=clients)  # fmt: skip
+
+
+
+
+def _aggregated_privacy(cfg: Config, image_shape, dp_states, n_members, steps, cut_choice) -> PrivacyReport:
+    """``fedavg``: the view holds every client's uploaded model. Without DP-SGD no bound holds
+    (epsilon infinite); with DP-SGD clients every upload is a post-processing of the client's
+    DP-SGD run, so the view of its members is bounded by its DP-SGD epsilon (the largest over
+    clients), under DP-SGD's adjacency. No GDP route: ``mu`` is None."""
+    proto, delta = protocol_for(cfg), cfg.defense.client_dp.delta
+    cut = proto.cut
+    client_dp = _client_dp(cfg, dp_states, n_members, cut.t_c)
+    uploads = -(-steps // cfg.train.local_steps) if steps else 0
+    if cfg.defense.client_dp.enabled:
+        eps = client_dp.epsilon
+        note = (f"fedavg: {uploads} upload(s) of each client's model; with DP-SGD each is a post-processing of the "
+                f"client's DP-SGD run, so the view is bounded by its epsilon (Opacus {cfg.defense.client_dp.accountant}, "
+                "the largest over clients)")  # fmt: skip
+    else:
+        eps = INF if uploads else 0.0
+        note = (f"fedavg: {uploads} upload(s) of each client's whole model and its member count; without DP-SGD "
+                "nothing bounds what a trained model reveals of its images (epsilon infinite)")  # fmt: skip
+    n_min = min(n_members)
+    view = ViewPrivacy(mu=None, epsilon=eps, delta=delta, releases_per_image=uploads, fixed_noise=False,
+                       per_release=ReleasePrivacy(None, eps), epochs=steps * cfg.train.batch_size / n_min if n_min else 0.0,
+                       sensitivity_l2=sensitivity(image_shape), note=note, adjacency=DPSGD_ADJACENCY, threat=FEDAVG_THREAT)  # fmt: skip
+    unlinked = UnlinkedPrivacy(epsilon_replace_one=None, epsilon_add_remove=None, delta=delta, rounds=steps,
+                               reason="fedavg: every upload names its client; the unlinked bound is for rows that "
+                                      "cross the cut")  # fmt: skip
+    return PrivacyReport(protocol=cfg.protocol.kind, cut_ratio=cfg.protocol.cut_ratio, t_c=cut.t_c, timesteps=cut.T,
+                         step=steps, view=view, client_dp=client_dp, cut_choice=cut_choice,
+                         secrets_derived_from_seed=cfg.secrets.derive_from_seed, unlinked=unlinked)  # fmt: skip
 
 
 def _client_dp(cfg: Config, dp_states, n_members, t_c) -> ClientDPReport:

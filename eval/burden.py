@@ -94,6 +94,18 @@ def _client_share(t_c: int, T: int, run_dir: Path | None) -> float:
     return local_n / (local_n + sent_n) if local_n + sent_n else t_c / T
 
 
+def _upload_bytes_per_image(protocol, client, cfg: Config, run_dir: Path | None) -> float:
+    """fedavg: the bytes of a client's uploads over the images it trained on (from the run's log,
+    else one upload per ``train.local_steps`` rounds of ``train.batch_size`` images)."""
+    per_upload = protocol.bytes_per_upload(sum(p.numel() for p in client.parameters()))
+    rows = RunDir(run_dir).train_log() if run_dir is not None else []
+    images = sum(r.client_n[0] for r in rows)
+    uploads = sum(r.sent[0] for r in rows)
+    if images:
+        return uploads * per_upload / images
+    return per_upload / (cfg.train.local_steps * cfg.train.batch_size)
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -120,7 +132,7 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
     s_local = _seconds_per_image(lambda: local.client_steps(0, xb, g), batch, reps, warm_up)
 
     # Training: one forward + backward per image the client trains on, on its share of the images.
-    share = _client_share(cut.t_c, cut.T, run_dir)
+    share = 1.0 if pipe.protocol.aggregates else _client_share(cut.t_c, cut.T, run_dir)
 
     def train_step(xx):
         client.zero_grad(set_to_none=True)
@@ -133,7 +145,9 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
     s_train_full = _seconds_per_image(lambda: train_step(xb), batch, 4 * reps, lambda: train_step(xb))
     s_train_client = _seconds_per_image(lambda: train_step(xl), batch, 4 * reps, lambda: train_step(xl))
     client.zero_grad(set_to_none=True)
-    per_msg = pipe.protocol.bytes_per_row((C, S, S))
+    sent_per_image = (1 - share) * pipe.protocol.bytes_per_row((C, S, S))
+    if pipe.protocol.aggregates:  # fedavg: whole models, every train.local_steps rounds
+        sent_per_image = _upload_bytes_per_image(pipe.protocol, client, cfg, run_dir)
     return BurdenReport(
         t_c=cut.t_c, timesteps=cut.T,
         sampling_client_flops_per_image=f_client, sampling_server_flops_per_image=f_server,
@@ -144,6 +158,6 @@ def measure_burden(cfg: Config, server, client, run_dir: Path | None = None, bat
         training_local_only_flops_per_image=f_train, training_flop_ratio=share,
         training_seconds_per_image=s_train_client, training_local_only_seconds_per_image=s_train_full,
         training_time_ratio=_ratio(s_train_client, s_train_full),
-        bytes_sent_per_training_image=(1 - share) * per_msg,
+        bytes_sent_per_training_image=sent_per_image,
         bytes_received_per_sample=4 * C * S * S if not cut.sends_nothing else 0,
     )  # fmt: skip

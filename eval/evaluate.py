@@ -28,6 +28,7 @@ from collafuse_privacy.config import with_overrides
 from .ground_truth import load_ground_truth
 
 from collafuse_privacy.party import resolve_device
+from collafuse_privacy.protocol import protocol_for
 from collafuse_privacy.numbers import fmt_interval
 from collafuse_privacy.run.directory import RunDir
 from collafuse_privacy.run.layout import METRICS_DIR
@@ -122,10 +123,10 @@ def evaluate_run(
     pooled_real = Features.cat(holdout)
     members = [ds.images[torch.tensor(m, dtype=torch.long)] for m in splits.members]
     quality_runs = []
-    for c, r in sorted(_runs_compared(cfg, run_dir, ends, dev, log).items()):
+    for (c, kind), r in sorted(_runs_compared(cfg, run_dir, ends, dev, log).items()):
         per_client, pooled = _quality_row(_samples(r, n, dev), holdout, pooled_real, ext, cfg.seed)
         quality_runs.append(QualityRun(cut_ratio=c, t_c=RunDir(r).config().t_c, run_dir=str(r),
-                                       per_client=per_client, pooled=pooled))  # fmt: skip
+                                       per_client=per_client, pooled=pooled, protocol=kind))  # fmt: skip
     disclosure = _disclosures(ServerView.load(run_dir), members, ext, cfg.seed)
     per_client, pooled = _quality_row(floor_images(members, n, cfg.seed), holdout, pooled_real, ext, cfg.seed)
     floor = QualityFloor(label=FLOOR_LABEL, per_client=per_client, pooled=pooled)
@@ -140,19 +141,23 @@ def evaluate_run(
     return {"quality": quality, "burden": burden}
 
 
-def _runs_compared(cfg, run_dir: Path, ends: bool, dev: str, log: Callable[[str], None]) -> dict[float, Path]:
-    """``{cut ratio: run directory}``: the run, and with ``ends`` the two ends of the sweep, trained as
-    siblings ``<run>-c1`` / ``<run>-c0`` (same data, seed, steps and clients; resumable)."""
-    runs = {cfg.protocol.cut_ratio: run_dir}
+def _runs_compared(cfg, run_dir: Path, ends: bool, dev: str,
+                   log: Callable[[str], None]) -> dict[tuple[float, str], Path]:  # fmt: skip
+    """``{(cut ratio, protocol.kind): run directory}``: the run, and with ``ends`` the two ends of the
+    sweep, trained as siblings ``<run>-c1`` / ``<run>-c0`` (same data, seed, steps and clients;
+    resumable). A fedavg run's ends are the split protocol's (``cut-image``) at c = 1 and c = 0."""
+    kind = cfg.protocol.kind
+    runs = {(cfg.protocol.cut_ratio, kind): run_dir}
+    split = "cut-image" if protocol_for(cfg).aggregates else kind
     if ends:
         for c, tag in ((1.0, "c1"), (0.0, "c0")):
-            if c in runs:
+            if (c, split) in runs:
                 continue
             sib = run_dir.parent / f"{run_dir.name}-{tag}"
             log(f"training the c = {c:g} end of the sweep in {sib} (same data, seed and steps; resumable)")
-            train(with_overrides(cfg, [f"protocol.cut_ratio={c}", "protocol.target_epsilon=null"]), sib, device=dev,
-                  secrets=read_secrets(run_dir))  # the same clients: the same split and draws
-            runs[c] = sib
+            train(with_overrides(cfg, [f"protocol.kind={split}", f"protocol.cut_ratio={c}", "protocol.target_epsilon=null"]),
+                  sib, device=dev, secrets=read_secrets(run_dir))  # the same clients: the same split and draws
+            runs[(c, split)] = sib
     return runs
 
 
@@ -162,7 +167,7 @@ def _disclosures(view: ServerView, members: list[torch.Tensor], ext, seed: int) 
     disclosure = []
     for k in range(len(members)):
         training = inference = None
-        if view.messages:
+        if view.messages and view.protocol.no_image_rows() is None:  # fedavg's rows are models, not images
             sel = view.messages["client"] == k
             training = _disclosure(view.messages["x"][sel], members[k], ext, seed)
         if view.handover is not None:
@@ -190,7 +195,8 @@ def format_tables(result: dict) -> str:
     lines = [f"quality ({q.extractor}, weights sha256 {q.extractor_sha256[:12]}; {q.n_samples_per_client} samples per "
              f"client vs its held-out images; 95% bootstrap intervals over samples; {KID_UNIT})"]  # fmt: skip
     cols = [f"FID client {r.client}" for r in q.runs[0].per_client] + ["FID pooled", f"{KID_UNIT} pooled"]
-    rows = [[f"{run.cut_ratio:g}", str(run.t_c)] + _quality_cells(run) for run in q.runs]
+    rows = [[f"{run.protocol} " * (run.protocol == "fedavg") + f"{run.cut_ratio:g}", str(run.t_c)] + _quality_cells(run)
+            for run in q.runs]  # fmt: skip
     rows.append([q.floor.label, ""] + _quality_cells(q.floor))
     widths = [max(len(x), 24) for x in cols]
     lead = max(5, max(len(r[0]) for r in rows))

@@ -268,11 +268,11 @@ def run_reconstruction(
     meta = view.meta
     result: dict = {
         "protocol": view.protocol.name, "cut_ratio": meta.cut_ratio, "t_c": view.t_c, "timesteps": view.timesteps,
-        "fixed_noise": meta.fixed_noise, "sent": not view.cut.sends_nothing,
+        "fixed_noise": meta.fixed_noise, "sent": view.protocol.no_image_rows() is None,
         "n_rows": len(view), "cap": int(cap), "seed": int(seed),
     }  # fmt: skip
     if not result["sent"]:
-        reason = "nothing was sent: c = 1 (t_c = T), clients run every denoising step locally"
+        reason = view.protocol.no_image_rows()
         result.update(reason=reason, methods={m: {"applicable": False, "reason": reason} for m in names}, figure=None)
         return _write(run, result, log, reason)
     t = _ground_truth(run, view, cap, seed)

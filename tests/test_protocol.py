@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from collafuse_privacy.data import load_dataset
-from collafuse_privacy.protocol import PROTOCOLS, Cut, CutImageMessage, SharedNoiseMessage, make_protocol, \
+from collafuse_privacy.protocol import split_protocols, Cut, CutImageMessage, SharedNoiseMessage, make_protocol, \
     protocol_for
 from collafuse_privacy.training import train
 from collafuse_privacy.view import ServerView, load_shards
@@ -31,7 +31,7 @@ def _client_batch(cut, n, g):
     return x0_one, x0, t, eps1
 
 
-@pytest.mark.parametrize("kind", PROTOCOLS.names())
+@pytest.mark.parametrize("kind", split_protocols())
 @pytest.mark.parametrize("cut_ratio", [0.3, 0.75])
 def test_server_training_input_has_the_marginal_q_for_every_protocol(kind, cut_ratio):
     """Whatever crosses the cut, the server trains on x_t ~ q(x_t | x0) at its own timesteps
@@ -79,7 +79,7 @@ def test_server_training_input_has_the_marginal_q_for_every_protocol(kind, cut_r
     assert proto.bytes_per_row((1, 8, 8)) == sum(v[0].numel() * v.element_size() for v in msg.tensors().values())
 
 
-@pytest.mark.parametrize("kind", PROTOCOLS.names())
+@pytest.mark.parametrize("kind", split_protocols())
 def test_cut_edge_cases_for_every_protocol(kind):
     cfg = tiny_config(f"protocol.kind={kind}")
     T = cfg.diffusion.timesteps

@@ -157,9 +157,10 @@ class ViewLRT(MembershipAttack):
     def fit(self, view) -> "ViewLRT":
         if self.target_kind != "server":
             raise NotApplicable("view-lrt scores the messages the server received, not a model; use target 'server'")
+        why = view.protocol.no_image_rows()
+        if why is not None:
+            raise NotApplicable(why)
         if len(view) == 0:
-            if view.cut.sends_nothing:
-                raise NotApplicable("nothing crosses the cut at c = 1 (t_c = T): the server received no messages")
             raise NotApplicable("the server view holds no recorded messages")
         dev = self.device
         msgs = view.messages

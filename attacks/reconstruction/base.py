@@ -84,8 +84,9 @@ class ReconstructionAttack:
     # ---- the interface ------------------------------------------------------
     def check(self, view) -> None:
         """Raise :class:`NotApplicable` when the method cannot run on ``view``."""
-        if view.cut.sends_nothing:
-            raise NotApplicable("nothing was sent: c = 1 (t_c = T), clients run every denoising step")
+        why = view.protocol.no_image_rows()
+        if why is not None:
+            raise NotApplicable(why)
         if self.source == "messages" and len(view) == 0:
             raise NotApplicable("the view holds no recorded training messages (record.enabled was off?)")
         if self.source == "handover" and not view.handover:

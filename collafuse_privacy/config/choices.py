@@ -10,7 +10,7 @@ from them.
 
 from __future__ import annotations
 
-PROTOCOL_NAMES = ("shared-noise", "cut-image")  # collafuse_privacy.protocol.PROTOCOLS
+PROTOCOL_NAMES = ("shared-noise", "cut-image", "fedavg")  # collafuse_privacy.protocol.PROTOCOLS
 CONDITIONING_NAMES = ("none", "client", "labels")  # collafuse_privacy.protocol.CONDITIONINGS
 DATASET_NAMES = ("mnist5k", "digits", "cifar10", "image-folder")  # collafuse_privacy.data.DATASETS
 PARTITION_NAMES = ("iid", "by-class", "dirichlet")  # collafuse_privacy.data.PARTITIONS
@@ -53,6 +53,7 @@ RANGES = [
     ("diffusion.beta_start", 0.0, 1.0, False, False),
     ("diffusion.beta_end", 0.0, 1.0, False, False),
     ("train.steps", 0, None, True, False),
+    ("train.local_steps", 1, None, True, False),
     ("train.batch_size", 1, None, True, False),
     ("train.lr", 0.0, None, False, False),
     ("train.lr_warmup", 0, None, True, False),

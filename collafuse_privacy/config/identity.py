@@ -29,7 +29,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 # Keys added after runs were made with them absent: at their default they stay out of the hashes, so a
 # run (or a sweep cell) made before they existed keeps its name and its sealed view.
 LATE_KEYS = {"train.sampling": "shuffle", "protocol.target_threat": "linked", "train.precision": "auto",
-             "train.batched_clients": None, "train.deterministic": False, "sample.batched_clients": None}
+             "train.batched_clients": None, "train.deterministic": False, "sample.batched_clients": None,
+             "train.local_steps": 1}
 
 
 def _hashed(cfg: Config) -> dict:

@@ -52,7 +52,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ProtocolConfig:
-    kind: str = "cut-image"  # shared-noise | cut-image
+    kind: str = "cut-image"  # shared-noise | cut-image | fedavg (the federated baseline: protocol/fedavg.py)
     cut_ratio: float = 0.5  # clients' share c of the denoising steps; t_c = round(c * T)
     fixed_noise: bool = False  # cut-image: one release per image (eps1 seeded by image id)
     # Privacy-budgeted cut (cut-image): when set, the smallest cut ratio whose server view is
@@ -70,6 +70,8 @@ class ProtocolConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 900  # rounds; each round every client draws one batch
+    # protocol.kind fedavg: the server averages the clients' models every local_steps rounds (and at the last)
+    local_steps: int = 1
     batch_size: int = 64  # images per client per round
     # shuffle: seeded epochs over the client's members | poisson: each member independently with rate
     # batch_size / members per round. Both from the client's secret; the unlinked epsilon covers both

@@ -92,6 +92,9 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
     run_dir = Path(run_dir)
     session = Session.resolve(cfg, run_dir, secrets)
     cfg = session.cfg
+    if session.protocol.aggregates:
+        raise UserError("protocol.kind=fedavg trains in process only for now (`train`); its Flower app on Flower's FedAvg "
+                        "strategy is not built yet (issue 26)")  # fmt: skip
     if rounds_per_message is not None and rounds_per_message < 1:
         raise UserError(f"--rounds-per-message={rounds_per_message}: must be at least 1")
     rd = RunDir(run_dir)

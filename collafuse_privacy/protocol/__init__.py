@@ -11,12 +11,13 @@ model is conditioned on, and the registered protocols (``shared-noise``, ``cut-i
 """
 
 from ..config import add_check
-from .base import PROTOCOLS, ModelRange, Protocol, check_config, make_protocol, protocol_for, register  # noqa: F401
+from .base import (PROTOCOLS, ModelRange, Protocol, check_config, make_protocol, protocol_for, register,  # noqa: F401
+                   split_protocols)  # fmt: skip
 from .conditioning import CONDITIONINGS, Conditioning, make_conditioning  # noqa: F401
 from .cut import Cut, noised  # noqa: F401
-from .messages import ENVELOPE, CutImageMessage, Message, SharedNoiseMessage, Transport  # noqa: F401
+from .messages import ENVELOPE, CutImageMessage, Message, SharedNoiseMessage, Transport, UploadMessage  # noqa: F401
 
 # Importing a protocol's module registers it.
-from . import shared_noise, cut_image  # noqa: E402,F401
+from . import shared_noise, cut_image, fedavg  # noqa: E402,F401
 
 add_check(check_config)  # the config's validation asks the registered protocol (config/validate.py)

@@ -63,6 +63,7 @@ class Protocol:
 
     name: ClassVar[str] = ""
     sends_noise: ClassVar[bool] = False
+    aggregates: ClassVar[bool] = False  # the clients upload whole models that the server averages (fedavg)
     message_type: ClassVar[type[Message]] = Message
 
     def __init__(self, cut: Cut, fixed_noise: bool = False, conditioning: str = "none"):
@@ -142,6 +143,12 @@ class Protocol:
         return sampler.run(predict, x, self.cut.T - 1, self.cut.t_c, gen)
 
     # ---- the view --------------------------------------------------------------------
+    def no_image_rows(self) -> Optional[str]:
+        """Why the view holds no image rows an attack on images could read (None: it may)."""
+        if self.cut.sends_nothing:
+            return "nothing was sent: c = 1 (t_c = T), clients run every denoising step locally"
+        return None
+
     def level_range(self) -> tuple[int, int]:
         """Levels ``[lo, hi]`` the rows the server receives can be at (``-1``: clean)."""
         raise NotImplementedError
@@ -196,6 +203,11 @@ class Protocol:
 
 PROTOCOLS: Registry = Registry("protocol", Protocol, names=PROTOCOL_NAMES)
 register = PROTOCOLS.register
+
+
+def split_protocols() -> tuple[str, ...]:
+    """The registered protocols that split the chain at a cut (every one but the federated baseline)."""
+    return tuple(n for n in PROTOCOLS.names() if not PROTOCOLS.get(n).aggregates)
 
 
 def make_protocol(kind: str, cut: Cut, fixed_noise: bool = False, conditioning: str = "none") -> Protocol:

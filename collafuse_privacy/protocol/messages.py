@@ -15,6 +15,8 @@ records of a message is its payload in an envelope of ``(client, round)``
   ``eps`` travels, ``x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)`` exactly.
 * ``cut-image``: only the hand-over image ``h = x_{t_c-1}``; the server draws
   its own timestep and noise on the tail schedule.
+* ``fedavg`` (the federated baseline): no image; every ``train.local_steps`` rounds each
+  client's whole model and its member count (:class:`UploadMessage`, one row per upload).
 """
 
 from __future__ import annotations
@@ -104,6 +106,22 @@ class CutImageMessage(Message):
 
     def __len__(self) -> int:
         return int(self.h.shape[0])
+
+
+@dataclass(frozen=True)
+class UploadMessage(Message):
+    """``fedavg``: one client's model after its local steps, ``w`` [1, P] float32 (its parameters
+    flattened in ``named_parameters`` order), and ``n`` [1] int64, its member count (FedAvg's
+    weight: the server learns every client's data size)."""
+
+    w: torch.Tensor
+    n: torch.Tensor
+
+    WIRE: ClassVar[dict[str, str]] = {"x": "image", "n": "index"}  # "image": float32 per element of x's row
+    ATTRS: ClassVar[dict[str, str]] = {"x": "w", "n": "n"}
+
+    def __len__(self) -> int:
+        return int(self.w.shape[0])
 
 
 class Transport:

@@ -43,7 +43,8 @@ from ..party import Party
 from ..view import seal_view
 from .driver import ServerRounds
 from .batched import batched_clients, batched_train_steps
-from .parties import client_dp_on, client_draw, client_round, client_send
+from ..protocol.fedavg import flat_parameters
+from .parties import client_dp_on, client_draw, client_round, client_send, client_upload, receive_global, uploads_due
 from .privacy import DPClients, write_privacy
 from .session import Session, refuse_audit_dir
 
@@ -65,6 +66,8 @@ class Trainer:
         if self.resumed:
             self._load_latest()
             self.rd.write_config(self.cfg)  # train.steps may have grown
+        if self.protocol.aggregates and self.step == 0:
+            self._send_global()  # fedavg: every client starts from the server's initial global model
         if self.dp is not None:
             self.dp.check_budget(self.step)
         if s.cut_choice is not None and not self.quiet:
@@ -91,8 +94,18 @@ class Trainer:
             row["client_loss"].append(r.loss)
             row["client_n"].append(r.local)
             row["sent"].append(len(r.message) if r.message is not None else 0)
-        return self.rounds.run_round(row, [r.message for r in results], t0, truth=[r.ids for r in results],
-                                     client_losses=row["client_loss"], extra=self._dp_row)  # fmt: skip
+        msgs, truth, after = [r.message for r in results], [r.ids for r in results], None
+        if self.protocol.aggregates and uploads_due(self.cfg, self.step + 1):  # fedavg: nothing else crosses
+            msgs, truth, row["sent"] = [client_upload(c, self.protocol) for c in self.clients], None, [1] * len(msgs)
+            after = self._send_global
+        return self.rounds.run_round(row, msgs, t0, truth=truth, client_losses=row["client_loss"], extra=self._dp_row,
+                                     after_step=after)  # fmt: skip
+
+    def _send_global(self) -> None:
+        """fedavg: every client continues from the server's new global model."""
+        w = flat_parameters(self.server.party.model)
+        for c in self.clients:
+            receive_global(c, w)
 
     def _dp_row(self, step: int) -> dict:
         """The DP clients' epsilon spent, every ``defense.client_dp.log_every`` rounds and at the last."""

@@ -25,6 +25,7 @@ from ..models import build_unet
 from ..party import Batcher, Party
 from ..protocol import Cut, Message, Protocol, make_conditioning, protocol_for
 from ..protocol.accountant import ReleaseAccountant
+from ..protocol.fedavg import load_flat
 from ..rng import generator, randint, randn, restore
 
 # The random streams: generator(cfg.seed, SERVER_STREAM) for the server's own noise (cut-image's
@@ -81,9 +82,14 @@ class Server:
         self.inbox.append(msg)
 
     def train_step(self) -> tuple[Optional[float], int]:
-        """One step on this round's inbox; returns (loss, images)."""
+        """One step on this round's inbox; returns (loss, images). ``fedavg``: the uploads'
+        average becomes the server's (global) model, its EMA steps; returns (None, 0)."""
         msgs, self.inbox = self.inbox, []
         if not msgs:
+            return None, 0
+        if self.protocol.aggregates:
+            load_flat(self.party.model, self.protocol.average(msgs))
+            self.party.ema.step(self.party.model.parameters())
             return None, 0
         x_t, t, target, labels = self.protocol.model_inputs(msgs, self.gen, self.party.device)
         return self.party.train_step(x_t, t, target, labels), int(x_t.shape[0])
@@ -234,3 +240,20 @@ def client_round(c: Client, cfg: Config, protocol: Protocol, dev: torch.device) 
     d = client_draw(c, cfg, protocol, dev)
     loss = c.party.train_step(*d.local_batch(protocol.cut))  # 2. the client's own steps
     return client_send(c, d, protocol, loss)
+
+
+# ---- fedavg: the uploads and the global model sent back ------------------------------------------
+def uploads_due(cfg: Config, step: int) -> bool:
+    """Round ``step`` (1-based) ends with an upload: every ``train.local_steps`` rounds and at the last."""
+    return step % cfg.train.local_steps == 0 or step == cfg.train.steps
+
+
+def client_upload(c: Client, protocol: Protocol) -> Message:
+    """Client ``c``'s upload: its model's parameters and its member count (``fedavg``)."""
+    return protocol.upload(c.k, c.party.model, len(c.ids))
+
+
+def receive_global(c: Client, w: torch.Tensor) -> None:
+    """Client ``c`` continues from the global model ``w`` (its optimiser state and EMA are its own)."""
+    load_flat(c.party.model, w)
+

@@ -47,7 +47,10 @@ def server_side(cfg: Config, model, protocol: Protocol, run_dir: Path, device: t
     False for a networked server) and the transport that delivers to both."""
     server = make_server(cfg, model, protocol, device)
     rec = cfg.record
-    recorder = ViewRecorder(run_dir, rec.max_items if rec.enabled else 0, rec.shard_size, rec.dtype, truth=truth)
+    # fedavg's rows are whole models: a shard per upload round; no image ids to keep as ground truth
+    shard = min(rec.shard_size, cfg.data.clients) if protocol.aggregates else rec.shard_size
+    recorder = ViewRecorder(run_dir, rec.max_items if rec.enabled else 0, shard, rec.dtype,
+                            truth=truth and not protocol.aggregates)  # fmt: skip
     return server, recorder, Transport(server.receive, recorder.receive)
 
 

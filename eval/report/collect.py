@@ -99,7 +99,8 @@ class CellResult:
         return (b["method"], b[key]) if b and b.get(key) is not None else None
 
     def nothing_sent(self) -> bool:
-        return self.t_c is not None and self.reconstruction_sent is False
+        """Nothing crossed (c = 1); a fedavg cell sent its models, which the image attacks do not read."""
+        return self.t_c is not None and self.reconstruction_sent is False and self.protocol != "fedavg"
 
     def to_row(self) -> dict:
         """The headline numbers as plain data (what the report's table shows)."""
@@ -184,7 +185,7 @@ def _read_quality(r: CellResult, q) -> None:
     if q is None:
         return
     r.extractor, r.extractor_sha256 = q.extractor, q.extractor_sha256
-    own = [x for x in q.runs if abs(x.cut_ratio - r.cut_ratio) < 1e-9]
+    own = [x for x in q.runs if abs(x.cut_ratio - r.cut_ratio) < 1e-9 and x.protocol in ("", r.protocol)]
     if own:
         r.fid, r.kid = own[0].pooled.fid, own[0].pooled.kid
         r.fid_ci, r.kid_ci = _iv(own[0].pooled.fid_ci), _iv(own[0].pooled.kid_ci)

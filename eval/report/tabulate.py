@@ -27,6 +27,9 @@ def _kid_iv(iv) -> str:
 ADJACENCY_NOTE = ("formal eps (view): GDP of what crosses the cut under replace-one adjacency (one image replaced by "
                   "any other, L2 sensitivity 2 sqrt(d)); the client DP-SGD eps in the defence column is Opacus' "
                   "add/remove adjacency: the two answer different questions and are not comparable")
+FEDAVG_NOTE = ("formal eps (view) of fedavg: the server sees every client's uploaded model; with DP-SGD clients "
+               "each upload is a post-processing of the client's DP-SGD run, so its epsilon (Opacus, add/remove one "
+               "member image) bounds the view; without DP-SGD nothing does (inf)")  # fmt: skip
 THREAT_NOTE = ("linked: a server that attributes every release to its image (today's number); unlinked: a server "
                "that cannot know in which rounds an image was drawn (the clients' secret batch draws and timesteps) "
                "but may recognise its row when present: the exact secret-sampling bound sum_k Binom(k; n, p) "
@@ -72,10 +75,11 @@ def _settings_table(cells: list[CellResult]) -> tuple[list[list[str]], list[str]
     for c in cells:
         eps = _fmt(c.view_epsilon)
         if c.view_epsilon is not None:
-            eps += " " + notes.na(ADJACENCY_NOTE)[4:]
+            eps += " " + notes.na(FEDAVG_NOTE if c.protocol == "fedavg" else ADJACENCY_NOTE)[4:]
             if c.secrets_derived_from_seed:  # beside the number it qualifies, cell by cell
                 eps += " (derived secrets) " + notes.na(SECRETS_NOTE)[4:]
-            eps += " " + notes.na(THREAT_NOTE)[4:]
+            if c.protocol != "fedavg":
+                eps += " " + notes.na(THREAT_NOTE)[4:]
         if c.view_epsilon_unlinked is not None:
             unlinked = (f"{_fmt(c.view_epsilon_unlinked)} / {_fmt(c.view_epsilon_unlinked_add_remove)} "
                         + notes.na(THREAT_NOTE)[4:])
@@ -133,7 +137,8 @@ def _reconstruction_table(cells: list[CellResult]) -> list[list[str]]:
         if c.reconstruction_sent is None:
             continue
         if not c.reconstruction_sent:
-            rec.append([c.label] + ["nothing sent"] * (3 * len(rec_methods)) + ["-"])
+            what = "uploads, not images" if c.protocol == "fedavg" else "nothing sent"  # update inversion: not built
+            rec.append([c.label] + [what] * (3 * len(rec_methods)) + ["-"])
             continue
         row = [c.label]
         for key, spec in (("ssim", ".3f"), ("psnr", ".1f"), ("ident", ".3f")):

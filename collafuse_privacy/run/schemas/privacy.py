@@ -12,7 +12,7 @@ from ..codec import SCHEMA, artefact
 
 @dataclass(frozen=True)
 class ReleasePrivacy:
-    mu: float
+    mu: Optional[float]  # None: no GDP route (fedavg's view)
     epsilon: float
 
 
@@ -22,6 +22,8 @@ DPSGD_ADJACENCY = "add/remove one image of the client's member set (Opacus' acco
 # the threat model of each formal number of the view, one line each (issue 25; defenses/unlinked.py)
 LINKED_THREAT = ("linked: a server that attributes every release to its image (the most releases any image got, "
                  "composed as Gaussian mechanisms)")  # fmt: skip
+FEDAVG_THREAT = ("fedavg: the honest-but-curious aggregator sees every client's uploaded model, named by its client, "
+                 "and the global models")  # fmt: skip
 UNLINKED_THREAT = ("unlinked: the server cannot know in which rounds an image was drawn (the clients' secret batch "
                    "draws and timesteps), but may recognise its row when present; replace-one, exact for that server: "
                    "delta(eps) = sum_k Binom(k; n, p) delta_GDP(eps; sqrt(k) mu)")  # fmt: skip
@@ -29,7 +31,7 @@ UNLINKED_THREAT = ("unlinked: the server cannot know in which rounds an image wa
 
 @dataclass(frozen=True)
 class ViewPrivacy:
-    mu: float
+    mu: Optional[float]  # None: no GDP route (fedavg: the DP-SGD accountant's epsilon, or none)
     epsilon: float
     delta: float  # includes delta_release_bound
     releases_per_image: int

@@ -44,6 +44,7 @@ class QualityRun:
     run_dir: str
     per_client: list[ClientQuality]
     pooled: PooledQuality
+    protocol: str = ""  # protocol.kind of the run ("": a file from before fedavg, a split protocol)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,140 @@
+"""``protocol.kind: fedavg``, the federated baseline (issue 26, in process).
+
+Checked: every client starts from the server's initial model; an upload round's view rows are the
+clients' models and member counts, and the server's model after it is exactly their
+member-weighted average (recomputed here from the view alone), which every client continues
+from; between uploads the clients train on their own; the view holds nothing but the uploads
+(no ground truth, no ids); a kill and resume gives the same bits; privacy.json says what bounds
+the view (nothing without DP-SGD; the clients' DP-SGD epsilon with it, DP-SGD's adjacency); the
+image attacks say why they do not apply and the model attacks run on the global model; configs
+fedavg cannot honour, and a Flower run, are refused in one line.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from collafuse_privacy.cli import main
+from collafuse_privacy.config import load_config
+from collafuse_privacy.errors import UserError
+from collafuse_privacy.flower.plan import prepare
+from collafuse_privacy.io import load_tensors
+from collafuse_privacy.models import build_unet
+from collafuse_privacy.protocol import make_protocol, Cut
+from collafuse_privacy.protocol.fedavg import flat_parameters
+from collafuse_privacy.training import train
+from collafuse_privacy.view import ServerView, list_shards
+
+from test_training import _assert_same, _final_state, _killed_then_resumed
+from conftest import tiny_config
+
+FEDAVG = ["protocol.kind=fedavg", "protocol.cut_ratio=1", "train.steps=7", "train.local_steps=3",
+          "train.checkpoint_every=3"]  # fmt: skip
+
+
+def _checkpoint(run):
+    ck = run / "checkpoints"
+    return ck / json.loads((ck / "latest.json").read_text())["dir"]
+
+
+def test_the_server_averages_the_uploads_and_every_client_continues_from_it(tmp_path):
+    run = tmp_path / "run"
+    out = train(tiny_config(*FEDAVG), run, device="cpu", quiet=True)
+    assert out["steps"] == 7 and out["messages"] == 2 * 3  # uploads after rounds 3, 6 and the last, 7
+    log = [json.loads(x) for x in (run / "metrics" / "train.jsonl").read_text().splitlines()]
+    assert [r["sent"] for r in log] == [[0, 0], [0, 0], [1, 1], [0, 0], [0, 0], [1, 1], [1, 1]]
+    assert all(n > 0 for r in log for n in r["client_n"]) and all(r["server_n"] == 0 for r in log)
+    view = ServerView.load(run)
+    assert set(view.messages) == {"x", "n", "client", "round"}  # the models, member counts, envelope
+    assert view.messages["round"].tolist() == [2, 2, 5, 5, 6, 6] and view.messages["client"].tolist() == [0, 1] * 3
+    assert not (run / "ground_truth").exists()
+    # the last round's average, recomputed from the view alone, is the server's model, bit for bit
+    last = view.messages["round"] == 6
+    w, n = view.messages["x"][last].double(), view.messages["n"][last].double()
+    avg = ((n / n.sum())[:, None] * w).sum(0)
+    acc = torch.zeros_like(avg)
+    for row, weight in zip(w, (n / n.sum()).tolist()):  # the order of FedAvg.average's sums
+        acc += weight * row
+    d = _checkpoint(run)
+    server = load_tensors(d / "server.safetensors")
+    model = build_unet("micro", 8, 1)
+    model.load_state_dict(server)
+    assert torch.equal(flat_parameters(model), acc.float()) and torch.allclose(acc, avg, atol=1e-12)
+    for k in range(2):  # every client continues from the global model
+        model.load_state_dict(load_tensors(d / f"client-{k}.safetensors"))
+        assert torch.equal(flat_parameters(model), acc.float())
+    # between uploads the clients' models differ from each other (their own data and draws)
+    first, second = view.messages["x"][view.messages["round"] == 5]
+    assert not torch.equal(first, second)
+    # the member counts the server learns are the clients' split sizes
+    splits = json.loads((run / "splits.json").read_text())
+    assert view.messages["n"][:2].tolist() == [len(c["members"]) for c in splits["clients"]]
+
+
+def test_every_client_starts_from_the_servers_initial_model(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(*FEDAVG, "train.steps=1", "train.local_steps=5", "train.checkpoint_every=1"), run,
+          device="cpu", quiet=True)  # fmt: skip
+    rows = ServerView.load(run).messages
+    # one round of local training from the same start: close to each other, far from two random inits
+    gap = float((rows["x"][0] - rows["x"][1]).abs().max())
+    a, b = (flat_parameters(build_unet("micro", 8, 1)) for _ in range(2))
+    assert gap < 0.1 * float((a - b).abs().max())
+
+
+def test_fedavg_resumes_bitwise(tmp_path):
+    cfg = tiny_config(*FEDAVG)
+    train(cfg, tmp_path / "straight", device="cpu", quiet=True)
+    _killed_then_resumed(cfg, tmp_path / "resumed", at=5)
+    a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed")
+    _assert_same(a, b)
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_privacy_json_says_what_bounds_the_view(tmp_path, dp):
+    extra = ["defense.client_dp.enabled=true", "defense.client_dp.noise_multiplier=1.0"] if dp else []
+    run = tmp_path / "run"
+    train(tiny_config(*FEDAVG, *extra), run, device="cpu", quiet=True)
+    p = json.loads((run / "metrics" / "privacy.json").read_text())
+    view = p["view"]
+    assert view["mu"] is None and view["releases_per_image"] == 3 and "fedavg" in view["threat"]
+    assert "add/remove" in view["adjacency"] and p["unlinked"]["epsilon_replace_one"] is None
+    if dp:
+        eps = p["client_dp"]["epsilon"]
+        assert math.isfinite(eps) and eps > 0 and view["epsilon"] == eps
+    else:
+        assert view["epsilon"] == "inf"
+
+
+def test_attacks_on_a_fedavg_view(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(*FEDAVG), run, device="cpu", quiet=True)
+    r = CliRunner().invoke(main, ["attack", "--run", str(run), "--type", "reconstruction"])
+    assert r.exit_code == 0 and "holds the clients' uploaded models, not images" in r.output, r.output
+    r = CliRunner().invoke(main, ["attack", "--run", str(run), "--type", "membership", "--method", "view-lrt",
+                                  "--method", "loss"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = json.loads((run / "metrics" / "membership.json").read_text())
+    methods = res["methods"] if "methods" in res else res
+    text = json.dumps(methods)
+    assert "uploaded models, not images" in text  # view-lrt: not applicable, with the reason
+    assert ServerView.load(run).server_state is not None  # the global model is the server's own
+
+
+def test_configs_fedavg_cannot_honour_are_refused(tmp_path):
+    for over, key in [("protocol.cut_ratio=0.5", "protocol.cut_ratio"), ("model.server_conditioning=client",
+                      "server_conditioning"), ("model.client_preset=micro", "client_preset")]:  # fmt: skip
+        with pytest.raises(UserError, match=key):
+            load_config(None, ["protocol.kind=fedavg", "protocol.cut_ratio=1", over])
+    with pytest.raises(UserError, match="train.local_steps"):
+        load_config(None, ["protocol.kind=fedavg", "protocol.cut_ratio=1", "train.local_steps=0"])
+    with pytest.raises(UserError, match="Flower"):
+        prepare(tiny_config(*FEDAVG), tmp_path / "flower")
+    proto = make_protocol("fedavg", Cut(tiny_config().diffusion, 20))
+    with pytest.raises(ValueError, match="uploads its model"):
+        proto.encode(0, torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, 8, 8),
+                     ids=torch.zeros(1), secret=0)  # fmt: skip
+    assert list_shards(tmp_path) == []
