@@ -3,7 +3,6 @@ optionally Opacus DP-SGD (``defenses/dp_sgd.py``); and the seeded batcher of a c
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -13,7 +12,7 @@ from .config import TrainConfig
 from .diffusion import p_losses
 from .errors import UserError
 from .defenses.dp_sgd import DPSGD
-from .rng import CUBLAS_WORKSPACE, deterministic_algorithms
+from .rng import deterministic_algorithms, fix_cublas_workspace
 
 EMA_DECAY = 0.999
 
@@ -60,7 +59,7 @@ class Party:
         self.dp = None  # a defenses.dp_sgd.DPSGD once make_private() was called
         self.deterministic = train.deterministic
         if self.deterministic:  # before cuBLAS' first call (rng.deterministic_algorithms)
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+            fix_cublas_workspace()
 
     def make_private(self, **dp_kwargs) -> None:
         """Wrap (model, optimiser) with Opacus DP-SGD (``defenses.dp_sgd.DPSGD`` arguments).

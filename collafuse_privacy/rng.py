@@ -49,6 +49,11 @@ def restore(gen: torch.Generator, state: torch.Tensor, what: str) -> None:
 CUBLAS_WORKSPACE = ":4096:8"
 
 
+def fix_cublas_workspace() -> None:
+    """``CUBLAS_WORKSPACE_CONFIG`` for deterministic cuBLAS, unless the user set one (before cuBLAS' first call)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
 @contextmanager
 def deterministic_algorithms(on: bool = True):
     """``torch.use_deterministic_algorithms(True)`` and cuDNN without autotuning inside the block
@@ -59,7 +64,7 @@ def deterministic_algorithms(on: bool = True):
     if not on:
         yield
         return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    fix_cublas_workspace()
     prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
             torch.backends.cudnn.benchmark)  # fmt: skip
     torch.use_deterministic_algorithms(True)

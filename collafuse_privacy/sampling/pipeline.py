@@ -258,21 +258,18 @@ class CollaFusePipeline(DiffusionPipeline):
         secrets = list(client_secrets) if client_secrets is not None else [None] * K
         if len(secrets) != K:
             raise UserError(f"{len(secrets)} client secrets for {K} clients")
-        server_gen = server_sample_generator(seed, self.device)
         gens = [client_sample_generator(seed, k, secrets[k], self.device) for k in range(K)]
         raw = torch.empty(K, n, *self.image_shape)
-        handovers = None if self.cut.sends_nothing else torch.empty(K, n, *self.image_shape)
         if batched_sampling(batched_clients, self.device, self.clients):
-            # the server's half first, in the loop's order of its draws (client after client, batch after batch)
-            for k in range(K):
-                for a, b in _chunks(n, self.config.batch_size):
-                    if handovers is not None:
-                        handovers[k, a:b] = self.server_part(k, b - a, server_gen).cpu()
+            # the server's half first (:meth:`handovers`: the same stream, in the loop's order of its draws)
+            handovers = self.handovers(n, seed, K)
             stacked = StackedClients(self.clients)
             for a, b in _chunks(n, self.config.batch_size):
                 h = handovers[:, a:b] if handovers is not None else None
                 raw[:, a:b] = self.clients_part(stacked, h, b - a, gens).cpu()
         else:
+            server_gen = server_sample_generator(seed, self.device)
+            handovers = None if self.cut.sends_nothing else torch.empty(K, n, *self.image_shape)
             for k in range(K):
                 for a, b in _chunks(n, self.config.batch_size):
                     h = self.server_part(k, b - a, server_gen)  # x_{T-1} -> h = x_{t_c-1}
