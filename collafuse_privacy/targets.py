@@ -1,6 +1,7 @@
 """Attack targets, ``"server"`` or ``"client:K"``, parsed in one place.
 
-``"server"``: the server's view and model; ``"client:K"``: client ``K``'s released model. Membership
+``"server"``: the server's view and model; ``"client:K"``: client ``K``'s released model (under
+fedavg, client ``K``'s last upload, which is in the server's view). Membership
 attacks, the audit, sweeps and the CLI all parse a target with :func:`parse_target`.
 """
 

@@ -34,8 +34,9 @@ from .checkpoint import check_finite, sha256, step_dirs, verified_step_dir
 from .config import config_hash, cut_timestep
 from .errors import UserError
 from .io import load_tensors, save_tensors
-from .models import load_unet
+from .models import build_unet, load_unet
 from .protocol import Cut, Message, Protocol, make_protocol
+from .protocol.fedavg import load_flat
 from .run.codec import read_json, write_json
 from .run.directory import RunDir
 from .run.layout import SERVER, SHARD_RE, SHARDS, TRUTH_TRAIN, VIEW_FILES, VIEW_TRAIN, party_file, shard_name, step_of
@@ -288,11 +289,38 @@ class ServerView:
         return load_unet(self.meta.model_preset, self.image_shape, self.server_state, self.run_dir).to(device)
 
     def client_model(self, k: int, device="cpu"):
-        """Client ``k``'s model, only if it was released (``ServerView.load(..., release_clients=[k])``)."""
+        """Client ``k``'s model: under a protocol whose messages are models (fedavg) its last recorded
+        upload, which the server holds; otherwise only if it was released
+        (``ServerView.load(..., release_clients=[k])``)."""
+        if self.protocol.aggregates:
+            return self._uploaded_model(k).to(device)
         if k not in self.released_clients:
             raise UserError(f"client {k}'s model is not part of the server's view (it was not released)")
         preset = self.meta.client_preset or self.meta.model_preset
         return load_unet(preset, self.image_shape, self.released_clients[k], self.run_dir).to(device)
+
+    def upload_round(self, k: int) -> int:
+        """The round of client ``k``'s last recorded upload (fedavg); UserError if none was recorded."""
+        rows = self._uploads(k)
+        return int(self.messages["round"][rows].max())
+
+    def _uploads(self, k: int) -> torch.Tensor:
+        if not self.protocol.aggregates:
+            raise ValueError(f"the {self.protocol.name} view holds no model uploads")
+        rows = torch.nonzero(self.messages["client"] == k).flatten() if self.messages else torch.zeros(0, dtype=torch.long)
+        if len(rows) == 0:
+            rec = "" if self.record is None else f" ({self.record.recorded} of {self.record.received} rows recorded)"
+            raise UserError(f"client {k} has no upload in the server's view{rec}: it is not a client of the run, "
+                            "or record.max_items kept none of its uploads")  # fmt: skip
+        return rows
+
+    def _uploaded_model(self, k: int):
+        """Client ``k``'s last recorded upload as a model (the flattened parameters of the row)."""
+        rows = self._uploads(k)
+        last = rows[int(torch.argmax(self.messages["round"][rows]))]
+        model = build_unet(self.meta.model_preset, int(self.image_shape[-1]), int(self.image_shape[0]))
+        load_flat(model, self.messages["x"][last])
+        return model.eval()
 
     @classmethod
     def load(cls, run_dir: str | Path, release_clients: tuple[int, ...] = ()) -> "ServerView":
@@ -320,6 +348,8 @@ class ServerView:
         cut = Cut(meta.diffusion, meta.t_c)
         no_model = cut.sends_nothing and not make_protocol(meta.protocol, cut).aggregates
         server = [] if no_model else [party_file(SERVER, ema=True)]
+        if make_protocol(meta.protocol, cut).aggregates:
+            release_clients = ()  # the clients' uploads are in the view already (client_model reads them)
         files = server + [party_file(k, ema=True) for k in release_clients]
         step_dir, _ = verified_step_dir(rd, files)  # the files read here match the checkpoint's manifest
         shards = verify_view(rd, step_of(step_dir.name), cfg)

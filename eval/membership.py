@@ -185,7 +185,9 @@ def run_membership(
     if kind == "server":  # the formal bound covers the releases, not a client's model
         gdp = _formal_bound(run, view, cand, scored, n_boot, seed)
     else:
-        gdp_note = "the GDP accounting covers the releases the server received, not a released client model"
+        gdp_note = ("fedavg: the server holds this client's uploads; with DP-SGD clients privacy.json bounds them by "
+                    "the client's DP-SGD epsilon (no GDP accounting)" if view.protocol.aggregates else
+                    "the GDP accounting covers the releases the server received, not a released client model")
     return _write(run, target, view, cfg, cand, scored, gdp, gdp_note, cap, n_boot, seed, log)
 
 

@@ -6,7 +6,8 @@ member-weighted average (recomputed here from the view alone), which every clien
 from; between uploads the clients train on their own; the view holds nothing but the uploads
 (no ground truth, no ids); a kill and resume gives the same bits; privacy.json says what bounds
 the view (nothing without DP-SGD; the clients' DP-SGD epsilon with it, DP-SGD's adjacency); the
-image attacks say why they do not apply and the model attacks run on the global model; configs
+image attacks say why they do not apply and the model attacks run on the global model and, as
+``client:K``, on client K's last upload; configs
 fedavg cannot honour, and a Flower run, are refused in one line.
 """
 
@@ -121,7 +122,20 @@ def test_attacks_on_a_fedavg_view(tmp_path):
     methods = res["methods"] if "methods" in res else res
     text = json.dumps(methods)
     assert "uploaded models, not images" in text  # view-lrt: not applicable, with the reason
-    assert ServerView.load(run).server_state is not None  # the global model is the server's own
+    view = ServerView.load(run)
+    assert view.server_state is not None  # the global model is the server's own
+    # client:K is client K's last upload, read from the view (no release, no client checkpoint file)
+    rows = view.messages
+    for k in range(2):
+        last = (rows["client"] == k) & (rows["round"] == 6)
+        assert torch.equal(flat_parameters(view.client_model(k)), rows["x"][last][0]) and view.upload_round(k) == 6
+    r = CliRunner().invoke(main, ["attack", "--run", str(run), "--type", "membership", "--method", "loss",
+                                  "--target", "client:1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    entry = json.loads((run / "metrics" / "membership.json").read_text())["targets"]["client:1"]
+    assert "client 1's upload of round 6" in json.dumps(entry) and "fedavg" in entry["gdp_note"]
+    with pytest.raises(UserError, match="no upload"):
+        view.client_model(2)
 
 
 def test_configs_fedavg_cannot_honour_are_refused(tmp_path):

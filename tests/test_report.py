@@ -190,3 +190,37 @@ def test_a_folder_never_trained_is_not_listed_as_done(tmp_path):
     shutil.rmtree(d / "metrics")
     (cell,) = collect([d])
     assert cell.status == "not trained" and "no checkpoint" in cell.error
+
+
+def test_a_fedavg_cell_is_read_against_the_collafuse_ends(tmp_path):
+    """A fedavg cell (issue 26): its headline membership is the attack on client 0's upload (in the
+    server's view), the reading places its FID against c = 0's interval and names its epsilon as the
+    clients' DP-SGD one, and the GDP reading leaves it out."""
+    from collafuse_privacy.eval.report import reading, tables
+
+    c0, c1 = fake_run(tmp_path, "c0", 0.0, 10.0, 0.9, 0.99, "inf"), fake_run(tmp_path, "c1", 1.0, 20.0, 0.0, 0.0, 0.0)
+    fa = fake_run(tmp_path, "fa", 1.0, 14.0, 0.0, 0.0, 0.0, dp=True)
+    cfg = yaml.safe_load((fa / "config.yaml").read_text())
+    cfg["protocol"]["kind"] = "fedavg"
+    (fa / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rd = RunDir(fa)
+    up = MembershipMethod(True, auc=iv(0.8), tpr_at_1pct_fpr=iv(0.3), tpr_at_01pct_fpr=iv(0.1))
+    glob = MembershipMethod(True, auc=iv(0.6), tpr_at_1pct_fpr=iv(0.05), tpr_at_01pct_fpr=iv(0.01))
+
+    def result(m, gdp):
+        return MembershipResult(protocol="fedavg", cut_ratio=1.0, t_c=100, timesteps=100, fixed_noise=False,
+                                n_members=10, n_nonmembers=10, methods={"loss": m}, gdp=gdp,
+                                best=BestMethod("loss", "a calibration half", auc=m.auc, tpr_at_1pct_fpr=m.tpr_at_1pct_fpr))
+    rd.write_metrics("membership", MembershipReport(targets={"server": result(glob, None), "client:0": result(up, None)}))
+    p = rd.metrics("privacy")
+    rd.write_metrics("privacy", dataclasses.replace(p, protocol="fedavg", view=dataclasses.replace(p.view, epsilon=4.2)))
+    cells = collect([c0, c1, fa])
+    f = next(c for c in cells if c.protocol == "fedavg")
+    assert f.view_target() == "client:0" and f.best_membership(key="auc")[1]["value"] == 0.8
+    words = reading(cells)
+    line = next(w for w in words if w.startswith("FedAvg"))
+    assert "2.5 above the interval of CollaFuse c = 0 (10.0 [8.5, 11.5])" in line and "local-only c = 1: 20.0" in line
+    assert "upload 0.800 [0.780, 0.820] (loss)" in line and "4.2 (the clients' DP-SGD epsilon" in line
+    assert not any("[" + f.label + "] eps=" in w for w in words if w.startswith("Formal guarantee"))
+    paper = tables(cells)["paper"]
+    assert any("(loss, upload of client 0)" in cell for row in paper for cell in row)

@@ -14,7 +14,8 @@ metrics live in ``eval/``.
 
 ``target``: ``"server"`` (the server's own view and model) or ``"client:K"``
 (client K's model is released; the view must be loaded with
-``ServerView.load(run_dir, release_clients=[K])``).
+``ServerView.load(run_dir, release_clients=[K])``). Under fedavg the server holds every
+client's uploads, so ``client:K`` is client K's last recorded upload, with no release.
 """
 
 from __future__ import annotations

@@ -76,6 +76,8 @@ class ModelAttack(MembershipAttack):
         else:
             model = view.client_model(self.target_client, self.device)  # UserError if not released
             self.conditioning = None  # a client model takes no label
+            if view.protocol.aggregates:  # fedavg: the client's last upload, which the server holds
+                self.upload_round = view.upload_round(self.target_client)
         self.range = rng  # its clean data (ModelRange.data: the hand-over formula of the protocol)
         self.t_off, self.abar_s, self.hand_a = rng.t_off, rng.abar, rng.hand_a
         self.model = model.eval()
@@ -88,7 +90,10 @@ class ModelAttack(MembershipAttack):
 
     # ---- helpers for subclasses ------------------------------------------------
     def describe(self) -> dict:
-        return {"target": self.target, "global_t_range": [self.t_off, self.t_off + getattr(self, "n_steps", 0) - 1]}
+        d = {"target": self.target, "global_t_range": [self.t_off, self.t_off + getattr(self, "n_steps", 0) - 1]}
+        if getattr(self, "upload_round", None) is not None:
+            d["model"] = f"client {self.target_client}'s upload of round {self.upload_round}"
+        return d
 
     def ab(self, s: int) -> float:
         return float(self.abar_s[s])

@@ -42,7 +42,7 @@ def disclosure_axes(cells: list[CellResult]) -> list[tuple[str, str, Callable[[C
     def mia(c: CellResult):
         if c.nothing_sent():
             return 0.5  # nothing crossed the cut: no test beats chance
-        best = c.best_membership("server", "auc")
+        best = c.best_membership(key="auc")
         return best[1]["value"] if best else None
 
     def ssim(c: CellResult):
@@ -54,7 +54,8 @@ def disclosure_axes(cells: list[CellResult]) -> list[tuple[str, str, Callable[[C
 
     # AUC, not TPR at 1% FPR: the held-out half of a demo's candidates (hundreds of non-members) does not
     # resolve a 1% FPR (10 / FPR non-members needed for a point estimate); the tables give TPR where it is
-    return [("mia", "membership AUC (strongest attack on the server's view, chosen and scored on separate halves)", mia),
+    return [("mia", "membership AUC (strongest attack on the server's view, fedavg: on client 0's upload; "
+                    "chosen and scored on separate halves)", mia),
             ("ssim", "reconstruction SSIM of training images (best method)", ssim),
             ("eps", "formal epsilon of the server's view (GDP, log scale)", eps)]  # fmt: skip
 
@@ -99,7 +100,47 @@ def utility_reading(cells: list[CellResult]) -> list[str]:
 def reading(cells: list[CellResult]) -> list[str]:
     """A short plain-language reading: the quality axis, then dominated settings and the knee per
     disclosure measure, the formal guarantees, and the audits."""
-    return utility_reading(cells) + front_reading(cells) + epsilon_reading(cells) + audit_reading(cells)
+    return (utility_reading(cells) + fedavg_reading(cells) + front_reading(cells) + epsilon_reading(cells)
+            + audit_reading(cells))
+
+
+def _iv_text(best: Optional[tuple[str, dict]]) -> str:
+    if not best:
+        return "not measured"
+    iv = best[1]
+    return f"{iv['value']:.3f}" + (f" [{iv['lo']:.3f}, {iv['hi']:.3f}]" if iv.get("lo") is not None else "") + f" ({best[0]})"
+
+
+def fedavg_reading(cells: list[CellResult]) -> list[str]:
+    """FedAvg against CollaFuse's ends (issue 26): quality against c = 0 and c = 1 (plain cells), what
+    the server holds and how well the strongest membership attack reads it, the formal epsilon, and
+    the client's burden."""
+    done = [c for c in cells if c.fid is not None and math.isfinite(c.fid)]
+    plain = [c for c in done if c.protocol != "fedavg" and not (c.dp and c.dp.get("enabled")) and not c.fixed_noise]
+    ends = {e: next((c for c in plain if c.cut_ratio == e), None) for e in (0.0, 1.0)}
+    lines = []
+    for f in (c for c in done if c.protocol == "fedavg"):
+        q = f"FedAvg [{f.label}]: FID {_fid_text(f)}"
+        a = ends[0.0]
+        if a is not None and a.fid_ci and f.fid_ci:
+            where = ("inside" if a.fid_ci["lo"] <= f.fid <= a.fid_ci["hi"] else
+                     f"{f.fid - a.fid_ci['hi']:.1f} above" if f.fid > a.fid_ci["hi"] else f"{a.fid_ci['lo'] - f.fid:.1f} below")
+            q += f", {where} the interval of CollaFuse c = 0 ({_fid_text(a)})"
+        if ends[1.0] is not None:
+            q += f"; local-only c = 1: {_fid_text(ends[1.0])}"
+        eps = f.view_epsilon
+        eps_text = ("infinite (a model can memorise its images)" if eps is not None and not math.isfinite(eps) else
+                    f"{eps:.3g} (the clients' DP-SGD epsilon, add/remove one image)" if eps is not None else "not reported")
+        c0 = f"; CollaFuse c = 0's server model: {_iv_text(a.best_membership(key='auc'))}" if a is not None else ""
+        burden = (f" Client burden: {f.client_flop_share:.2f} of the sampling FLOPs" if f.client_flop_share is not None else "")
+        if f.bytes_per_image is not None:
+            burden += f", {f.bytes_per_image:.0f} bytes uploaded per training image"
+            if a is not None and a.bytes_per_image is not None:
+                burden += f" (c = 0 sends {a.bytes_per_image:.0f})"
+        lines.append(q + f". Its server holds whole models: membership AUC on client 0's upload "
+                     f"{_iv_text(f.best_membership('client:0', 'auc'))}{c0}; formal epsilon of the view {eps_text}."
+                     + (burden + "." if burden else ""))  # fmt: skip
+    return lines
 
 
 def front_reading(cells: list[CellResult]) -> list[str]:
@@ -134,7 +175,8 @@ def front_reading(cells: list[CellResult]) -> list[str]:
 
 def epsilon_reading(cells: list[CellResult]) -> list[str]:
     """The formal guarantee of the server's view: linked, unlinked, and why the unlinked one is missing."""
-    eps = [(c.label, c.view_epsilon) for c in cells if c.view_epsilon is not None and not math.isnan(c.view_epsilon)]
+    eps = [(c.label, c.view_epsilon) for c in cells if c.view_epsilon is not None and not math.isnan(c.view_epsilon)
+           and c.protocol != "fedavg"]  # fedavg's view: fedavg_reading (DP-SGD's epsilon, no GDP)
     if not eps:
         return []
     finite = [(n, e) for n, e in eps if math.isfinite(e) and e > 0]
@@ -216,8 +258,8 @@ def across_seeds(cells: list[CellResult]) -> list[dict]:
         row = {"setting": setting, "seeds": len(cs)}
         for key, get in (("fid", lambda c: (c.fid, _width(c.fid_ci))),
                          ("kid", lambda c: (c.kid, _width(c.kid_ci))),
-                         ("tpr1", lambda c: _iv_of(c.best_membership("server", "tpr1"))),
-                         ("auc", lambda c: _iv_of(c.best_membership("server", "auc"))),
+                         ("tpr1", lambda c: _iv_of(c.best_membership(key="tpr1"))),
+                         ("auc", lambda c: _iv_of(c.best_membership(key="auc"))),
                          ("ssim", lambda c: _iv_of(c.best_reconstruction("ssim")))):  # fmt: skip
             vals = [get(c) for c in cs]
             xs = np.array([v for v, _ in vals if v is not None and math.isfinite(v)], dtype=float)

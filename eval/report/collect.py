@@ -83,10 +83,17 @@ class CellResult:
             parts.append("fixed noise")
         return " + ".join(parts) or "none"
 
-    def best_membership(self, target: str = "server", key: str = "tpr1") -> Optional[tuple[str, dict]]:
-        """The strongest attack on ``target``, as chosen on a calibration half of the candidates and
-        scored on the other (``metrics/membership.json`` ``best``): ``(method, interval)``."""
-        best = self.membership_best.get(target)
+    def view_target(self) -> str:
+        """The membership target that stands for the server's view in the headline: the server's own
+        model, or, for fedavg, client 0's upload (the model the server receives; issue 26) where it
+        was attacked (``membership: {targets: [server, "client:0"]}``)."""
+        return "client:0" if self.protocol == "fedavg" and "client:0" in self.membership_best else "server"
+
+    def best_membership(self, target: Optional[str] = None, key: str = "tpr1") -> Optional[tuple[str, dict]]:
+        """The strongest attack on ``target`` (default :meth:`view_target`), as chosen on a calibration
+        half of the candidates and scored on the other (``metrics/membership.json`` ``best``):
+        ``(method, interval)``."""
+        best = self.membership_best.get(target or self.view_target())
         if not best or best.get(key) is None:
             return None
         return best["method"], best[key]

@@ -107,7 +107,7 @@ def _cell(ax, x: float, y: float, c: CellResult, key: str) -> None:
 
 def _x_interval(c: CellResult, key: str):
     """``(lo, hi)`` of a cell's disclosure number on axis ``key`` (None without an interval)."""
-    best = c.best_membership("server", "auc") if key == "mia" else c.best_reconstruction("ssim") if key == "ssim" else None
+    best = c.best_membership(key="auc") if key == "mia" else c.best_reconstruction("ssim") if key == "ssim" else None
     if not best or not isinstance(best[1], dict) or best[1].get("lo") is None or best[1].get("hi") is None:
         return None
     return best[1]["lo"], best[1]["hi"]

@@ -9,6 +9,7 @@ from typing import Optional
 
 from collafuse_privacy.numbers import fmt as _fmt
 from collafuse_privacy.numbers import fmt_interval
+from collafuse_privacy.targets import parse_target
 
 from ..quality import KID_SCALE, KID_UNIT
 from .analyse import across_seeds
@@ -167,13 +168,19 @@ def _quality_table(cells: list[CellResult]) -> list[list[str]]:
     return quality
 
 
+def _target_tag(c: CellResult) -> str:
+    """``", upload of client K"`` where a fedavg cell's headline attack targets an upload."""
+    kind, k = parse_target(c.view_target())
+    return "" if kind == "server" else f", upload of client {k}"
+
+
 def _paper_table(cells: list[CellResult]) -> list[list[str]]:
     paper = [["setting", f"{KID_UNIT}(server training images, client data)", "pixel MSE over pairs",
               "ours: strongest TPR@1%FPR (held-out)", "ours: best SSIM (held-out)"]]  # fmt: skip
     for c in cells:
         bm, br = c.best_membership(), c.best_reconstruction()
         paper.append([c.label, _fmt(None if c.paper_kid is None else c.paper_kid * KID_SCALE, ".4g"), _fmt(c.paper_mse, ".4f"),
-                      f"{_fmt(bm[1]['value'], '.3f')} ({bm[0]})" if bm else "n/a",
+                      f"{_fmt(bm[1]['value'], '.3f')} ({bm[0]}{_target_tag(c)})" if bm else "n/a",
                       f"{_fmt(br[1]['value'], '.3f')} ({br[0]})" if br else "n/a"])  # fmt: skip
     return paper
 
