@@ -107,7 +107,8 @@ def _membership_table(cells: list[CellResult]) -> tuple[list[list[str]], list[st
             res = c.membership.get(t)
             if res is None:
                 continue
-            row = [c.label, t] + [_mia_cell(res.get(m), key, notes) for key in ("auc", "tpr1") for m in mia_methods]
+            shown = t if t == "server" else t + (" (its upload)" if c.protocol == "fedavg" else " (released)")
+            row = [c.label, shown] + [_mia_cell(res.get(m), key, notes) for key in ("auc", "tpr1") for m in mia_methods]
             best = c.membership_best.get(t)
             row.append(f"{best['method']}: AUC {_fmt_iv(best['auc'])}" + (f", TPR@1%FPR {_fmt_iv(best['tpr1'])}"
                        if best.get("tpr1") else "") if best else "n/a")  # fmt: skip
