@@ -130,10 +130,11 @@ def test_attacks_on_a_fedavg_view(tmp_path):
         last = (rows["client"] == k) & (rows["round"] == 6)
         assert torch.equal(flat_parameters(view.client_model(k)), rows["x"][last][0]) and view.upload_round(k) == 6
     r = CliRunner().invoke(main, ["attack", "--run", str(run), "--type", "membership", "--method", "loss",
-                                  "--target", "client:1"])  # fmt: skip
+                                  "--method", "lira", "--target", "client:1"])  # fmt: skip
     assert r.exit_code == 0, r.output
     entry = json.loads((run / "metrics" / "membership.json").read_text())["targets"]["client:1"]
     assert "client 1's upload of round 6" in json.dumps(entry) and "fedavg" in entry["gdp_note"]
+    assert not entry["methods"]["lira"]["applicable"] and "ref_batch" in entry["methods"]["lira"]["reason"]
     with pytest.raises(UserError, match="no upload"):
         view.client_model(2)
 

@@ -65,6 +65,9 @@ class LiRA(LossAttack):
         if len(public) < min_public:
             raise NotApplicable(f"{self.name} needs at least {min_public} public images to train reference models "
                                 f"on (data.public_fraction)")  # fmt: skip
+        if view.protocol.aggregates and self.ref_batch is None:  # fedavg's rows are models, one per upload
+            raise NotApplicable(f"{self.name}: a fedavg view holds uploaded models, which do not say the clients' "
+                                f"batch size the references must mimic; give it as the option ref_batch")  # fmt: skip
         rounds = view.messages["round"] if len(view) else torch.zeros(0, dtype=torch.long)
         if self.ref_steps is None:
             self.ref_steps = int(rounds.max()) + 1 if len(rounds) else 100
