@@ -54,10 +54,9 @@ def disclosure_axes(cells: list[CellResult]) -> list[tuple[str, str, Callable[[C
 
     # AUC, not TPR at 1% FPR: the held-out half of a demo's candidates (hundreds of non-members) does not
     # resolve a 1% FPR (10 / FPR non-members needed for a point estimate); the tables give TPR where it is
-    return [("mia", "membership AUC (strongest attack on the server's view, fedavg: on client 0's upload; "
-                    "chosen and scored on separate halves)", mia),
+    return [("mia", "membership AUC (strongest attack on the server's view, chosen and scored on separate halves)", mia),
             ("ssim", "reconstruction SSIM of training images (best method)", ssim),
-            ("eps", "formal epsilon of the server's view (GDP, log scale)", eps)]  # fmt: skip
+            ("eps", "formal epsilon of the server's view (GDP; fedavg: DP-SGD's; log scale)", eps)]  # fmt: skip
 
 
 def _fid_text(c: CellResult) -> str:

@@ -38,6 +38,7 @@ class CellResult:
     t_c: Optional[int] = None
     protocol: str = ""
     fixed_noise: bool = False
+    local_steps: int = 1  # fedavg: rounds between uploads (train.local_steps)
     dp: Optional[dict] = None  # client DP-SGD settings and epsilon
     seed: int = 0
     fid: Optional[float] = None
@@ -173,7 +174,7 @@ def _cell(rd: RunDir, label: str, status: str, error: Optional[str], setting: Op
         cfg = rd.config()
     r = CellResult(label=label, run_dir=rd.path, setting=setting or label, status=status, error=error,
                    cut_ratio=cfg.protocol.cut_ratio, protocol=cfg.protocol.kind, fixed_noise=cfg.protocol.fixed_noise,
-                   seed=cfg.seed, secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
+                   local_steps=cfg.train.local_steps, seed=cfg.seed, secrets_derived_from_seed=cfg.secrets.derive_from_seed)  # fmt: skip
     # A folder with a config but neither an intact checkpoint nor any scored metrics was never trained (a
     # killed first round, a Flower `prepare`): not "done". Metrics alone are enough (reports read only them).
     if status == "done" and rd.exists() and not any(rd.metrics_path(n).is_file() for n in METRICS):

@@ -95,7 +95,7 @@ def _cell(ax, x: float, y: float, c: CellResult, key: str) -> None:
     ax.errorbar([x], [y], yerr=[[max(0.0, y - c.fid_ci["lo"])], [max(0.0, c.fid_ci["hi"] - y)]] if c.fid_ci else None,
                 xerr=[[max(0.0, x - xiv[0])], [max(0.0, xiv[1] - x)]] if xiv else None,
                 fmt="none", ecolor="0.35", elinewidth=0.9, capsize=2, zorder=2)  # fmt: skip
-    tag = ("fedavg" if c.protocol == "fedavg" else f"c={c.cut_ratio:g}") + (" DP" if dp else "") + (" fixed" if c.fixed_noise else "")
+    tag = (f"fedavg L={c.local_steps}" if c.protocol == "fedavg" else f"c={c.cut_ratio:g}") + (" DP" if dp else "") + (" fixed" if c.fixed_noise else "")
     if key == "mia" and c.nothing_sent():
         tag += " (nothing sent: chance)"
     if key == "eps" and c.view_epsilon is not None and not math.isfinite(c.view_epsilon):
