@@ -141,6 +141,20 @@ def test_pareto_front_and_knee():
     assert knee(pts, front) == 1  # the big drop in FID for little disclosure
 
 
+def test_dominance_is_decided_on_the_intervals():
+    """Dominated only when the other setting is better beyond the intervals on one axis and worse on
+    neither: a difference inside the intervals dominates nothing, in either direction."""
+    from collafuse_privacy.eval.report.analyse import dominated_beyond_intervals
+
+    a = ((0.50, 0.48, 0.52), (10.0, 9.0, 11.0))
+    b = ((0.51, 0.49, 0.53), (20.0, 19.0, 21.0))  # same disclosure within noise, FID worse beyond it
+    c = ((0.90, 0.88, 0.92), (10.5, 9.5, 11.5))  # same FID within noise, disclosure worse beyond it
+    d = ((0.30, 0.28, 0.32), (30.0, 29.0, 31.0))  # less disclosure, worse FID: a trade, not dominated
+    assert dominated_beyond_intervals([a, b, c, d]) == {1: 0, 2: 0}
+    e = ((0.50, 0.48, 0.52), (11.5, 10.5, 12.5))  # FID overlaps a's: neither dominates the other
+    assert dominated_beyond_intervals([a, e]) == {}
+
+
 def test_report_refuses_two_extractors(runs, tmp_path):
     other = quality(0.5, 12.0, str(runs[1]), sha="cd" * 32)
     RunDir(runs[1]).write_metrics("quality", other)
@@ -204,7 +218,7 @@ def test_a_fedavg_cell_is_read_against_the_collafuse_ends(tmp_path):
     cfg["protocol"]["kind"] = "fedavg"
     (fa / "config.yaml").write_text(yaml.safe_dump(cfg))
     rd = RunDir(fa)
-    up = MembershipMethod(True, auc=iv(0.8), tpr_at_1pct_fpr=iv(0.3), tpr_at_01pct_fpr=iv(0.1))
+    up = MembershipMethod(True, auc=iv(0.45), tpr_at_1pct_fpr=iv(0.03), tpr_at_01pct_fpr=iv(0.01))  # below chance
     glob = MembershipMethod(True, auc=iv(0.6), tpr_at_1pct_fpr=iv(0.05), tpr_at_01pct_fpr=iv(0.01))
 
     def result(m, gdp):
@@ -216,11 +230,14 @@ def test_a_fedavg_cell_is_read_against_the_collafuse_ends(tmp_path):
     rd.write_metrics("privacy", dataclasses.replace(p, protocol="fedavg", view=dataclasses.replace(p.view, epsilon=4.2)))
     cells = collect([c0, c1, fa])
     f = next(c for c in cells if c.protocol == "fedavg")
-    assert f.view_target() == "client:0" and f.best_membership(key="auc")[1]["value"] == 0.8
+    assert f.view_target() == "client:0" and f.best_membership(key="auc")[1]["value"] == 0.45
     words = reading(cells)
     line = next(w for w in words if w.startswith("FedAvg"))
     assert "2.5 above the interval of CollaFuse c = 0 (10.0 [8.5, 11.5])" in line and "local-only c = 1: 20.0" in line
-    assert "upload 0.800 [0.780, 0.820] (loss)" in line and "4.2 (the clients' DP-SGD epsilon" in line
+    assert "upload 0.450 [0.430, 0.470] (loss)" in line and "4.2 (the clients' DP-SGD epsilon" in line
     assert not any("[" + f.label + "] eps=" in w for w in words if w.startswith("Formal guarantee"))
+    # an AUC below chance is chance: c = 1 (nothing sent) is dominated by the FedAvg cell on FID alone
+    mia = next(w for w in words if w.startswith("Against membership AUC"))
+    assert "c1 (by fa)" in mia and "c0 (by" not in mia  # c = 0's FID interval overlaps fa's: a trade
     paper = tables(cells)["paper"]
     assert any("(loss, upload of client 0)" in cell for row in paper for cell in row)

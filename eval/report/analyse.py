@@ -21,6 +21,28 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(idx, key=lambda i: points[i])
 
 
+Interval = tuple[float, float, float]  # (point, lo, hi)
+
+
+def dominated_beyond_intervals(items: list[tuple[Interval, Interval]]) -> dict[int, int]:
+    """``{i: j}``: setting ``i`` is dominated by ``j`` when minimising both coordinates, decided on
+    the 95% intervals: ``j`` is worse on neither axis and better on at least one, where better means
+    its interval lies wholly below ``i``'s (``hi_j < lo_i``) and worse the reverse; overlapping
+    intervals are a tie. A difference inside the intervals dominates nothing."""
+
+    def cmp(a: Interval, b: Interval) -> int:
+        return -1 if a[2] < b[1] else 1 if b[2] < a[1] else 0
+
+    out = {}
+    for i, (xi, yi) in enumerate(items):
+        for j, (xj, yj) in enumerate(items):
+            if j != i and i not in out:
+                rel = (cmp(xj, xi), cmp(yj, yi))
+                if 1 not in rel and -1 in rel:
+                    out[i] = j
+    return out
+
+
 def knee(points: list[tuple[float, float]], front: list[int]) -> Optional[int]:
     """The front point farthest below the chord joining its two ends (axes scaled to [0, 1])."""
     if len(front) < 3:
@@ -142,33 +164,55 @@ def fedavg_reading(cells: list[CellResult]) -> list[str]:
     return lines
 
 
+def _disclosure_interval(c: CellResult, key: str) -> Optional[Interval]:
+    """A cell's disclosure on axis ``key`` as ``(point, lo, hi)``: membership AUC floored at chance
+    (0.5: an attack below chance discloses nothing; nothing sent is exactly 0.5), or the best SSIM."""
+    if key == "mia" and c.nothing_sent():
+        return 0.5, 0.5, 0.5
+    best = c.best_membership(key="auc") if key == "mia" else c.best_reconstruction("ssim")
+    if not best:
+        return None
+    iv = best[1]
+    v, lo, hi = iv["value"], iv.get("lo"), iv.get("hi")
+    lo, hi = (v if lo is None else lo), (v if hi is None else hi)
+    if key == "mia":
+        v, lo, hi = max(v, 0.5), max(lo, 0.5), max(hi, 0.5)
+    return v, lo, hi
+
+
 def front_reading(cells: list[CellResult]) -> list[str]:
-    """Per disclosure measure (membership, reconstruction): the dominated settings and the knee of the front."""
+    """Per disclosure measure (membership, reconstruction): the settings dominated beyond the 95%
+    intervals on both axes (:func:`dominated_beyond_intervals`; membership AUC floored at chance),
+    and the knee of the front of point estimates."""
     lines = []
-    for key, label, get in disclosure_axes(cells)[:2]:
-        pts, names = [], []
+    for key, label, _ in disclosure_axes(cells)[:2]:
+        items, names = [], []
         for c in cells:
-            x = get(c)
+            x = _disclosure_interval(c, key)
             if x is None or c.fid is None or math.isnan(c.fid):
                 continue
-            pts.append((x, c.fid))
+            fid = (c.fid, c.fid_ci["lo"], c.fid_ci["hi"]) if c.fid_ci else (c.fid, c.fid, c.fid)
+            items.append((x, fid))
             names.append(c.label)
-        if len(pts) < 2:
+        short = label.split(" (")[0]
+        if len(items) < 2:
             lines.append(f"{label}: fewer than two settings have both numbers, so nothing can be compared.")
             continue
-        front = pareto_front(pts)
-        dominated = [names[i] for i in range(len(pts)) if i not in front]
-        short = label.split(" (")[0]
-        if dominated:
-            lines.append(f"Against {short}, these settings are dominated (another has both lower FID and lower "
-                         f"disclosure): {'; '.join(dominated)}.")  # fmt: skip
+        dom = dominated_beyond_intervals(items)
+        if dom:
+            lines.append(f"Against {short}, these settings are dominated beyond the 95% intervals (another is better "
+                         f"on FID or {short} with intervals apart, and worse on neither): "
+                         + "; ".join(f"{names[i]} (by {names[j]})" for i, j in dom.items()) + ".")  # fmt: skip
         else:
-            lines.append(f"Against {short}, no setting is dominated: every one trades quality for privacy.")
+            lines.append(f"Against {short}, no setting is dominated beyond the 95% intervals: every difference in "
+                         "one measure is paid for in the other, or lies inside the intervals.")  # fmt: skip
+        pts = [(x[0], y[0]) for x, y in items]
+        front = pareto_front(pts)
         k = knee(pts, front)
         if k is not None:
-            lines.append(f"The knee of the {short} front is [{names[k]}]: FID {pts[k][1]:.2f} at {short} "
-                         f"{pts[k][0]:.3f}; the front runs from FID {pts[front[0]][1]:.2f} at {pts[front[0]][0]:.3f} "
-                         f"to FID {pts[front[-1]][1]:.2f} at {pts[front[-1]][0]:.3f}.")  # fmt: skip
+            lines.append(f"The knee of the {short} front (point estimates) is [{names[k]}]: FID {pts[k][1]:.2f} at "
+                         f"{short} {pts[k][0]:.3f}; the front runs from FID {pts[front[0]][1]:.2f} at "
+                         f"{pts[front[0]][0]:.3f} to FID {pts[front[-1]][1]:.2f} at {pts[front[-1]][0]:.3f}.")  # fmt: skip
     return lines
 
 

@@ -60,7 +60,7 @@ def _panel(ax, cells: list[CellResult], key: str, label: str, get, ext: str) -> 
     if len(pts) >= 2:
         front = pareto_front(pts)
         fx, fy = zip(*[pts[i] for i in front])
-        ax.step(fx, fy, where="post", color="C2", lw=1.4, alpha=0.8, label="Pareto front")
+        ax.step(fx, fy, where="post", color="C2", lw=1.4, alpha=0.8, label="Pareto front (point estimates)")
         ax.scatter(fx, fy, s=140, facecolor="none", edgecolor="C2", lw=1.4, zorder=4)
         ax.legend(loc="upper right", fontsize=8)
     if key == "mia":
