@@ -182,7 +182,10 @@ def run_membership(
         scored.add(name, entry, s, auc, labels)
     scored.in_registry_order()
     gdp, gdp_note = None, None
-    if kind == "server":  # the formal bound covers the releases, not a client's model
+    if kind == "server" and view.protocol.aggregates:  # no GDP route for uploaded models
+        gdp_note = ("fedavg: the server's view is uploaded models, which no GDP accounting covers; with DP-SGD "
+                    "clients privacy.json bounds it by their DP-SGD epsilon")  # fmt: skip
+    elif kind == "server":  # the formal bound covers the releases, not a client's model
         gdp = _formal_bound(run, view, cand, scored, n_boot, seed)
     else:
         gdp_note = ("fedavg: the server holds this client's uploads; with DP-SGD clients privacy.json bounds them by "

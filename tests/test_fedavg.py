@@ -122,6 +122,8 @@ def test_attacks_on_a_fedavg_view(tmp_path):
     methods = res["methods"] if "methods" in res else res
     text = json.dumps(methods)
     assert "uploaded models, not images" in text  # view-lrt: not applicable, with the reason
+    server = json.loads((run / "metrics" / "membership.json").read_text())["targets"]["server"]
+    assert server["gdp"] is None and "no GDP accounting" in server["gdp_note"]  # no GDP route for models
     view = ServerView.load(run)
     assert view.server_state is not None  # the global model is the server's own
     # client:K is client K's last upload, read from the view (no release, no client checkpoint file)
