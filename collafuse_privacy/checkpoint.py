@@ -49,18 +49,26 @@ class Manifest:
 @dataclass
 class ServerState:
     """The server's randomness and counters besides its model: its generator's state, the view
-    recorder's ``state_dict`` and the transport's ``{"messages", "bytes"}``."""
+    recorder's ``state_dict`` and the transport's ``{"messages", "bytes"}``; under fedavg,
+    ``global_unsent``: the server's (global) model is an average the clients have not received
+    yet (it goes to them at the start of the next round; None: not fedavg, or a checkpoint from
+    before the flag)."""
 
     gen: torch.Tensor
     recorder: dict
     transport: dict
+    global_unsent: Optional[bool] = None
 
     def to_dict(self) -> dict:
-        return {"server_gen": self.gen, "recorder": self.recorder, "transport": self.transport}
+        out = {"server_gen": self.gen, "recorder": self.recorder, "transport": self.transport}
+        if self.global_unsent is not None:
+            out["global_unsent"] = self.global_unsent
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "ServerState":
-        return cls(gen=d["server_gen"], recorder=d["recorder"], transport=d["transport"])
+        return cls(gen=d["server_gen"], recorder=d["recorder"], transport=d["transport"],
+                   global_unsent=d.get("global_unsent"))  # fmt: skip
 
 
 @dataclass
@@ -107,6 +115,8 @@ class TrainingState:
         if any(c.release_counts is not None for c in cs):
             out["release_counts"] = [c.release_counts for c in cs]
         out.update(recorder=s.recorder, transport=s.transport)
+        if s.global_unsent is not None:
+            out["global_unsent"] = s.global_unsent
         return out
 
     @classmethod

@@ -8,12 +8,14 @@ from; between uploads the clients train on their own; the view holds nothing but
 the view (nothing without DP-SGD; the clients' DP-SGD epsilon with it, DP-SGD's adjacency); the
 image attacks say why they do not apply and the model attacks run on the global model and, as
 ``client:K``, on client K's last upload; configs
-fedavg cannot honour, and a Flower run, are refused in one line.
+fedavg cannot honour, and Flower runs whose checkpoints would not end an upload period, are
+refused in one line.
 """
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -22,7 +24,7 @@ from collafuse_privacy.cli import main
 from collafuse_privacy.config import load_config
 from collafuse_privacy.errors import UserError
 from collafuse_privacy.flower.plan import prepare
-from collafuse_privacy.io import load_tensors
+from collafuse_privacy.io import load_state, load_tensors
 from collafuse_privacy.models import build_unet
 from collafuse_privacy.protocol import make_protocol, Cut
 from collafuse_privacy.protocol.fedavg import flat_parameters
@@ -52,27 +54,57 @@ def test_the_server_averages_the_uploads_and_every_client_continues_from_it(tmp_
     assert set(view.messages) == {"x", "n", "client", "round"}  # the models, member counts, envelope
     assert view.messages["round"].tolist() == [2, 2, 5, 5, 6, 6] and view.messages["client"].tolist() == [0, 1] * 3
     assert not (run / "ground_truth").exists()
-    # the last round's average, recomputed from the view alone, is the server's model, bit for bit
+    # the last round's average, recomputed from the view alone in the arithmetic of Flower's own
+    # FedAvg (numpy: float32 uploads times Python-float weights, summed in client order), is the
+    # server's model, bit for bit
     last = view.messages["round"] == 6
-    w, n = view.messages["x"][last].double(), view.messages["n"][last].double()
-    avg = ((n / n.sum())[:, None] * w).sum(0)
-    acc = torch.zeros_like(avg)
-    for row, weight in zip(w, (n / n.sum()).tolist()):  # the order of FedAvg.average's sums
-        acc += weight * row
+    w, n = view.messages["x"][last].numpy(), [int(x) for x in view.messages["n"][last]]
+    acc = None
+    for row, count in zip(w, n):
+        term = row * (count / sum(n))
+        acc = term if acc is None else acc + term
+    assert acc.dtype == np.float32
     d = _checkpoint(run)
-    server = load_tensors(d / "server.safetensors")
     model = build_unet("micro", 8, 1)
-    model.load_state_dict(server)
-    assert torch.equal(flat_parameters(model), acc.float()) and torch.allclose(acc, avg, atol=1e-12)
-    for k in range(2):  # every client continues from the global model
+    model.load_state_dict(load_tensors(d / "server.safetensors"))
+    assert torch.equal(flat_parameters(model), torch.from_numpy(acc))
+    exact = (w.astype(np.float64) * (np.array(n, dtype=np.float64) / sum(n))[:, None]).sum(0)
+    assert np.abs(acc - exact).max() < 1e-6
+    # a checkpoint holds every party's own model: each client's is its last upload, and the
+    # server's average goes to the clients at the start of the next round
+    for k in range(2):
         model.load_state_dict(load_tensors(d / f"client-{k}.safetensors"))
-        assert torch.equal(flat_parameters(model), acc.float())
+        assert torch.equal(flat_parameters(model), view.messages["x"][last][k])
+    assert load_state(d / "state.pt")["global_unsent"] is True
     # between uploads the clients' models differ from each other (their own data and draws)
     first, second = view.messages["x"][view.messages["round"] == 5]
     assert not torch.equal(first, second)
     # the member counts the server learns are the clients' split sizes
     splits = json.loads((run / "splits.json").read_text())
     assert view.messages["n"][:2].tolist() == [len(c["members"]) for c in splits["clients"]]
+
+
+def test_every_client_continues_from_the_global_model(tmp_path):
+    """After an upload round the clients' next local step starts from the server's average."""
+    from collafuse_privacy.training import Session, Trainer
+
+    trainer = Trainer(Session.resolve(tiny_config(*FEDAVG), tmp_path / "run", None, "cpu", True))
+    for _ in range(3):
+        trainer.train_round()  # rounds 1-3: the uploads after round 3 are averaged
+    assert trainer.server.global_unsent
+    g = flat_parameters(trainer.server.party.model)
+    seen = []
+    for c in trainer.clients:
+        step = c.party.train_step
+
+        def first(*a, _step=step, _c=c, **kw):
+            seen.append(torch.equal(flat_parameters(_c.party.model), g))
+            _c.party.train_step = _step
+            return _step(*a, **kw)
+
+        c.party.train_step = first
+    trainer.train_round()
+    assert seen == [True, True] and not trainer.server.global_unsent
 
 
 def test_every_client_starts_from_the_servers_initial_model(tmp_path):
@@ -148,8 +180,10 @@ def test_configs_fedavg_cannot_honour_are_refused(tmp_path):
             load_config(None, ["protocol.kind=fedavg", "protocol.cut_ratio=1", over])
     with pytest.raises(UserError, match="train.local_steps"):
         load_config(None, ["protocol.kind=fedavg", "protocol.cut_ratio=1", "train.local_steps=0"])
-    with pytest.raises(UserError, match="Flower"):
-        prepare(tiny_config(*FEDAVG), tmp_path / "flower")
+    with pytest.raises(UserError, match="multiple of train.local_steps"):
+        prepare(tiny_config(*FEDAVG, "train.checkpoint_every=4"), tmp_path / "flower")
+    with pytest.raises(UserError, match="one upload period"):
+        prepare(tiny_config(*FEDAVG), tmp_path / "flower", rounds_per_message=2)
     proto = make_protocol("fedavg", Cut(tiny_config().diffusion, 20))
     with pytest.raises(ValueError, match="uploads its model"):
         proto.encode(0, torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, 8, 8),

@@ -9,6 +9,7 @@ a SuperNode killed mid-training); they are skipped where the extra is not instal
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -108,6 +109,54 @@ def test_parties_reproduce_the_in_process_run(tiny, tmp_path, overrides):
     assert assert_same_run(a, b) > 20
 
 
+def flower_average(uploads) -> torch.Tensor:
+    """What Flower's FedAvg (``aggregate_arrayrecords``) computes from these uploads, in numpy as
+    Flower does: float32 arrays times Python-float weights ``n_k / sum n``, summed in order."""
+    n = [int(u.n[0]) for u in uploads]
+    acc = None
+    for u, count in zip(uploads, n):
+        term = u.w[0].numpy() * (count / sum(n))
+        acc = term if acc is None else acc + term
+    return torch.from_numpy(acc)
+
+
+def drive_fedavg(run_dir: Path, clients: int, stop_after: int | None = None) -> None:
+    """Flower's FedAvg strategy's exchange without Flower (``flower/strategy.py``): per upload
+    period the server's global model to every client (a fresh ClientNode each time), their
+    uploads averaged by the server and, as Flower would, in numpy; the two must agree."""
+    server = ServerNode(run_dir)
+    while not server.done:
+        start, n = server.next_message()
+        w = server.global_model()
+        ups = [ClientNode(run_dir, k).train_local(start, n, w) for k in range(clients)]
+        server.process([[None] * (n - 1) + [u.tensors()] for u in ups])
+        server.check_average(flower_average(ups))
+        if stop_after is not None and server.step >= stop_after:
+            return
+    for k in range(clients):
+        ClientNode(run_dir, k).finish(None, server.cfg.sample.n, server.cfg.seed)
+
+
+@pytest.mark.parametrize("overrides", [(), ("defense.client_dp.enabled=true", "defense.client_dp.noise_multiplier=1.0",
+                                            "defense.client_dp.log_every=2")], ids=["fedavg", "fedavg-dp-sgd"])
+def test_fedavg_parties_reproduce_the_in_process_run(tiny, tmp_path, overrides):
+    """fedavg over the parties alone (one message per upload period; the server killed after a
+    checkpoint and resumed) gives the in-process run's files: view, weights, state, samples."""
+    from collafuse_privacy.sampling import sample_run
+
+    cfg = tiny("protocol.kind=fedavg", "protocol.cut_ratio=1", "train.steps=7", "train.local_steps=2",
+               "train.checkpoint_every=4", *overrides)  # fmt: skip
+    a, b = tmp_path / "in-process", tmp_path / "parties"
+    train(cfg, a, device="cpu", quiet=True)
+    sample_run(a, device="cpu")
+    plan = prepare(cfg, b)
+    assert plan.rounds_per_message == 2
+    drive_fedavg(b, plan.clients, stop_after=6)  # the server stops at 6; its checkpoint is round 4
+    drive_fedavg(b, plan.clients)
+    collect(b)
+    assert assert_same_run(a, b) > 10
+
+
 def test_a_client_ahead_of_the_server_and_a_resumed_server(tiny, tmp_path):
     """The server stops after a checkpoint while a client already ran further; a new server and
     new clients resume from their own checkpoints and the run still ends identical."""
@@ -177,6 +226,27 @@ def test_simulation_engine_is_bit_identical(tiny, tmp_path):
     out = run_flower(cfg, b, engine="simulation", quiet=True, rounds_per_message=1)
     assert out["steps"] == cfg.train.steps and out["sampled"]
     assert assert_same_run(a, b) > 20
+
+
+@pytest.mark.flower
+@needs_flower
+@pytest.mark.parametrize("engine", ["simulation", "deployment"])
+def test_fedavg_on_flowers_own_strategy_is_bit_identical(tiny, tmp_path, engine):
+    """protocol.kind fedavg through Flower's FedAvg strategy (its own aggregate_arrayrecords
+    computes every average; the server checks it against its own): the in-process run's files."""
+    from collafuse_privacy.flower.launch import run_flower
+    from collafuse_privacy.sampling import sample_run
+
+    cfg = tiny("protocol.kind=fedavg", "protocol.cut_ratio=1", "train.steps=7", "train.local_steps=2",
+               "train.checkpoint_every=4")  # fmt: skip
+    a, b = tmp_path / "in-process", tmp_path / engine
+    train(cfg, a, device="cpu", quiet=True)
+    sample_run(a, device="cpu")
+    out = run_flower(cfg, b, engine=engine, quiet=True)
+    assert out["steps"] == 7 and out["sampled"]
+    assert assert_same_run(a, b) > 10
+    result = json.loads((b / "flower" / "result.json").read_text())
+    assert result["ok"] and result["flower_fedavg_rounds"] == 4  # upload periods ending at rounds 2, 4, 6, 7
 
 
 @pytest.mark.flower

@@ -8,6 +8,7 @@ What travels (Flower ``Message`` API, flwr >= 1.20):
   per round that crossed the cut, named ``r<i>``, holding exactly ``Message.tensors()`` of that
   round (``x``; ``t``, ``eps`` in shared-noise; ``labels`` only where configured). Nothing else:
   no ids, no losses, no counts beyond the rows themselves.
+* fedavg (``strategy.py``): Flower's own ``FedAvg`` strategy, one Flower round per upload period.
 * server -> client ``query.finish``: the client's hand-over images (``ArrayRecord`` ``h``) and
   ``{"n", "seed"}``; the client finishes sampling and keeps its outputs (the reply is empty).
 
@@ -38,6 +39,7 @@ from ..errors import UserError
 from ..io import atomic_write_json
 from ..run.layout import FLOWER_RESULT, PARTY_ASSIGNMENT, client_name, party_dir
 from .nodes import ClientNode, ServerNode
+from .strategy import DEFAULT_ROUND_TIMEOUT, client_reply, reason as _reason, train_fedavg
 
 DEFAULT_NODE_TIMEOUT = 120.0
 # reply errors that mean "the node or message went away", not "the client failed"
@@ -150,11 +152,6 @@ class _Clients:
         return short_since
 
 
-def _reason(reply: Message) -> str:
-    text = (reply.error.reason or "").strip().splitlines()
-    return text[-1] if text else f"error code {reply.error.code}"
-
-
 def _rounds(reply: Message, rounds: int) -> list[Optional[dict]]:
     out: list[Optional[dict]] = [None] * rounds
     for name, rec in reply.content.array_records.items():
@@ -165,21 +162,30 @@ def _rounds(reply: Message, rounds: int) -> list[Optional[dict]]:
     return out
 
 
+def _train_split(server: ServerNode, nodes: _Clients) -> None:
+    """CollaFuse: every client runs a message's rounds and sends what crossed; the server replays them."""
+    total = server.cfg.train.steps
+    while not server.done:
+        start, n = server.next_message()
+        cfg = ConfigRecord({"start": start, "rounds": n})
+        replies = nodes.ask("train", lambda k: RecordDict({"config": cfg}), f"rounds {start + 1}..{start + n}")
+        server.process([_rounds(replies[k], n) for k in range(server.plan.clients)])
+        log(f"server: round {server.step}/{total}")
+
+
 def server_main(grid: Grid, context: Context, defaults: dict) -> None:
     s = _settings(context, defaults)
     run_dir = Path(s["run-dir"])
     try:
         server = ServerNode(run_dir, s.get("device", "cpu"))
         nodes = _Clients(grid, server.plan.clients, float(s.get("node-timeout", DEFAULT_NODE_TIMEOUT)))
-        total = server.cfg.train.steps
         if server.step:
-            log(f"server: resuming at round {server.step} of {total}")
-        while not server.done:
-            start, n = server.next_message()
-            cfg = ConfigRecord({"start": start, "rounds": n})
-            replies = nodes.ask("train", lambda k: RecordDict({"config": cfg}), f"rounds {start + 1}..{start + n}")
-            server.process([_rounds(replies[k], n) for k in range(server.plan.clients)])
-            log(f"server: round {server.step}/{total}")
+            log(f"server: resuming at round {server.step} of {server.cfg.train.steps}")
+        extra = {}
+        if server.protocol.aggregates:  # fedavg: on Flower's own FedAvg strategy
+            extra["flower_fedavg_rounds"] = train_fedavg(grid, server, float(s.get("round-timeout", DEFAULT_ROUND_TIMEOUT)))
+        else:
+            _train_split(server, nodes)
         if bool(s.get("sample", True)):
             sample_n, seed = server.cfg.sample.n, server.cfg.seed
             h = server.handovers(sample_n, seed)
@@ -194,7 +200,7 @@ def server_main(grid: Grid, context: Context, defaults: dict) -> None:
 
             nodes.ask("query.finish", finish, "sampling")
             log(f"server: {sample_n} hand-over images per client sent; the clients finished sampling")
-        _write_result(run_dir, ok=True, step=server.step)
+        _write_result(run_dir, ok=True, step=server.step, **extra)
     except UserError as exc:
         _write_result(run_dir, ok=False, error=str(exc))
         raise
@@ -247,6 +253,8 @@ def client_train(msg: Message, context: Context, defaults: dict) -> Message:
     cfg = msg.content.config_records["config"]
     try:
         node = _client(context, defaults)
+        if "arrays" in msg.content.array_records:  # fedavg: Flower's FedAvg round (strategy.py)
+            return client_reply(msg, node, _who(node))
         sent = node.run(int(cfg["start"]), int(cfg["rounds"]))
     except UserError as exc:
         return _error_reply(msg, exc)

@@ -15,6 +15,7 @@ from ..checkpoint import TrainingState, commit_step_dir, damage, new_step_dir
 from ..config import Config
 from ..errors import UserError
 from ..io import atomic_write_text, load_state, load_tensors, save_state, save_tensors
+from ..protocol import PROTOCOLS
 from ..run.directory import RunDir
 from ..run.layout import (CHECKPOINTS, PARTY_LOG, PARTY_SAMPLES, PARTY_SENT, SERVER, SHARD_RE, STATE, client_name, party_dir,
                           party_file, step_name)
@@ -52,7 +53,8 @@ def collect(run_dir, quiet: bool = True) -> dict:
             shutil.copyfile(dirs[p] / party_file(p, ema), tmp / party_file(p, ema))
     save_state(tmp / STATE, state.to_dict())
     commit_step_dir(rd, total, tmp)
-    _ground_truth(run_dir, plan)
+    if not PROTOCOLS.get(cfg.protocol.kind).aggregates:  # fedavg: no image rows, no ground truth
+        _ground_truth(run_dir, plan)
     _train_log(run_dir, plan)
     # The in-process trainer opens the joined checkpoint (a check that it is one) and writes the
     # run's formal privacy, exactly as at the end of an in-process run.

@@ -10,6 +10,12 @@ Bit-identity with the in-process run (``tests/test_flower.py``): every party dra
 generators in the same order; a client's rounds never depend on the server, so a client runs
 ``rounds_per_message`` rounds per message; the server replays them round by round in client
 order, as the in-process trainer does.
+
+Under ``protocol.kind: fedavg`` a message is one upload period: it carries the server's global
+model (:meth:`ServerNode.global_model`), the client loads it (:meth:`ClientNode.train_local`),
+trains ``train.local_steps`` rounds on its own and answers with its upload; the server replays
+the rounds, averages the uploads in client order (:meth:`ServerNode.process`), and checks that
+the average Flower's ``FedAvg`` strategy computed is the same bits (:meth:`ServerNode.check_average`).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from ..run.directory import RunDir
 from ..run.layout import (CONFIG, PARTY_ASSIGNMENT, PARTY_DATA, PARTY_LOG, PARTY_SAMPLES, PARTY_SECRET, PARTY_SENT,
                           PLAN, SERVER, SHARD_RE, client_name, party_dir, shard_name)
 from ..sampling import client_finish, client_sample_generator, server_handovers, write_handovers
+from ..protocol.fedavg import flat_parameters
 from ..training import (ServerRounds, build_client_model, build_server_model, check_losses, client_dp_on, client_round,
-                        make_client, server_side)
+                        client_upload, make_client, receive_global, server_side, uploads_due)
 from .plan import Assignment, ClientSecret, Plan, chunk_end, read_plan
 
 
@@ -158,6 +165,19 @@ class ClientNode:
         self.save()
         return out
 
+    def train_local(self, start: int, rounds: int, global_model: Optional[torch.Tensor]) -> Message:
+        """fedavg: from the server's global model (None: keep its own, the message does not start
+        after an average) rounds ``start+1 .. start+rounds`` on its own, then its upload."""
+        if not self.protocol.aggregates:
+            raise UserError(f"client {self.k}: the run is not fedavg (protocol.kind={self.cfg.protocol.kind})")
+        if not uploads_due(self.cfg, start + rounds):
+            raise UserError(f"client {self.k}: a fedavg message must end with an upload; round {start + rounds} does not")
+        self.at(start)
+        if global_model is not None:
+            receive_global(self.client, global_model.to(self.device))
+        self.run(start, rounds)
+        return client_upload(self.client, self.protocol)
+
     def save(self) -> None:
         state = TrainingState(self.step, clients=[self.client.state()], client=self.k)
         save_checkpoint(self.own, [(self.name, self.client.party)], state, self._keep())
@@ -231,6 +251,24 @@ class ServerNode:
             msgs = [None if p is None else self.protocol.decode(k, {n: v.to(self.device) for n, v in p.items()})
                     for k, p in enumerate(payloads)]  # fmt: skip
             self.rounds.run_round({"step": self.step + 1, "sent": sent}, msgs, t0)
+
+    def global_model(self) -> Optional[torch.Tensor]:
+        """fedavg: the global model the next message carries (flat float32), or None where the
+        clients already hold it (the message does not start after an average); marks it sent."""
+        if not self.server.global_unsent:
+            return None
+        self.server.global_unsent = False
+        return flat_parameters(self.server.party.model)
+
+    def check_average(self, w: torch.Tensor) -> None:
+        """fedavg: ``w``, the average a deployment's own aggregator computed (Flower's ``FedAvg``),
+        must be the server's model bit for bit; otherwise the run stops in one line."""
+        mine = flat_parameters(self.server.party.model)
+        w = w.reshape(-1).to(mine.device)
+        if w.dtype != mine.dtype or w.shape != mine.shape or not torch.equal(w, mine):
+            raise UserError(f"round {self.step}: Flower's FedAvg average differs from the server's own (max abs "
+                            f"difference {float((w.float() - mine).abs().max()) if w.shape == mine.shape else 'n/a'}): "
+                            "the uploads were not averaged in client order")  # fmt: skip
 
     def save(self) -> None:
         self.recorder.flush()

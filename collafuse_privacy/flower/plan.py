@@ -23,6 +23,7 @@ from typing import Optional
 from ..checkpoint import sha256
 from ..config import Config
 from ..errors import UserError
+from ..protocol import PROTOCOLS
 from ..io import save_tensors
 from ..run.codec import read_json, write_json
 from ..run.directory import RunDir
@@ -78,8 +79,11 @@ def run_id(run_dir) -> str:
 
 def chunk_end(start: int, plan: Plan, cfg: Config) -> int:
     """Last round (exclusive) of the message that starts at ``start``: ``rounds_per_message``
-    rounds, never past a checkpoint round (every checkpoint is a message boundary)."""
+    rounds, never past a checkpoint round (every checkpoint is a message boundary). fedavg: one
+    upload period, up to the next upload (every ``train.local_steps`` rounds and the last)."""
     every, total = cfg.train.checkpoint_every, cfg.train.steps
+    if PROTOCOLS.get(cfg.protocol.kind).aggregates:
+        return min((start // cfg.train.local_steps + 1) * cfg.train.local_steps, total)
     next_ckpt = (start // every + 1) * every
     return min(start + plan.rounds_per_message, next_ckpt, total)
 
@@ -93,8 +97,7 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
     session = Session.resolve(cfg, run_dir, secrets)
     cfg = session.cfg
     if session.protocol.aggregates:
-        raise UserError("protocol.kind=fedavg trains in process only for now (`train`); its Flower app on Flower's FedAvg "
-                        "strategy is not built yet (issue 26)")  # fmt: skip
+        _check_fedavg(cfg, rounds_per_message)
     if rounds_per_message is not None and rounds_per_message < 1:
         raise UserError(f"--rounds-per-message={rounds_per_message}: must be at least 1")
     rd = RunDir(run_dir)
@@ -109,6 +112,8 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
         rid, rpm = prev.run, rounds_per_message or prev.rounds_per_message
     else:
         rid, rpm = run_id(run_dir), rounds_per_message or cfg.train.checkpoint_every
+    if session.protocol.aggregates:
+        rpm = cfg.train.local_steps  # a message is one upload period
     plan = Plan(run=rid, clients=cfg.data.clients, image_shape=list(session.data.shape),
                 num_classes=session.data.num_classes, rounds_per_message=rpm)  # fmt: skip
     for k in range(cfg.data.clients):
@@ -116,6 +121,18 @@ def prepare(cfg: Config, run_dir, secrets=None, rounds_per_message: Optional[int
     party_dir(run_dir, SERVER).mkdir(parents=True, exist_ok=True)
     write_json(old, plan)
     return plan
+
+
+def _check_fedavg(cfg: Config, rounds_per_message: Optional[int]) -> None:
+    """A fedavg run over Flower: a message is one upload period (Flower's FedAvg round), and every
+    checkpoint falls at the end of one (where the server and every client save)."""
+    L = cfg.train.local_steps
+    if rounds_per_message is not None and rounds_per_message != L:
+        raise UserError(f"--rounds-per-message={rounds_per_message}: under protocol.kind=fedavg a message is one upload "
+                        f"period, train.local_steps={L} rounds; leave it out")  # fmt: skip
+    if cfg.train.checkpoint_every % L:
+        raise UserError(f"protocol.kind=fedavg over Flower needs train.checkpoint_every ({cfg.train.checkpoint_every}) "
+                        f"to be a multiple of train.local_steps ({L}): every checkpoint must end an upload period")  # fmt: skip
 
 
 def _client_folder(session: Session, k: int, plan: Plan) -> None:

@@ -74,13 +74,20 @@ class FedAvg(Protocol):
 
     @staticmethod
     def average(msgs: list[UploadMessage]) -> torch.Tensor:
-        """FedAvg: the uploads' parameters averaged with weights ``n_k / sum n`` (float64 sums,
-        in client order, so every deployment gets the same bits); float32 ``[P]``."""
-        n = torch.cat([m.n for m in msgs]).double()
-        acc = torch.zeros(msgs[0].w.shape[1], dtype=torch.float64, device=msgs[0].w.device)
-        for m, weight in zip(msgs, (n / n.sum()).tolist()):
-            acc += weight * m.w[0].double()
-        return acc.float()
+        """FedAvg: the uploads' parameters averaged with weights ``n_k / sum n``; float32 ``[P]``.
+
+        The arithmetic of Flower's own FedAvg (``flwr.serverapp.strategy_utils.aggregate_arrayrecords``),
+        step for step, so that an in-process run and a Flower run give the same bits: each weight is
+        a Python float (the exact ratio of the integer counts, rounded once), each upload is
+        multiplied by it in float32 and the products are summed in float32, in client order.
+        """
+        counts = [int(m.n.reshape(-1)[0]) for m in msgs]
+        total = sum(counts)
+        acc = None
+        for m, n in zip(msgs, counts):
+            term = m.w[0] * (n / total)  # float32 array times a Python float: float32, as numpy's
+            acc = term if acc is None else acc.add_(term)
+        return acc
 
     # ---- the view --------------------------------------------------------------------
     def no_image_rows(self):

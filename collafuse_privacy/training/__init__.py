@@ -5,10 +5,11 @@ and the privacy it spends (``privacy.py``). ``checkpoint.TrainingState`` is its 
 from .driver import ServerRounds, check_losses
 from .loop import Trainer, train
 from .parties import (SERVER_STREAM, Client, ClientRound, Server, build_client_model, build_server_model, client_dp_on,
-                      client_round, make_client, make_server, server_generator)
+                      client_round, client_upload, make_client, make_server, receive_global, server_generator,
+                      uploads_due)
 from .session import Parties, Session, ensure_splits, refuse_audit_dir, server_side, write_view_meta
 
 __all__ = ["SERVER_STREAM", "Client", "ClientRound", "Parties", "Server", "ServerRounds", "Session", "Trainer",
-           "build_client_model", "build_server_model", "check_losses", "client_dp_on", "client_round", "ensure_splits",
-           "make_client", "make_server", "refuse_audit_dir", "server_generator", "server_side", "train",
-           "write_view_meta"]
+           "build_client_model", "build_server_model", "check_losses", "client_dp_on", "client_round", "client_upload", "ensure_splits",
+           "make_client", "make_server", "receive_global", "refuse_audit_dir", "server_generator", "server_side",
+           "train", "uploads_due", "write_view_meta"]

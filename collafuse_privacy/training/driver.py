@@ -79,15 +79,11 @@ class ServerRounds:
         return row
 
     def run_round(self, row: dict, msgs: list[Optional[Message]], t0: float, truth=None, client_losses=(),
-                  extra: Optional[Callable[[int], dict]] = None,
-                  after_step: Optional[Callable[[], None]] = None) -> dict:  # fmt: skip
-        """One whole round of the server: deliver, step, ``after_step()`` (fedavg: the global model
-        sent back), ``extra(step)`` into the row, check the losses, log, checkpoint. ``t0``: when
-        the round began (its row's ``seconds``)."""
+                  extra: Optional[Callable[[int], dict]] = None) -> dict:  # fmt: skip
+        """One whole round of the server: deliver, step, ``extra(step)`` into the row, check the
+        losses, log, checkpoint. ``t0``: when the round began (its row's ``seconds``)."""
         self.deliver(msgs, truth)
         self.server_step(row)
-        if after_step is not None:
-            after_step()
         if extra is not None:
             row.update(extra(self.step))
         return self.record(row, t0, client_losses)

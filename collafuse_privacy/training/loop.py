@@ -66,8 +66,6 @@ class Trainer:
         if self.resumed:
             self._load_latest()
             self.rd.write_config(self.cfg)  # train.steps may have grown
-        if self.protocol.aggregates and self.step == 0:
-            self._send_global()  # fedavg: every client starts from the server's initial global model
         if self.dp is not None:
             self.dp.check_budget(self.step)
         if s.cut_choice is not None and not self.quiet:
@@ -84,6 +82,8 @@ class Trainer:
         checkpointed on the schedule)."""
         t0 = time.perf_counter()
         row = {"step": self.step + 1, "client_loss": [], "client_n": [], "sent": []}
+        if self.server.global_unsent:  # fedavg: the last average (at first the initial model) goes to every client
+            self._send_global()
         if batched_clients(self.cfg.train.batched_clients, self.device):
             draws = [client_draw(c, self.cfg, self.protocol, self.device) for c in self.clients]
             losses = batched_train_steps([c.party for c in self.clients], [d.local_batch(self.cut) for d in draws])
@@ -94,18 +94,18 @@ class Trainer:
             row["client_loss"].append(r.loss)
             row["client_n"].append(r.local)
             row["sent"].append(len(r.message) if r.message is not None else 0)
-        msgs, truth, after = [r.message for r in results], [r.ids for r in results], None
+        msgs, truth = [r.message for r in results], [r.ids for r in results]
         if self.protocol.aggregates and uploads_due(self.cfg, self.step + 1):  # fedavg: nothing else crosses
             msgs, truth, row["sent"] = [client_upload(c, self.protocol) for c in self.clients], None, [1] * len(msgs)
-            after = self._send_global
-        return self.rounds.run_round(row, msgs, t0, truth=truth, client_losses=row["client_loss"], extra=self._dp_row,
-                                     after_step=after)  # fmt: skip
+        return self.rounds.run_round(row, msgs, t0, truth=truth, client_losses=row["client_loss"], extra=self._dp_row)
 
     def _send_global(self) -> None:
-        """fedavg: every client continues from the server's new global model."""
+        """fedavg: every client continues from the server's global model (a checkpoint holds each
+        party's own model: the clients' last local models, the server's average, not yet sent)."""
         w = flat_parameters(self.server.party.model)
         for c in self.clients:
             receive_global(c, w)
+        self.server.global_unsent = False
 
     def _dp_row(self, step: int) -> dict:
         """The DP clients' epsilon spent, every ``defense.client_dp.log_every`` rounds and at the last."""

@@ -77,6 +77,9 @@ class Server:
     def __init__(self, party: Party, protocol: Protocol, gen: torch.Generator):
         self.party, self.protocol, self.gen = party, protocol, gen
         self.inbox: list[Message] = []
+        # fedavg: the global model is one the clients have not received yet (at first: its initial
+        # model, which every client starts from); it goes to them at the start of the next round
+        self.global_unsent = protocol.aggregates
 
     def receive(self, msg: Message) -> None:
         self.inbox.append(msg)
@@ -90,6 +93,7 @@ class Server:
         if self.protocol.aggregates:
             load_flat(self.party.model, self.protocol.average(msgs))
             self.party.ema.step(self.party.model.parameters())
+            self.global_unsent = True
             return None, 0
         x_t, t, target, labels = self.protocol.model_inputs(msgs, self.gen, self.party.device)
         return self.party.train_step(x_t, t, target, labels), int(x_t.shape[0])
@@ -97,11 +101,15 @@ class Server:
     def state(self, recorder, transport) -> ServerState:
         """Its checkpointed state besides its model: its generator, the recorder, the counters."""
         return ServerState(gen=self.gen.get_state(), recorder=recorder.state_dict(),
-                           transport={"messages": transport.messages, "bytes": transport.bytes})  # fmt: skip
+                           transport={"messages": transport.messages, "bytes": transport.bytes},
+                           global_unsent=self.global_unsent if self.protocol.aggregates else None)  # fmt: skip
 
     def load_state(self, s: ServerState, recorder, transport) -> None:
-        """Restore :meth:`state`."""
+        """Restore :meth:`state` (a fedavg checkpoint from before ``global_unsent`` was sent right
+        after each average: its clients already hold the global model)."""
         restore(self.gen, s.gen, "the server")
+        if self.protocol.aggregates:
+            self.global_unsent = bool(s.global_unsent)
         transport.messages = int(s.transport["messages"])
         transport.bytes = int(s.transport["bytes"])
         recorder.load_state_dict(s.recorder)
