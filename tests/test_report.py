@@ -241,3 +241,12 @@ def test_a_fedavg_cell_is_read_against_the_collafuse_ends(tmp_path):
     assert "c1 (by fa)" in mia and "c0 (by" not in mia  # c = 0's FID interval overlaps fa's: a trade
     paper = tables(cells)["paper"]
     assert any("(loss, upload of client 0)" in cell for row in paper for cell in row)
+    # with several training seeds a FedAvg cell is read against the c = 0 cell of its own seed
+    for c in cells:
+        c.seed = 1 if c.label == "fa" else 0
+    line = next(w for w in reading(cells) if w.startswith("FedAvg"))
+    assert "no CollaFuse c = 0 cell trained with seed 1" in line and "above the interval" not in line
+    c0b = dataclasses.replace(next(c for c in cells if c.label == "c0"), seed=1, label="c0 seed 1", fid=13.0,
+                              fid_ci={"value": 13.0, "lo": 12.0, "hi": 14.5})  # fmt: skip
+    line = next(w for w in reading(cells + [c0b]) if w.startswith("FedAvg"))
+    assert "inside the interval of CollaFuse c = 0 (13.0 [12.0, 14.5], seed 1)" in line

@@ -138,15 +138,20 @@ def fedavg_reading(cells: list[CellResult]) -> list[str]:
     the client's burden."""
     done = [c for c in cells if c.fid is not None and math.isfinite(c.fid)]
     plain = [c for c in done if c.protocol != "fedavg" and not (c.dp and c.dp.get("enabled")) and not c.fixed_noise]
-    ends = {e: next((c for c in plain if c.cut_ratio == e), None) for e in (0.0, 1.0)}
+    seeded = len({c.seed for c in done}) > 1
     lines = []
     for f in (c for c in done if c.protocol == "fedavg"):
+        # the ends trained with the FedAvg cell's seed: one thing differs (training seeds move FID more than
+        # the bootstrap interval over samples says)
+        ends = {e: next((c for c in plain if c.cut_ratio == e and c.seed == f.seed), None) for e in (0.0, 1.0)}
         q = f"FedAvg [{f.label}]: FID {_fid_text(f)}"
+        if seeded and ends[0.0] is None:
+            q += f" (no CollaFuse c = 0 cell trained with seed {f.seed} to compare with)"
         a = ends[0.0]
         if a is not None and a.fid_ci and f.fid_ci:
             where = ("inside" if a.fid_ci["lo"] <= f.fid <= a.fid_ci["hi"] else
                      f"{f.fid - a.fid_ci['hi']:.1f} above" if f.fid > a.fid_ci["hi"] else f"{a.fid_ci['lo'] - f.fid:.1f} below")
-            q += f", {where} the interval of CollaFuse c = 0 ({_fid_text(a)})"
+            q += f", {where} the interval of CollaFuse c = 0 ({_fid_text(a)}{f', seed {a.seed}' if seeded else ''})"
         if ends[1.0] is not None:
             q += f"; local-only c = 1: {_fid_text(ends[1.0])}"
         eps = f.view_epsilon
