@@ -67,10 +67,8 @@ class CollaFuseFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:  # fmt: skip
         start, n = self.server.next_message()
-        w = self.server.global_model()
-        if w is not None and not torch.equal(arrays.to_torch_state_dict()["w"], w.cpu()):
-            raise UserError(f"round {start}: Flower's global model is not the server's")
-        cfg = ConfigRecord({"start": start, "rounds": n, "global": w is not None})
+        # ``arrays`` is the server's model: its initial one, then each average (check_average)
+        cfg = ConfigRecord({"start": start, "rounds": n, "global": self.server.global_model() is not None})
         return super().configure_train(server_round, arrays, cfg, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -78,10 +76,10 @@ class CollaFuseFedAvg(FedAvg):
         ordered = self._in_client_order(list(replies), f"rounds {start + 1}..{start + n}")
         agg, metrics = super().aggregate_train(server_round, ordered)  # Flower's own weighted average
         per = []
-        for r in ordered:
-            w = r.content.array_records["arrays"].to_torch_state_dict()["w"]
-            members = int(r.content.metric_records["metrics"][WEIGHT])
-            per.append([None] * (n - 1) + [{"x": w.reshape(1, -1), "n": torch.tensor([members], dtype=torch.int64)}])
+        for k, r in enumerate(ordered):
+            up = self.server.protocol.upload_of(k, r.content.array_records["arrays"].to_torch_state_dict()["w"],
+                                                int(r.content.metric_records["metrics"][WEIGHT]))  # fmt: skip
+            per.append([None] * (n - 1) + [up.tensors()])
         self.server.process(per)  # the rounds replayed; the server averages the uploads itself
         self.server.check_average(agg.to_torch_state_dict()["w"])
         print(f"server: round {self.server.step}/{self.server.cfg.train.steps} (FedAvg)", flush=True)

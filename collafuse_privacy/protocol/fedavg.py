@@ -69,8 +69,13 @@ class FedAvg(Protocol):
 
     def upload(self, client: int, model: torch.nn.Module, members: int) -> UploadMessage:
         """Client ``client``'s upload: its model's parameters and its member count."""
-        return UploadMessage(client, None, w=flat_parameters(model).unsqueeze(0),
-                             n=torch.tensor([int(members)], dtype=torch.int64))  # fmt: skip
+        return self.upload_of(client, flat_parameters(model), members)
+
+    @staticmethod
+    def upload_of(client: int, w: torch.Tensor, members: int) -> UploadMessage:
+        """The upload of flat parameters ``w`` (``[P]``) and a member count, as a deployment's
+        transport delivers them (Flower's FedAvg: an ``ArrayRecord`` and ``num-examples``)."""
+        return UploadMessage(client, None, w=w.reshape(1, -1), n=torch.tensor([int(members)], dtype=torch.int64))
 
     @staticmethod
     def average(msgs: list[UploadMessage]) -> torch.Tensor:
