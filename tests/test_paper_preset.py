@@ -4,13 +4,17 @@ client) train two rounds on synthetic CelebA-style images and sample, on the CPU
 
 Sampling the full T = 1000 chain would take about 0.25 s per step and image here (four minutes),
 so the trained models sample through the same pipeline on a 10-step schedule of the same cut
-ratio, for two of the five clients; everything else is the preset's. Measured here (one thread):
-about 17 s to build and train, 5 s to sample."""
+ratio, for two of the five clients; everything else is the preset's. Unlike the rest of the suite
+(tiny models, one thread: conftest.py), it runs on every core the process may use: a 16M-parameter
+UNet at 64x64 gains from them (measured on the AMD EPYC host, alone: 37.2 s with one thread, 25.6 s
+with two)."""
 
 import csv
+import os
 import time
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -48,7 +52,15 @@ def _celeba_like(root, per_group=6, size=78):
     return root / "img", root / "attrs.csv"
 
 
-def test_the_celeba_preset_trains_two_rounds_and_samples(tmp_path):
+@pytest.fixture
+def every_core():
+    before = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_celeba_preset_trains_two_rounds_and_samples(tmp_path, every_core):
     t0 = time.perf_counter()
     img, attrs = _celeba_like(tmp_path / "data")
     cfg = load_config(CONFIGS / "celeba.yaml", [
