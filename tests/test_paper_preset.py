@@ -10,7 +10,6 @@ UNet at 64x64 gains from them (measured on the AMD EPYC host, alone: 37.2 s with
 with two)."""
 
 import csv
-import os
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from collafuse_privacy.cli.common import set_threads
 from collafuse_privacy.config import load_config
 from collafuse_privacy.protocol import Cut
 from collafuse_privacy.run.directory import RunDir
@@ -55,7 +55,7 @@ def _celeba_like(root, per_group=6, size=78):
 @pytest.fixture
 def every_core():
     before = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    set_threads()  # the CLI's own rule: every core this process may use
     yield
     torch.set_num_threads(before)
 
